@@ -1,0 +1,1 @@
+"""Helpers shared by dialswitch's test tiers: RTP peers over loopback."""
