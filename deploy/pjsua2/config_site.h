@@ -1,0 +1,83 @@
+/*
+ * pjproject compile-time configuration for dialswitch.
+ *
+ * deploy/pjsua2/build.sh copies this file to pjlib/include/pj/config_site.h
+ * before configuring pjproject. Every value here is baked into the wheel;
+ * changing this file changes the build cache key, so the next build.sh run
+ * rebuilds.
+ *
+ * The stock pjproject defaults are sized for a phone: 4 calls, a 64-handle
+ * ioqueue and 4 players/recorders. uaConfig.maxCalls is silently clamped to
+ * PJSUA_MAX_CALLS, so a switch needs these limits raised at compile time.
+ */
+
+#ifndef DIALSWITCH_PJ_CONFIG_SITE_H
+#define DIALSWITCH_PJ_CONFIG_SITE_H
+
+/* ---- Capacity ---------------------------------------------------------- */
+
+/* Call slots. uaConfig.maxCalls may be set up to this value. Each slot costs
+ * static memory whether used or not (about 39 KB with PJMEDIA_MAX_SDP_MEDIA
+ * 4 below); keep the idle process well under 300 MB RSS.
+ */
+#define PJSUA_MAX_CALLS                 2048
+
+/* Tone/prompt players and WAV recorders: two per call slot. */
+#define PJSUA_MAX_PLAYERS               (2 * PJSUA_MAX_CALLS)
+#define PJSUA_MAX_RECORDERS             (2 * PJSUA_MAX_CALLS)
+
+/* Conference bridge ports: calls + players + recorders + tone generators. */
+#define PJSUA_MAX_CONF_PORTS            (4 * PJSUA_MAX_CALLS)
+
+/* Sockets the ioqueue can watch: SIP, RTP + RTCP per call, TCP/TLS peers. */
+#define PJ_IOQUEUE_MAX_HANDLES          (8 * PJSUA_MAX_CALLS)
+#define PJ_IOQUEUE_MAX_EVENTS_IN_SINGLE_POLL 64
+
+/* Transaction and dialog hash tables (sizes must be 2^n - 1). Finished
+ * transactions linger for 32 s, so a busy switch holds many at once.
+ */
+#define PJSIP_MAX_TSX_COUNT             (64 * 1024 - 1)
+#define PJSIP_MAX_DIALOG_COUNT          (64 * 1024 - 1)
+
+/* Transport hash table: one entry per TCP/TLS connection. */
+#define PJSIP_TPMGR_HTABLE_SIZE         1023
+
+/* Accounts (local identities) the engine may create. */
+#define PJSUA_MAX_ACC                   32
+
+/* Media lines per SDP. The stock 16 makes every call slot about 155 KB of
+ * static memory (354 MB RSS at start with 2048 slots); 4 (audio plus room
+ * for a declined video or extra line in an offer) brings it to about 39 KB.
+ */
+#define PJMEDIA_MAX_SDP_MEDIA           4
+
+/* 4 MB kernel buffers on the SIP UDP socket, so bursts of INVITEs are not
+ * dropped while the event loop is busy.
+ */
+#define PJSIP_UDP_SO_RCVBUF_SIZE        (4 * 1024 * 1024)
+#define PJSIP_UDP_SO_SNDBUF_SIZE        (4 * 1024 * 1024)
+
+/* ---- Features ---------------------------------------------------------- */
+
+/* IPv6 transports and addresses. */
+#define PJ_HAS_IPV6                     1
+
+/* DTLS-SRTP (RFC 5764) besides SDES, using OpenSSL. (Video is left out by
+ * configure's --disable-video.)
+ */
+#define PJMEDIA_SRTP_HAS_DTLS           1
+
+/* ---- Build flavour ----------------------------------------------------- */
+
+/* Release build: no debug assertions or pool tracing. */
+#define PJ_DEBUG                        0
+#define PJ_OS_HAS_CHECK_STACK           0
+
+/* Keep every log level compiled in (5 is the most verbose pjproject uses
+ * in a release build), so the runtime log level can be raised when
+ * debugging a deployment. Filtering happens at run time
+ * (EpConfig.logConfig.level / consoleLevel).
+ */
+#define PJ_LOG_MAX_LEVEL                5
+
+#endif /* DIALSWITCH_PJ_CONFIG_SITE_H */
