@@ -1,0 +1,120 @@
+"""The dialswitch process: config in, SIP and HTTP serving, clean stop on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import aiohttp
+from aiohttp import web
+
+from switch.config import Config
+from switch.engine import Engine, EngineSettings, Leg, Listener, TrunkAccount
+from switch.http import build_app
+from switch.numbers import InvalidNumber, request_uri_user_to_e164
+from switch.services import Services, new_call_sid
+from switch.session import CallSession
+from switch.sipmsg import uri_user
+from switch.store import Store
+from switch.webhook import WebhookClient, WebhookSettings
+
+log = logging.getLogger("dialswitch")
+
+
+class Switch:
+    """Wires the parts together and routes each inbound INVITE."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.sessions: set[asyncio.Task[None]] = set()
+        self.ready = False
+        self.stopping = False
+
+    async def run(self) -> int:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        config.storage.path.mkdir(parents=True, exist_ok=True)
+        store = Store.open(config.storage.path)
+        hooks = config.webhooks
+        webhooks = WebhookClient(
+            WebhookSettings(
+                connect_timeout=hooks.connect_timeout,
+                total_timeout=hooks.total_timeout,
+                connect_retries=hooks.connect_retries,
+                max_body=hooks.max_body,
+                user_agent=config.sip.user_agent,
+            ),
+            config.account.sid,
+            config.account.auth_token,
+        )
+        http_client = aiohttp.ClientSession()
+        engine = Engine(self._engine_settings(), self._incoming)
+        self.services = Services(config, store, webhooks, engine, http_client)
+        engine.start(new_call_sid)
+        runner = web.AppRunner(build_app(engine.counts, lambda: self.ready))
+        await runner.setup()
+        site = web.TCPSite(runner, config.http.host, config.http.port)
+        await site.start()
+        self.ready = True
+        log.info(
+            "dialswitch serving: SIP %s, HTTP %s:%d",
+            ", ".join(f"{x.transport}:{x.host}:{x.port}" for x in config.sip.listen),
+            config.http.host,
+            config.http.port,
+        )
+        await stop.wait()
+        log.info("stopping: hanging up %d calls", len(self.sessions))
+        self.stopping = True
+        self.ready = False
+        await engine.shutdown()
+        if self.sessions:
+            await asyncio.wait(self.sessions, timeout=10)
+        await webhooks.drain(5)
+        await webhooks.close()
+        await http_client.close()
+        await runner.cleanup()
+        store.close()
+        log.info("stopped")
+        return 0
+
+    def _engine_settings(self) -> EngineSettings:
+        sip = self.config.sip
+        return EngineSettings(
+            listeners=[Listener(x.transport, x.host, x.port) for x in sip.listen],
+            public_host=sip.public_host,
+            rtp_port_min=sip.rtp_ports.start,
+            rtp_port_max=sip.rtp_ports.stop - 1,
+            max_calls=self.config.dial.max_calls,
+            user_agent=sip.user_agent,
+            trunk_accounts=[
+                TrunkAccount(t.name, t.username, t.password)
+                for t in self.config.trunks
+                if t.username and t.password
+            ],
+            log_level=5 if self.config.log.level == "debug" else 1,
+        )
+
+    def _incoming(self, leg: Leg) -> None:
+        """An INVITE arrived: admit it, find the number's app, start its session."""
+        if self.stopping or len(self.sessions) >= self.config.dial.max_calls:
+            leg.hangup(503, "Service Unavailable")
+            return
+        request = leg.request
+        assert request is not None
+        try:
+            number = request_uri_user_to_e164(uri_user(request.request_uri))
+        except InvalidNumber:
+            number = ""
+        app = self.services.apps.get(number)
+        if app is None:
+            log.info("%s: no number %r: 404", leg.call_sid, request.request_uri)
+            leg.hangup(404, "Not Found")
+            return
+        session = CallSession(self.services, leg, app, to=number)
+        task = asyncio.get_running_loop().create_task(session.run(), name=leg.call_sid)
+        self.sessions.add(task)
+        task.add_done_callback(self.sessions.discard)

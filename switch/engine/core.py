@@ -1,0 +1,328 @@
+"""The call engine: one pjsua2 endpoint, pumped from the asyncio loop.
+
+pjsua2 runs with no threads of its own for SIP and RTP (``threadCnt = 0`` for
+both): a task on the event loop calls ``libHandleEvents`` every few
+milliseconds, and again at once while it keeps returning events. The
+conference bridge's clock thread mixes audio in C and never calls Python.
+Everything that touches pjsua2 therefore runs on the loop thread.
+
+The engine owns every pjsua2 object: calls (in ``_calls``), players and the
+accounts. ``counts()`` reports what is alive, so tests can prove nothing
+leaked after each call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pjsua2 as pj
+
+from switch.engine.legs import Leg, _PjCall, guarded
+from switch.sipmsg import SipMessage
+
+log = logging.getLogger("dialswitch.engine")
+
+PUMP_IDLE_SECONDS = 0.002
+PUMP_BURST = 64  # handle at most this many event batches before yielding to the loop
+
+
+@dataclass(frozen=True)
+class Listener:
+    transport: str  # udp | tcp
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class TrunkAccount:
+    """Credentials the engine answers a carrier's digest challenge with."""
+
+    name: str
+    username: str
+    password: str
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    listeners: Sequence[Listener]
+    public_host: str
+    rtp_port_min: int
+    rtp_port_max: int
+    max_calls: int = 2000
+    user_agent: str = "dialswitch"
+    trunk_accounts: Sequence[TrunkAccount] = field(default_factory=tuple)
+    log_level: int = 1  # pjsua2's own log level (0..6)
+
+
+class _Account(pj.Account):  # type: ignore[misc]
+    def __init__(self, engine: Engine):
+        super().__init__()
+        self.engine = engine
+
+    @guarded
+    def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:  # noqa: N802
+        self.engine._incoming(self, prm)
+
+
+class Player:
+    """A WAV file playing into the bridge; owned and counted by the engine."""
+
+    def __init__(self, engine: Engine, path: Path, loop: bool):
+        self.engine = engine
+        self.path = path
+        self._player: pj.AudioMediaPlayer | None = pj.AudioMediaPlayer()
+        self._player.createPlayer(str(path), 0 if loop else pj.PJMEDIA_FILE_NO_LOOP)
+        self._sinks: list[Leg] = []
+        engine._players.add(self)
+
+    def start(self, leg: Leg) -> bool:
+        media = leg.audio()
+        if self._player is None or media is None:
+            return False
+        self._player.startTransmit(media)
+        self._sinks.append(leg)
+        return True
+
+    def close(self) -> None:
+        """Stop and destroy the player; safe to call twice."""
+        player, self._player = self._player, None
+        if player is None:
+            return
+        for leg in self._sinks:
+            media = leg.audio()
+            if media is not None:
+                with contextlib.suppress(pj.Error):
+                    player.stopTransmit(media)
+        self._sinks.clear()
+        del player
+        self.engine._players.discard(self)
+
+
+class Engine:
+    """Owns the pjsua2 endpoint, its transports, accounts, calls and players."""
+
+    def __init__(self, settings: EngineSettings, on_incoming: Callable[[Leg], None]):
+        self.settings = settings
+        self.on_incoming = on_incoming
+        self.loop = asyncio.get_running_loop()
+        self._endpoint: pj.Endpoint | None = None
+        self._default_account: _Account | None = None
+        self._trunk_accounts: dict[str, _Account] = {}
+        self._calls: dict[int, _PjCall] = {}
+        self._players: set[Player] = set()
+        self._pump_task: asyncio.Task[None] | None = None
+        self._sid_factory: Callable[[], str] | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def start(self, sid_factory: Callable[[], str]) -> None:
+        self._sid_factory = sid_factory
+        ep = pj.Endpoint()
+        ep.libCreate()
+        cfg = pj.EpConfig()
+        cfg.uaConfig.threadCnt = 0
+        cfg.uaConfig.mainThreadOnly = True
+        cfg.uaConfig.maxCalls = self.settings.max_calls
+        cfg.uaConfig.userAgent = self.settings.user_agent
+        cfg.logConfig.level = self.settings.log_level
+        cfg.logConfig.consoleLevel = self.settings.log_level
+        cfg.medConfig.threadCnt = 0
+        cfg.medConfig.clockRate = 8000
+        cfg.medConfig.sndClockRate = 8000
+        cfg.medConfig.noVad = True
+        cfg.medConfig.ecTailLen = 0
+        cfg.medConfig.maxMediaPorts = self.settings.max_calls * 4
+        ep.libInit(cfg)
+        transport_ids = []
+        for listener in self.settings.listeners:
+            tcfg = pj.TransportConfig()
+            tcfg.port = listener.port
+            tcfg.boundAddress = listener.host
+            tcfg.publicAddress = self.settings.public_host
+            kind = _transport_type(listener)
+            transport_ids.append(ep.transportCreate(kind, tcfg))
+        ep.audDevManager().setNullDev()
+        ep.libStart()
+        self._endpoint = ep
+        first = self.settings.listeners[0]
+        # pjsua hands out RTP ports per account: each account gets its own slice.
+        slices = _port_slices(
+            self.settings.rtp_port_min,
+            self.settings.rtp_port_max,
+            1 + len(self.settings.trunk_accounts),
+        )
+        self._default_account = self._make_account(
+            f"sip:dialswitch@{_hostport(first)}", None, True, slices[0]
+        )
+        for trunk, ports in zip(self.settings.trunk_accounts, slices[1:], strict=True):
+            self._trunk_accounts[trunk.name] = self._make_account(
+                f"sip:{trunk.username}@{_hostport(first)}", trunk, False, ports
+            )
+        self._pump_task = self.loop.create_task(self._pump(), name="pjsua2-pump")
+        log.info("call engine started: %d transports", len(transport_ids))
+
+    def _make_account(
+        self, id_uri: str, trunk: TrunkAccount | None, default: bool, ports: tuple[int, int]
+    ) -> _Account:
+        acfg = pj.AccountConfig()
+        acfg.idUri = id_uri
+        acfg.regConfig.registerOnAdd = False
+        acfg.mediaConfig.transportConfig.port = ports[0]
+        acfg.mediaConfig.transportConfig.portRange = ports[1] - ports[0]
+        acfg.mediaConfig.transportConfig.boundAddress = self.settings.listeners[0].host
+        if trunk is not None:
+            cred = pj.AuthCredInfo("digest", "*", trunk.username, 0, trunk.password)
+            acfg.sipConfig.authCreds.append(cred)
+        account = _Account(self)
+        account.create(acfg, default)
+        return account
+
+    async def _pump(self) -> None:
+        ep = self._endpoint
+        assert ep is not None
+        while True:
+            busy = 0
+            while busy < PUMP_BURST and ep.libHandleEvents(0) > 0:
+                busy += 1
+            await asyncio.sleep(0 if busy == PUMP_BURST else PUMP_IDLE_SECONDS)
+
+    async def shutdown(self, grace: float = 5.0) -> None:
+        """Hang up every live call (BYE/CANCEL), wait for them to end, destroy pjsua2."""
+        for call in list(self._calls.values()):
+            call.leg.hangup(503, "Service Shutting Down")
+        deadline = self.loop.time() + grace
+        while self._calls and self.loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for player in list(self._players):
+            player.close()
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump_task
+        # Calls still here did not end in time (a peer that never answers our
+        # BYE). Their objects are released only after libDestroy(): a Call
+        # destroyed while pjsua2 runs would hang up its slot from the destructor.
+        stuck = list(self._calls.values())
+        if stuck:
+            log.warning("%d calls did not end before shutdown", len(stuck))
+        self._calls.clear()
+        gc.collect()
+        if self._endpoint is not None:
+            self._endpoint.libDestroy()
+            self._endpoint = None
+        del stuck
+        self._default_account = None
+        self._trunk_accounts.clear()
+        log.info("call engine stopped")
+
+    # ---- calls -----------------------------------------------------------------------
+
+    def _incoming(self, account: _Account, prm: pj.OnIncomingCallParam) -> None:
+        assert self._sid_factory is not None
+        request = SipMessage.parse(prm.rdata.wholeMsg)
+        leg = Leg(self, self._sid_factory(), outbound=False, request=request)
+        leg.source = prm.rdata.srcAddress
+        call = _PjCall(account, leg, prm.callId)
+        leg._attach(call)
+        self._calls[prm.callId] = call
+        leg._mark_calling(request.header("call-id") or "")
+        self.on_incoming(leg)
+
+    def place_call(
+        self,
+        call_sid: str,
+        to_uri: str,
+        from_uri: str,
+        headers: Sequence[tuple[str, str]] = (),
+        trunk: str | None = None,
+    ) -> Leg:
+        """Send an INVITE to ``to_uri`` with ``from_uri`` in From; returns the leg.
+
+        A failure to even send (bad URI, no transport) ends the leg at once
+        with 500/the pjsua2 status: the caller sees a LegEnded like any other.
+        """
+        account = self._trunk_accounts.get(trunk or "") or self._default_account
+        assert account is not None
+        leg = Leg(self, call_sid, outbound=True, request=None)
+        call = _PjCall(account, leg)
+        leg._attach(call)
+        prm = pj.CallOpParam(True)
+        prm.txOption.localUri = from_uri
+        for name, value in headers:
+            header = pj.SipHeader()
+            header.hName = name
+            header.hValue = value
+            prm.txOption.headers.append(header)
+        try:
+            call.makeCall(to_uri, prm)
+        except pj.Error as error:
+            log.warning("%s: INVITE to %s not sent: %s", call_sid, to_uri, error.info())
+            if not call.gone:
+                call.gone = True
+                leg._disconnected(call, 500, "Not Sent")
+            return leg
+        if not call.gone:
+            self._calls[call.getId()] = call
+            leg._mark_calling(call.getInfo().callIdString)
+        return leg
+
+    def _release(self, call: _PjCall) -> None:
+        """Drop the registry's reference; called from the leg's DISCONNECTED."""
+        for call_id, held in list(self._calls.items()):
+            if held is call:
+                del self._calls[call_id]
+                return
+
+    def connect(self, source: Leg, sink: Leg) -> bool:
+        """Let ``sink`` hear ``source`` (one direction)."""
+        a, b = source.audio(), sink.audio()
+        if a is None or b is None:
+            return False
+        a.startTransmit(b)
+        return True
+
+    def disconnect(self, source: Leg, sink: Leg) -> None:
+        a, b = source.audio(), sink.audio()
+        if a is not None and b is not None:
+            with contextlib.suppress(pj.Error):
+                a.stopTransmit(b)
+
+    def player(self, path: Path, loop: bool) -> Player:
+        return Player(self, path, loop)
+
+    def counts(self) -> dict[str, int]:
+        """Live objects, for /healthz and the leak checks of the tests."""
+        ports = 0
+        if self._endpoint is not None:
+            ports = self._endpoint.mediaActivePorts()
+        return {
+            "calls": len(self._calls),
+            "players": len(self._players),
+            "media_ports": ports,
+        }
+
+
+def _transport_type(listener: Listener) -> int:
+    v6 = ":" in listener.host
+    if listener.transport == "tcp":
+        return pj.PJSIP_TRANSPORT_TCP6 if v6 else pj.PJSIP_TRANSPORT_TCP
+    if listener.transport == "tls":
+        return pj.PJSIP_TRANSPORT_TLS6 if v6 else pj.PJSIP_TRANSPORT_TLS
+    return pj.PJSIP_TRANSPORT_UDP6 if v6 else pj.PJSIP_TRANSPORT_UDP
+
+
+def _port_slices(low: int, high: int, count: int) -> list[tuple[int, int]]:
+    """Split ``low..high`` into ``count`` ranges, each starting on an even port."""
+    size = ((high - low + 1) // count) & ~1
+    return [(low + i * size, low + (i + 1) * size - 1) for i in range(count)]
+
+
+def _hostport(listener: Listener) -> str:
+    host = f"[{listener.host}]" if ":" in listener.host else listener.host
+    return f"{host}:{listener.port}"

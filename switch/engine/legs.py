@@ -1,0 +1,255 @@
+"""Call legs: the pjsua2 ``Call`` subclass and the ``Leg`` the call logic holds.
+
+Lifetime rules (ARCHITECTURE.md, "pjsua2"): the engine's registry holds the only
+strong reference to each ``_PjCall``; the ``Leg`` drops its reference inside the
+leg's own DISCONNECTED callback, so the SWIG object dies before pjsua2 can reuse
+its slot. Every callback is guarded: an exception is logged, never raised back
+into pjsua2. Events reach subscribers through ``loop.call_soon`` so that no call
+logic runs re-entrantly inside a pjsua2 callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pjsua2 as pj
+
+from switch.engine.events import (
+    DtmfReceived,
+    LegAnswered,
+    LegEnded,
+    LegEvent,
+    LegMediaReady,
+    LegProgressed,
+)
+from switch.leg import LegMachine, LegState
+from switch.sipmsg import SipMessage
+
+if TYPE_CHECKING:
+    from switch.engine.core import Engine
+
+log = logging.getLogger("dialswitch.engine")
+
+_STATE_CALLING = pj.PJSIP_INV_STATE_CALLING
+_STATE_INCOMING = pj.PJSIP_INV_STATE_INCOMING
+_STATE_EARLY = pj.PJSIP_INV_STATE_EARLY
+_STATE_CONNECTING = pj.PJSIP_INV_STATE_CONNECTING
+_STATE_CONFIRMED = pj.PJSIP_INV_STATE_CONFIRMED
+_STATE_DISCONNECTED = pj.PJSIP_INV_STATE_DISCONNECTED
+
+
+def guarded(fn: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a pjsua2 callback so that no exception escapes into C."""
+
+    def wrapper(self: Any, *args: Any) -> None:
+        try:
+            fn(self, *args)
+        except Exception:  # noqa: BLE001 - a callback must never raise into pjsua2
+            log.exception("error in pjsua2 callback %s", fn.__name__)
+
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+class _PjCall(pj.Call):  # type: ignore[misc]
+    """The pjsua2 object of one leg. Only the engine and ``Leg`` touch it."""
+
+    def __init__(self, account: pj.Account, leg: Leg, call_id: int = pj.PJSUA_INVALID_ID):
+        super().__init__(account, call_id)
+        self.leg = leg
+        self.gone = False
+
+    @guarded
+    def onCallState(self, prm: pj.OnCallStateParam) -> None:  # noqa: N802 - pjsua2 name
+        info = self.getInfo()
+        state = info.state
+        leg = self.leg
+        if state == _STATE_DISCONNECTED:
+            self.gone = True
+            leg._disconnected(self, info.lastStatusCode, info.lastReason)
+            return
+        if state == _STATE_EARLY:
+            code = info.lastStatusCode
+            if leg.outbound and code in (180, 181, 182, 183):
+                leg._progress(code)
+        elif state == _STATE_CONFIRMED:
+            leg._answered()
+
+    @guarded
+    def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:  # noqa: N802
+        info = self.getInfo()
+        for index, media in enumerate(info.media):
+            if media.type == pj.PJMEDIA_TYPE_AUDIO and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                self.leg._media_active(self, index)
+                return
+
+    @guarded
+    def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:  # noqa: N802
+        self.leg._emit(DtmfReceived(prm.digit))
+
+    @guarded
+    def onCallTsxState(self, prm: pj.OnCallTsxStateParam) -> None:  # noqa: N802
+        """Keep the last final response to our INVITE (for ``DialSip*`` params)."""
+        if not self.leg.outbound:
+            return
+        body = prm.e.body.tsxState
+        if body.type != pj.PJSIP_EVENT_RX_MSG:
+            return
+        text = body.src.rdata.wholeMsg
+        if text.startswith("SIP/2.0") and " INVITE" in text.split("CSeq:", 1)[-1][:40]:
+            message = SipMessage.parse(text)
+            if message.status_code >= 200:
+                self.leg.final_response = message
+
+
+class Leg:
+    """One SIP call leg as the call logic sees it.
+
+    Methods are safe in any state: asking an ended leg to hang up does nothing.
+    """
+
+    def __init__(self, engine: Engine, call_sid: str, outbound: bool, request: SipMessage | None):
+        self.engine = engine
+        self.call_sid = call_sid
+        self.outbound = outbound
+        self.request = request  # inbound: the INVITE we received
+        self.final_response: SipMessage | None = None  # outbound: final answer
+        self.machine = LegMachine(call_sid)
+        self.sip_call_id = ""
+        self.source = ""  # inbound: "ip:port" the INVITE came from
+        self.final_code: int | None = None
+        self.final_reason = ""
+        self.cancelled_by_us = False
+        self.was_answered = False
+        self._call: _PjCall | None = None
+        self._media_index: int | None = None
+        self._subscribers: list[Callable[[LegEvent], None]] = []
+        loop = asyncio.get_running_loop()
+        self.ended: asyncio.Future[LegEnded] = loop.create_future()
+        self.media_ready = asyncio.Event()
+
+    # ---- state as seen from outside -------------------------------------------------
+
+    @property
+    def state(self) -> LegState:
+        return self.machine.state
+
+    @property
+    def live(self) -> bool:
+        return self.machine.live
+
+    @property
+    def answered(self) -> bool:
+        return self.machine.state is LegState.ANSWERED
+
+    def subscribe(self, fn: Callable[[LegEvent], None]) -> Callable[[], None]:
+        """Receive this leg's events; returns a function that unsubscribes."""
+        self._subscribers.append(fn)
+        return lambda: self._subscribers.remove(fn) if fn in self._subscribers else None
+
+    # ---- requests from the call logic ----------------------------------------------
+
+    def ring(self, early_media: bool) -> None:
+        """Inbound only: send 180 (caller rings locally) or 183 with SDP (we play audio)."""
+        if self._call is None or self.outbound or self.state is LegState.ANSWERED:
+            return
+        if early_media and self.state is LegState.EARLY_MEDIA:
+            return
+        if not early_media and self.state in (LegState.RINGING, LegState.EARLY_MEDIA):
+            return
+        self._respond(183 if early_media else 180)
+        self.machine.move(LegState.EARLY_MEDIA if early_media else LegState.RINGING)
+
+    def answer(self) -> None:
+        """Inbound only: send 200 OK. The leg becomes ANSWERED when the ACK arrives."""
+        if self._call is None or self.outbound or self.state is LegState.ANSWERED:
+            return
+        self._respond(200)
+
+    def hangup(self, sip_code: int | None = None, reason: str = "") -> None:
+        """End the leg: reject (inbound, unanswered), CANCEL (outbound, unanswered) or BYE."""
+        call = self._call
+        if call is None or call.gone:
+            return
+        if self.outbound and not self.answered:
+            self.cancelled_by_us = True
+        prm = pj.CallOpParam(True)
+        if sip_code is not None and not self.outbound and not self.answered:
+            prm.statusCode = sip_code
+            if reason:
+                prm.reason = reason
+        try:
+            call.hangup(prm)
+        except pj.Error as error:
+            log.debug("%s: hangup refused: %s", self.call_sid, error.info())
+
+    def send_dtmf(self, digits: str) -> None:
+        """Send RFC 4733 digits now (no ``w``: pauses are scheduled by the caller)."""
+        if self._call is not None and digits:
+            self._call.dialDtmf(digits)
+
+    def audio(self) -> pj.AudioMedia | None:
+        """The conference-bridge port of this leg's audio, once media is up."""
+        if self._call is None or self._media_index is None:
+            return None
+        try:
+            return self._call.getAudioMedia(self._media_index)
+        except pj.Error:
+            return None
+
+    # ---- called by _PjCall (inside pjsua2 callbacks) --------------------------------
+
+    def _attach(self, call: _PjCall) -> None:
+        self._call = call
+
+    def _respond(self, code: int) -> None:
+        assert self._call is not None
+        prm = pj.CallOpParam(True)
+        prm.statusCode = code
+        try:
+            self._call.answer(prm)
+        except pj.Error as error:
+            log.warning("%s: answer %d refused: %s", self.call_sid, code, error.info())
+
+    def _emit(self, event: LegEvent) -> None:
+        loop = self.engine.loop
+        for fn in list(self._subscribers):
+            loop.call_soon(fn, event)
+
+    def _progress(self, code: int) -> None:
+        early = code == 183 and self.state is not LegState.EARLY_MEDIA
+        new = LegState.EARLY_MEDIA if code == 183 else LegState.RINGING
+        if self.state is LegState.EARLY_MEDIA and new is LegState.RINGING:
+            return
+        if self.machine.move(new) or early:
+            self._emit(LegProgressed(code, early_media=code == 183))
+
+    def _answered(self) -> None:
+        self.was_answered = True
+        if self.machine.move(LegState.ANSWERED):
+            self._emit(LegAnswered())
+
+    def _media_active(self, call: _PjCall, index: int) -> None:
+        self._media_index = index
+        if not self.media_ready.is_set():
+            self.media_ready.set()
+            self._emit(LegMediaReady())
+
+    def _disconnected(self, call: _PjCall, code: int, reason: str) -> None:
+        self.final_code = code
+        self.final_reason = reason
+        self._call = None
+        self._media_index = None
+        self.machine.move(LegState.ENDED)
+        self.engine._release(call)
+        event = LegEnded(code, reason)
+        if not self.ended.done():
+            self.ended.set_result(event)
+        self._emit(event)
+
+    def _mark_calling(self, sip_call_id: str) -> None:
+        self.sip_call_id = sip_call_id
+        self.machine.move(LegState.CALLING)

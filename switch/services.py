@@ -1,0 +1,158 @@
+"""What a call session needs from the process: engine, webhooks, storage, media files.
+
+One ``Services`` per process, built by ``switch.app`` from the config; call
+sessions and dial runners reach everything through it, which keeps them free of
+globals and easy to read.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+
+from media.audio import MAX_DOWNLOAD, AudioCache
+from media.tones import ensure_tone_files
+from switch.config import Config, NumberConfig, Trunk
+from switch.engine import Leg
+from switch.leg import final_call_status
+from switch.numbers import InvalidNumber, to_e164
+from switch.store import LegRecord, Store
+from switch.webhook import WebhookClient
+
+DEMO_SCHEME = "demo:"
+
+
+@dataclass(frozen=True)
+class NumberApp:
+    """The app behind one of our numbers (``demo:`` already resolved to a URL)."""
+
+    number: str
+    voice_url: str
+    voice_method: str
+    voice_fallback_url: str | None
+    voice_fallback_method: str
+    status_callback: str | None
+    status_callback_method: str
+
+    @classmethod
+    def of(cls, number: NumberConfig, demo_url: str) -> NumberApp:
+        url = demo_url if number.voice_url.startswith(DEMO_SCHEME) else number.voice_url
+        return cls(
+            number=number.number,
+            voice_url=url,
+            voice_method=number.voice_method,
+            voice_fallback_url=number.voice_fallback_url,
+            voice_fallback_method=number.voice_fallback_method,
+            status_callback=number.status_callback,
+            status_callback_method=number.status_callback_method,
+        )
+
+
+def new_call_sid() -> str:
+    return "CA" + secrets.token_hex(16)
+
+
+class Services:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        webhooks: WebhookClient,
+        engine: object,
+        http: aiohttp.ClientSession,
+    ):
+        self.config = config
+        self.store = store
+        self.webhooks = webhooks
+        self.engine = engine  # switch.engine.Engine; typed loosely to keep imports light
+        self.http = http
+        self.account_sid = config.account.sid
+        self.trunks = config.trunks
+        self.default_region = "US"
+        self.timeout_grace = config.dial.timeout_grace
+        self.default_ringtone = config.dial.default_ringtone
+        media = config.storage.path / "media"
+        self.audio = AudioCache(media / "audio")
+        self._ringback = ensure_tone_files(media / "tones", "ringback")
+        self.new_call_sid = new_call_sid
+        demo_url = f"{config.http.public_url.rstrip('/')}/demo/voice"
+        self.apps = {n.number: NumberApp.of(n, demo_url) for n in config.numbers}
+
+    # ---- numbers and addresses -------------------------------------------------------
+
+    def caller_number(self, user: str) -> str:
+        """A caller's From user as E.164 when it is a number, else as sent."""
+        try:
+            return to_e164(user, self.default_region)
+        except InvalidNumber:
+            return user
+
+    def from_uri(self, caller_id: str) -> str:
+        host = self.config.sip.public_host
+        return f"sip:{caller_id}@{f'[{host}]' if ':' in host else host}"
+
+    def trunk_uri(self, trunk: Trunk, number: str) -> str:
+        transport = f";transport={trunk.transport}" if trunk.transport else ""
+        return f"sip:{number}@{trunk.hostport}{transport}"
+
+    def ringback_file(self, code: str) -> Path:
+        return self._ringback.get(code) or self._ringback[self.default_ringtone]
+
+    async def fetch_audio(self, url: str) -> Path:
+        """Download a ``<Play>`` file (bounded in size) and convert it for the bridge."""
+        async with self.http.get(url, timeout=aiohttp.ClientTimeout(total=30)) as response:
+            response.raise_for_status()
+            body = await response.content.read(MAX_DOWNLOAD + 1)
+        if len(body) > MAX_DOWNLOAD:
+            raise ValueError(f"audio over {MAX_DOWNLOAD} bytes")
+        return await self.audio.download(url, body)
+
+    # ---- records ---------------------------------------------------------------------
+
+    @staticmethod
+    def final_status(leg: Leg) -> str:
+        return final_call_status(
+            answered=leg.was_answered,
+            sip_code=leg.final_code,
+            cancelled=leg.cancelled_by_us,
+        )
+
+    def record_leg(
+        self,
+        leg: Leg,
+        *,
+        parent_sid: str | None,
+        from_: str,
+        to: str,
+        direction: str,
+        started: datetime,
+        answered: datetime | None,
+        trunk: str | None = None,
+        call_reason: str | None = None,
+        ended: datetime | None = None,
+    ) -> None:
+        end = ended or datetime.now(UTC)
+        duration = int((end - answered).total_seconds()) if answered else 0
+        self.store.record_leg(
+            LegRecord(
+                call_sid=leg.call_sid,
+                parent_call_sid=parent_sid,
+                account_sid=self.account_sid,
+                from_=from_,
+                to=to,
+                direction=direction,  # type: ignore[arg-type]
+                start_time=started,
+                answer_time=answered,
+                end_time=end,
+                status=self.final_status(leg),  # type: ignore[arg-type]
+                sip_code=leg.final_code,
+                sip_call_id=leg.sip_call_id or None,
+                trunk=trunk,
+                call_reason=call_reason,
+                duration=max(0, duration),
+            )
+        )
