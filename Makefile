@@ -32,8 +32,8 @@ $(VENV)/.test-tools: $(VENV)/.installed pyproject.toml
 test-tools: $(VENV)/.test-tools
 
 lint: test-tools
-	$(VENV)/bin/ruff check switch media tests bench
-	$(VENV)/bin/ruff format --check switch media tests bench
+	$(VENV)/bin/ruff check switch media tests $(wildcard bench)
+	$(VENV)/bin/ruff format --check switch media tests $(wildcard bench)
 
 unit: test-tools
 	$(VENV)/bin/pytest -q tests/unit tests/component
