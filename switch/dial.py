@@ -30,7 +30,8 @@ from switch.routing import NoRoute, select_trunk
 
 if TYPE_CHECKING:
     from switch.engine.core import Player
-    from switch.session import CallSession, Continue
+    from switch.script import Continue
+    from switch.session import CallSession
 
 RELEASE_CODES = {"busy": (486, "Busy Here"), "no-answer": (480, "Temporarily Unavailable")}
 
@@ -300,7 +301,7 @@ class DialRunner:
                 )
 
     async def _report(self, status: str) -> Continue | None:
-        from switch.session import Continue
+        from switch.script import Continue
 
         now = datetime.now(UTC)
         duration = int((now - self.bridged_at).total_seconds()) if self.bridged_at else 0

@@ -9,7 +9,8 @@ import pytest
 
 pytest.importorskip("pjsua2")
 
-from switch.session import _digit_runs, _rfc2822  # noqa: E402
+from switch.script import _digit_runs  # noqa: E402
+from switch.script import rfc2822 as _rfc2822
 
 
 @pytest.mark.parametrize(
