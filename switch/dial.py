@@ -12,28 +12,45 @@ caller hears while the targets ring:
   180 otherwise; if nobody answers, the caller is released with the mapped
   failure (busy 486, no-answer 480, failed 503 or the target's own code)
   once the rest of the document is done.
+
+A target with ``sendDigits`` or a whisper ``url`` is screened when it answers:
+the digits are sent, then its document runs on the called party (switch/script.py
+rules for whisper documents), while the other targets keep ringing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from switch.dial_callbacks import BranchCallbacks
 from switch.engine import Leg
-from switch.engine.events import LegAnswered, LegEnded, LegEvent, LegMediaReady, LegProgressed
-from switch.fork import Bridge, Cancel, Finished, ForkGroup, RelayEarlyMedia
+from switch.engine.events import (
+    DtmfReceived,
+    LegAnswered,
+    LegEnded,
+    LegEvent,
+    LegMediaReady,
+    LegProgressed,
+)
+from switch.fork import Action, Bridge, Cancel, Finished, ForkGroup, RelayEarlyMedia, Screen
+from switch.leg import final_call_status
 from switch.numbers import InvalidNumber, to_e164
 from switch.rcml import model as rcml
 from switch.routing import NoRoute, select_trunk
+from switch.script import CallGone, Continue, LegScript
+from switch.sipuri import InvalidSipUri, parse_dial_uri
 
 if TYPE_CHECKING:
     from switch.engine.core import Player
-    from switch.script import Continue
     from switch.session import CallSession
 
 RELEASE_CODES = {"busy": (486, "Busy Here"), "no-answer": (480, "Temporarily Unavailable")}
+
+Event = LegEvent | str
 
 
 @dataclass
@@ -42,12 +59,33 @@ class Branch:
 
     key: int
     target: rcml.Target
-    to: str  # the To of the child call (E.164 number or SIP URI)
+    to: str  # the To of the child call (E.164 number, SIP URI or client:name)
     uri: str = ""
     trunk: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    credentials: tuple[str, str] | None = None
     leg: Leg | None = None
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     answered: datetime | None = None
+    cancel_status: str | None = None  # CallStatus when we cancelled it
+    callbacks: BranchCallbacks | None = None
+    screen: asyncio.Task[bool] | None = None
+
+    @property
+    def screened(self) -> bool:
+        target = self.target
+        digits = isinstance(target, rcml.Number) and bool(target.send_digits)
+        return digits or bool(target.url)
+
+    def final_status(self) -> str:
+        """Twilio's CallStatus of this child leg once it ended."""
+        leg = self.leg
+        if leg is not None and leg.was_answered and self.answered is not None:
+            return "completed"
+        if self.cancel_status is not None:
+            return self.cancel_status
+        code = leg.final_code if leg is not None else None
+        return final_call_status(False, code, cancelled=False)
 
 
 class DialRunner:
@@ -57,8 +95,8 @@ class DialRunner:
         self.dial = dial
         self.caller = session.leg
         self.branches: dict[int, Branch] = {}
-        self.group: ForkGroup | None = None
-        self.events: asyncio.Queue[tuple[int | None, LegEvent | str]] = asyncio.Queue()
+        self.group = ForkGroup.of(())
+        self.events: asyncio.Queue[tuple[int | None, Event]] = asyncio.Queue()
         self.ringback: Player | None = None
         self.winner: Branch | None = None
         self.bridged_at: datetime | None = None
@@ -74,18 +112,19 @@ class DialRunner:
                 case rcml.Number():
                     self._plan_number(key, target)
                 case rcml.Sip():
-                    self.branches[key] = Branch(key, target, to=target.uri, uri=target.uri)
+                    self._plan_sip(key, target)
                 case rcml.Client():
-                    branch = Branch(key, target, to=f"client:{target.identity}")
-                    self.branches[key] = branch
+                    self.branches[key] = Branch(key, target, to=f"client:{target.identity}")
                     self.session.notify(
                         13215, f"client {target.identity!r} has no registration", None
                     )
+            if self.dial.call_reason:
+                branch = self.branches[key]
+                branch.headers = (*branch.headers, ("X-Call-Reason", self.dial.call_reason))
 
     def _plan_number(self, key: int, target: rcml.Number) -> None:
-        region = self.services.default_region
         try:
-            number = to_e164(target.number, region)
+            number = to_e164(target.number, self.services.default_region)
         except InvalidNumber:
             self.branches[key] = Branch(key, target, to=target.number)
             self.session.notify(13223, f"invalid phone number {target.number!r}")
@@ -100,6 +139,22 @@ class DialRunner:
         branch.trunk = trunk.name
         branch.uri = self.services.trunk_uri(trunk, number)
 
+    def _plan_sip(self, key: int, target: rcml.Sip) -> None:
+        branch = Branch(key, target, to=target.uri)
+        self.branches[key] = branch
+        try:
+            parsed = parse_dial_uri(target.uri)
+        except InvalidSipUri as error:
+            self.session.notify(error.code, str(error))
+            return
+        for notice in parsed.notices:
+            self.session.notify(notice.code, notice.message, error=False)
+        branch.uri = parsed.uri
+        branch.to = parsed.uri
+        branch.headers = parsed.headers
+        if target.username and target.password:
+            branch.credentials = (target.username, target.password)
+
     def _caller_id(self) -> str:
         return self.dial.caller_id or self.session.from_
 
@@ -107,18 +162,22 @@ class DialRunner:
 
     async def run(self) -> Continue | None:
         self._plan()
-        caller_unsubscribe = self.caller.subscribe(lambda e: self.events.put_nowait((None, e)))
+        stop_listening = self.caller.subscribe(lambda e: self.events.put_nowait((None, e)))
         try:
             await self._prepare_caller()
             self.group = ForkGroup.of(self.branches)
             if self.group.start():
                 status = "failed"  # no target at all
+            elif not self.caller.live:
+                # The caller left before the first INVITE went out: send none.
+                self.group.caller_left()
+                status = "no-answer"
             else:
                 for branch in self.branches.values():
                     self._invite(branch)
                 status = await self._race()
         finally:
-            caller_unsubscribe()
+            stop_listening()
             self._stop_ringback()
             await self._end_children()
         return await self._report(status)
@@ -127,36 +186,53 @@ class DialRunner:
         dial, caller = self.dial, self.caller
         if not caller.live:
             return
-        if not dial.answer_on_bridge:
-            await self.session.ensure_answered()
-            self._start_ringback()
-        elif dial.ring_tone:
-            caller.ring(early_media=True)
-            await self.session.wait_media(caller)
-            self._start_ringback()
-        else:
-            caller.ring(early_media=False)
+        try:
+            if not dial.answer_on_bridge:
+                await self.session.ensure_answered()
+                self._start_ringback()
+            elif dial.ring_tone:
+                caller.ring(early_media=True)
+                await self.session.wait_media(caller)
+                self._start_ringback()
+            else:
+                caller.ring(early_media=False)
+        except CallGone:
+            return
 
     def _invite(self, branch: Branch) -> None:
         if not branch.uri:
             self.events.put_nowait((branch.key, LegEnded(404, "No Route")))
             return
-        headers: list[tuple[str, str]] = []
-        if self.dial.call_reason:
-            headers.append(("X-Call-Reason", self.dial.call_reason))
+        callbacks = self._callbacks_for(branch)
         from_uri = self.services.from_uri(self._caller_id())
         sid = self.services.new_call_sid()
-        leg = self.services.engine.place_call(sid, branch.uri, from_uri, headers, branch.trunk)
+        leg = self.services.engine.place_call(
+            sid, branch.uri, from_uri, branch.headers, branch.trunk, branch.credentials
+        )
         branch.leg = leg
         branch.started = datetime.now(UTC)
         key = branch.key
         leg.subscribe(lambda e: self.events.put_nowait((key, e)))
+        if callbacks is not None:
+            callbacks.initiated()
         if not leg.live:  # never sent: its LegEnded was emitted before we subscribed
             self.events.put_nowait((key, LegEnded(leg.final_code or 500, leg.final_reason)))
 
+    def _callbacks_for(self, branch: Branch) -> BranchCallbacks | None:
+        target = branch.target
+        if not target.status_callback:
+            return None
+        branch.callbacks = BranchCallbacks(
+            self.services.webhooks,
+            url=target.status_callback,
+            method=target.status_callback_method,
+            events=target.status_callback_event,
+            params=lambda: self._child_params(branch),
+        )
+        return branch.callbacks
+
     async def _race(self) -> str:
         """Feed events to the fork group until it finishes; returns DialCallStatus."""
-        assert self.group is not None
         loop = asyncio.get_running_loop()
         timeout = self.dial.timeout + self.services.timeout_grace
         timer = loop.call_later(timeout, lambda: self.events.put_nowait((None, "timeout")))
@@ -164,12 +240,7 @@ class DialRunner:
         try:
             while True:
                 key, event = await self.events.get()
-                group = self.group
-                if event == "timeout":
-                    actions = group.timed_out()
-                elif event == "time-limit":
-                    actions = group.bridge_ended()
-                elif key is None:
+                if key is None:
                     actions = self._caller_event(event)
                 else:
                     actions = self._branch_event(self.branches[key], event)
@@ -188,45 +259,75 @@ class DialRunner:
             if limit is not None:
                 limit.cancel()
 
-    def _caller_event(self, event: LegEvent | str) -> list[object]:
+    def _caller_event(self, event: Event) -> list[Action]:
         group = self.group
-        assert group is not None
-        if not isinstance(event, LegEnded):
-            return []
-        return list(group.bridge_ended() if self.winner else group.caller_left())
-
-    def _branch_event(self, branch: Branch, event: LegEvent | str) -> list[object]:
-        group = self.group
-        assert group is not None
         match event:
-            case LegProgressed(early_media=True):
-                return list(group.early_media(branch.key))
+            case "timeout":
+                for key in group.ringing_branches():
+                    self.branches[key].cancel_status = "no-answer"
+                return group.timed_out()
+            case "time-limit":
+                if self.winner is not None and self.winner.leg is not None:
+                    self.winner.leg.hangup()
+                return []
+            case DtmfReceived(digit="*") if self.dial.hangup_on_star and self.bridged_at:
+                if self.winner is not None and self.winner.leg is not None:
+                    self.winner.leg.hangup()
+                return []
+            case LegEnded():
+                if self.winner is not None:
+                    return group.bridge_ended()
+                for key in group.pending_branches():
+                    self.branches[key].cancel_status = "canceled"
+                return group.caller_left()
+        return []
+
+    def _branch_event(self, branch: Branch, event: Event) -> list[Action]:
+        group = self.group
+        callbacks = branch.callbacks
+        match event:
+            case LegProgressed(early_media=early):
+                if callbacks is not None:
+                    callbacks.ringing()
+                return group.early_media(branch.key) if early else []
             case LegAnswered():
                 branch.answered = datetime.now(UTC)
-                return list(group.answered(branch.key))
+                if callbacks is not None:
+                    callbacks.answered()
+                return group.answered(branch.key, screened=branch.screened)
             case LegMediaReady():
                 if group.early_media_branch == branch.key and self.winner is None:
                     self._relay_early_media(branch)
                 return []
             case LegEnded(sip_code=code):
+                if callbacks is not None:
+                    callbacks.completed(branch.final_status(), self._duration(branch))
                 if self.winner is branch:
-                    return list(group.bridge_ended())
-                return list(group.failed(branch.key, code))
+                    return group.bridge_ended()
+                return group.failed(branch.key, code)
+            case "screen-passed":
+                return group.screen_passed(branch.key)
+            case "screen-failed":
+                if branch.leg is not None:
+                    branch.leg.hangup()
+                return []
         return []
 
-    async def _apply(self, actions: list[object]) -> bool:
+    async def _apply(self, actions: list[Action]) -> bool:
         """Carry out the fork group's actions; True when a bridge was made."""
         bridged = False
         for action in actions:
             match action:
                 case Cancel(branch=key):
-                    leg = self.branches[key].leg  # type: ignore[index]
-                    if leg is not None:
-                        leg.hangup()
-                case RelayEarlyMedia(branch=key):
                     branch = self.branches[key]  # type: ignore[index]
-                    if self.dial.ring_tone is None:
-                        self._relay_early_media(branch)
+                    if branch.cancel_status is None:
+                        branch.cancel_status = "canceled"
+                    if branch.leg is not None:
+                        branch.leg.hangup()
+                case RelayEarlyMedia(branch=key):
+                    self._relay_early_media(self.branches[key])  # type: ignore[index]
+                case Screen(branch=key):
+                    self._start_screening(self.branches[key])  # type: ignore[index]
                 case Bridge(branch=key):
                     bridged = await self._bridge(self.branches[key])  # type: ignore[index]
         return bridged
@@ -252,8 +353,8 @@ class DialRunner:
         try:
             await self.session.wait_media(self.caller)
             await self.session.wait_media(leg)
-        except Exception:  # noqa: BLE001 - caller gone: the LegEnded event ends the race
-            return False
+        except CallGone:
+            return False  # the caller's LegEnded is queued and ends the race
         engine = self.services.engine
         engine.connect(self.caller, leg)
         engine.connect(leg, self.caller)
@@ -261,6 +362,37 @@ class DialRunner:
         if self.session.answered_at is None:
             self.session.answered_at = self.bridged_at
         return True
+
+    # ---- screening: sendDigits and whisper -------------------------------------------
+
+    def _start_screening(self, branch: Branch) -> None:
+        async def screen() -> None:
+            passed = await self._screen(branch)
+            self.events.put_nowait((branch.key, "screen-passed" if passed else "screen-failed"))
+
+        branch.screen = asyncio.get_running_loop().create_task(screen())  # type: ignore[assignment]
+
+    async def _screen(self, branch: Branch) -> bool:
+        """Send the digits, run the whisper document; True if the callee stayed."""
+        leg = branch.leg
+        assert leg is not None
+        target = branch.target
+        script = WhisperScript(self, branch)
+        try:
+            await script.wait_media(leg)
+            if isinstance(target, rcml.Number) and target.send_digits:
+                await script.send_digits(leg, target.send_digits)
+            if target.url:
+                document = await script.fetch(target.url, target.method, {})
+                if document is None:
+                    return False
+                await script.run_document(document)
+        except CallGone:
+            return False
+        except Exception:
+            self.log.exception("%s: whisper failed", leg.call_sid)
+            return False
+        return leg.live
 
     # ---- ringback --------------------------------------------------------------------
 
@@ -275,9 +407,40 @@ class DialRunner:
         if player is not None:
             player.close()
 
+    # ---- parameters ------------------------------------------------------------------
+
+    def _child_params(self, branch: Branch) -> dict[str, str]:
+        """Voice-request parameters of a child leg (status callbacks, whisper)."""
+        leg = branch.leg
+        status = "queued"
+        if leg is not None:
+            status = leg.machine.call_status if leg.live else branch.final_status()
+        return {
+            "CallSid": leg.call_sid if leg is not None else "",
+            "ParentCallSid": self.caller.call_sid,
+            "AccountSid": self.services.account_sid,
+            "From": self._caller_id(),
+            "To": branch.to,
+            "Caller": self._caller_id(),
+            "Called": branch.to,
+            "CallStatus": status,
+            "ApiVersion": "2010-04-01",
+            "Direction": "outbound-dial",
+            "SipCallId": leg.sip_call_id if leg is not None else "",
+        }
+
+    @staticmethod
+    def _duration(branch: Branch) -> int:
+        if branch.answered is None:
+            return 0
+        return int((datetime.now(UTC) - branch.answered).total_seconds())
+
     # ---- the end ---------------------------------------------------------------------
 
     async def _end_children(self) -> None:
+        for branch in self.branches.values():
+            if branch.screen is not None and not branch.screen.done():
+                branch.screen.cancel()
         legs = [b.leg for b in self.branches.values() if b.leg is not None]
         for leg in legs:
             leg.hangup()
@@ -298,11 +461,10 @@ class DialRunner:
                     trunk=branch.trunk,
                     call_reason=self.dial.call_reason,
                     ended=ended,
+                    status=branch.final_status(),
                 )
 
     async def _report(self, status: str) -> Continue | None:
-        from switch.script import Continue
-
         now = datetime.now(UTC)
         duration = int((now - self.bridged_at).total_seconds()) if self.bridged_at else 0
         ring_end = self.bridged_at or now
@@ -328,6 +490,28 @@ class DialRunner:
         if not self.caller.live:
             return Continue(None, self.dial.action)
         return Continue(doc, self.dial.action)
+
+
+class WhisperScript(LegScript):
+    """The whisper document of one target, run on the called party before the bridge."""
+
+    whisper = True
+
+    def __init__(self, runner: DialRunner, branch: Branch):
+        assert branch.leg is not None
+        adapter = logging.LoggerAdapter(
+            logging.getLogger("dialswitch.call"), {"call_sid": branch.leg.call_sid}
+        )
+        super().__init__(runner.services, branch.leg, runner.session.document_url, None, adapter)
+        self.runner = runner
+        self.branch = branch
+
+    def params(self) -> dict[str, str]:
+        return self.runner._child_params(self.branch)
+
+    def notify(self, code: int, message: str, url: str | None = None, error: bool = True) -> None:
+        """Problems of a whisper document are the parent call's notifications."""
+        self.runner.session.notify(code, f"whisper: {message}", url, error)
 
 
 def _last_invited(branches: dict[int, Branch]) -> Branch | None:

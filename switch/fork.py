@@ -92,10 +92,10 @@ class ForkGroup:
     def of(cls, keys: Iterable[Hashable]) -> ForkGroup:
         return cls(branches={key: BranchState.RINGING for key in keys})
 
-    def _ringing(self) -> list[Hashable]:
+    def ringing_branches(self) -> list[Hashable]:
         return [k for k, s in self.branches.items() if s is BranchState.RINGING]
 
-    def _pending(self) -> list[Hashable]:
+    def pending_branches(self) -> list[Hashable]:
         """Branches that may still win: ringing or being screened."""
         live = (BranchState.RINGING, BranchState.SCREENING)
         return [k for k, s in self.branches.items() if s in live]
@@ -108,7 +108,7 @@ class ForkGroup:
         return actions
 
     def _cancel_all_ringing(self) -> list[Action]:
-        return self._cancel(self._ringing())
+        return self._cancel(self.ringing_branches())
 
     def start(self) -> list[Action]:
         """Called once after the branches were created: an empty group ends now."""
@@ -155,7 +155,7 @@ class ForkGroup:
     def _win(self, key: Hashable) -> list[Action]:
         self.winner = key
         self.branches[key] = BranchState.WON
-        others = [k for k in self._pending() if k != key]
+        others = [k for k in self.pending_branches() if k != key]
         return [*self._cancel(others), Bridge(key)]
 
     def failed(self, key: Hashable, sip_code: int) -> list[Action]:
@@ -169,7 +169,7 @@ class ForkGroup:
         self.final_codes.setdefault(key, sip_code)
         if state in (BranchState.RINGING, BranchState.SCREENING):
             self.branches[key] = BranchState.FAILED
-        if self.finished or self.winner is not None or self._pending():
+        if self.finished or self.winner is not None or self.pending_branches():
             return []
         if self.deadline_passed:
             return self._finish("no-answer")
@@ -185,7 +185,7 @@ class ForkGroup:
             return []
         self.deadline_passed = True
         actions = self._cancel_all_ringing()
-        if self._pending():
+        if self.pending_branches():
             return actions
         return [*actions, *self._finish("no-answer")]
 
@@ -193,7 +193,7 @@ class ForkGroup:
         """The caller CANCELled or hung up while the fork was ringing."""
         if self.finished or self.winner is not None:
             return []
-        return [*self._cancel(self._pending()), *self._finish("no-answer")]
+        return [*self._cancel(self.pending_branches()), *self._finish("no-answer")]
 
     def bridge_ended(self) -> list[Action]:
         """The bridged call ended, from either side or by ``timeLimit``."""

@@ -194,12 +194,8 @@ class LegScript:
             raise CallGone
 
     async def wait(self, seconds: float) -> None:
-        """Sleep, but raise CallGone as soon as the caller hangs up."""
-        try:
-            await asyncio.wait_for(asyncio.shield(self.leg.ended), seconds)
-        except TimeoutError:
-            return
-        raise CallGone
+        """Sleep, but raise CallGone as soon as this leg hangs up."""
+        await sleep_unless_ended(self.leg, seconds)
 
     async def play_file(self, path: Path, loops: int) -> None:
         duration = wav_duration(path)
@@ -285,6 +281,15 @@ class LegScript:
         action = verb.action or self.document_url
         doc = await self.fetch(action, verb.method, {"Digits": result})
         return Continue(doc, action)
+
+
+async def sleep_unless_ended(leg: Leg, seconds: float) -> None:
+    """Sleep ``seconds``; raise CallGone as soon as ``leg`` ends."""
+    try:
+        await asyncio.wait_for(asyncio.shield(leg.ended), seconds)
+    except TimeoutError:
+        return
+    raise CallGone
 
 
 def _digit_runs(digits: str) -> list[str]:

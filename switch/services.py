@@ -134,6 +134,7 @@ class Services:
         trunk: str | None = None,
         call_reason: str | None = None,
         ended: datetime | None = None,
+        status: str | None = None,
     ) -> None:
         end = ended or datetime.now(UTC)
         duration = int((end - answered).total_seconds()) if answered else 0
@@ -148,7 +149,7 @@ class Services:
                 start_time=started,
                 answer_time=answered,
                 end_time=end,
-                status=self.final_status(leg),  # type: ignore[arg-type]
+                status=(status or self.final_status(leg)),  # type: ignore[arg-type]
                 sip_code=leg.final_code,
                 sip_call_id=leg.sip_call_id or None,
                 trunk=trunk,

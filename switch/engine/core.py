@@ -29,6 +29,7 @@ from switch.sipmsg import SipMessage
 log = logging.getLogger("dialswitch.engine")
 
 PUMP_IDLE_SECONDS = 0.002
+CREDENTIAL_ACCOUNTS = 8  # <Sip username/password> pairs with an account of their own
 PUMP_BURST = 64  # handle at most this many event batches before yielding to the loop
 
 
@@ -61,9 +62,10 @@ class EngineSettings:
 
 
 class _Account(pj.Account):  # type: ignore[misc]
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, ports: tuple[int, int]):
         super().__init__()
         self.engine = engine
+        self.ports = ports
 
     @guarded
     def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:  # noqa: N802
@@ -114,6 +116,8 @@ class Engine:
         self._endpoint: pj.Endpoint | None = None
         self._default_account: _Account | None = None
         self._trunk_accounts: dict[str, _Account] = {}
+        self._credential_accounts: dict[tuple[str, str], _Account] = {}
+        self._credential_ports: list[tuple[int, int]] = []
         self._calls: dict[int, _PjCall] = {}
         self._players: set[Player] = set()
         self._pump_task: asyncio.Task[None] | None = None
@@ -155,12 +159,14 @@ class Engine:
         slices = _port_slices(
             self.settings.rtp_port_min,
             self.settings.rtp_port_max,
-            1 + len(self.settings.trunk_accounts),
+            1 + len(self.settings.trunk_accounts) + CREDENTIAL_ACCOUNTS,
         )
+        self._credential_ports = slices[1 + len(self.settings.trunk_accounts) :]
         self._default_account = self._make_account(
             f"sip:dialswitch@{_hostport(first)}", None, True, slices[0]
         )
-        for trunk, ports in zip(self.settings.trunk_accounts, slices[1:], strict=True):
+        trunk_slices = slices[1 : 1 + len(self.settings.trunk_accounts)]
+        for trunk, ports in zip(self.settings.trunk_accounts, trunk_slices, strict=True):
             self._trunk_accounts[trunk.name] = self._make_account(
                 f"sip:{trunk.username}@{_hostport(first)}", trunk, False, ports
             )
@@ -179,7 +185,7 @@ class Engine:
         if trunk is not None:
             cred = pj.AuthCredInfo("digest", "*", trunk.username, 0, trunk.password)
             acfg.sipConfig.authCreds.append(cred)
-        account = _Account(self)
+        account = _Account(self, ports)
         account.create(acfg, default)
         return account
 
@@ -212,6 +218,7 @@ class Engine:
         if stuck:
             log.warning("%d calls did not end before shutdown", len(stuck))
         self._calls.clear()
+        self._credential_accounts.clear()
         gc.collect()
         if self._endpoint is not None:
             self._endpoint.libDestroy()
@@ -241,15 +248,23 @@ class Engine:
         from_uri: str,
         headers: Sequence[tuple[str, str]] = (),
         trunk: str | None = None,
+        credentials: tuple[str, str] | None = None,
     ) -> Leg:
         """Send an INVITE to ``to_uri`` with ``from_uri`` in From; returns the leg.
 
-        A failure to even send (bad URI, no transport) ends the leg at once
-        with 500/the pjsua2 status: the caller sees a LegEnded like any other.
+        ``trunk`` selects that trunk's digest credentials; ``credentials``
+        (username, password) answer the far end's challenge instead. A failure
+        to even send (bad URI, no transport, no account free) ends the leg at
+        once: the caller sees a LegEnded like any other.
         """
-        account = self._trunk_accounts.get(trunk or "") or self._default_account
-        assert account is not None
+        if credentials is not None:
+            account = self._credential_account(*credentials)
+        else:
+            account = self._trunk_accounts.get(trunk or "") or self._default_account
         leg = Leg(self, call_sid, outbound=True, request=None)
+        if account is None:
+            leg._disconnected(None, 503, "No Account For These Credentials")
+            return leg
         call = _PjCall(account, leg)
         leg._attach(call)
         prm = pj.CallOpParam(True)
@@ -271,6 +286,30 @@ class Engine:
             self._calls[call.getId()] = call
             leg._mark_calling(call.getInfo().callIdString)
         return leg
+
+    def _credential_account(self, username: str, password: str) -> _Account | None:
+        """The account answering challenges with these credentials, made on first use.
+
+        At most CREDENTIAL_ACCOUNTS exist; when all are taken, one with no live
+        call is replaced, else None (the branch fails with 503).
+        """
+        key = (username, password)
+        account = self._credential_accounts.pop(key, None)
+        if account is None:
+            if len(self._credential_accounts) >= CREDENTIAL_ACCOUNTS:
+                busy = {id(call.acc) for call in self._calls.values()}
+                idle = [k for k, a in self._credential_accounts.items() if id(a) not in busy]
+                if not idle:
+                    return None
+                ports = self._credential_accounts.pop(idle[0]).ports
+            else:
+                used = {a.ports for a in self._credential_accounts.values()}
+                ports = next(p for p in self._credential_ports if p not in used)
+            first = self.settings.listeners[0]
+            trunk = TrunkAccount(f"sip-{username}", username, password)
+            account = self._make_account(f"sip:{username}@{_hostport(first)}", trunk, False, ports)
+        self._credential_accounts[key] = account  # most recently used last
+        return account
 
     def _release(self, call: _PjCall) -> None:
         """Drop the registry's reference; called from the leg's DISCONNECTED."""

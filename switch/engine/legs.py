@@ -59,6 +59,7 @@ class _PjCall(pj.Call):  # type: ignore[misc]
 
     def __init__(self, account: pj.Account, leg: Leg, call_id: int = pj.PJSUA_INVALID_ID):
         super().__init__(account, call_id)
+        self.acc = account
         self.leg = leg
         self.gone = False
 
@@ -238,13 +239,14 @@ class Leg:
             self.media_ready.set()
             self._emit(LegMediaReady())
 
-    def _disconnected(self, call: _PjCall, code: int, reason: str) -> None:
+    def _disconnected(self, call: _PjCall | None, code: int, reason: str) -> None:
         self.final_code = code
         self.final_reason = reason
         self._call = None
         self._media_index = None
         self.machine.move(LegState.ENDED)
-        self.engine._release(call)
+        if call is not None:
+            self.engine._release(call)
         event = LegEnded(code, reason)
         if not self.ended.done():
             self.ended.set_result(event)
