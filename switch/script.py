@@ -124,7 +124,12 @@ class LegScript:
 
     def _parse(self, fetched: FetchedDocument) -> rcml.Document:
         url = fetched.url
-        document = parse(fetched.body, whisper=self.whisper)
+        if fetched.content_type == "text/plain":
+            # Twilio reads a plain-text answer out, as one <Say>.
+            text = fetched.body.decode(fetched.charset or "utf-8", "replace")
+            document = rcml.Document(verbs=(rcml.Say(text=" ".join(text.split())),))
+        else:
+            document = parse(fetched.body, whisper=self.whisper)
         self.document_url = url
         for notice in document.notices:
             self.notify(notice.code, notice.message, url, error=notice.level == "error")
@@ -149,6 +154,8 @@ class LegScript:
             case rcml.Pause():
                 await self.pause(verb.length)
             case rcml.Hangup():
+                # Twilio answers before hanging up; only <Reject> refuses a call.
+                await self.ensure_answered()
                 self.leg.hangup()
                 raise CallGone
             case rcml.Reject():
