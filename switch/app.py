@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Sequence
 
 import aiohttp
 from aiohttp import web
 
 from switch.config import Config
 from switch.engine import Engine, EngineSettings, Leg, Listener, TrunkAccount
+from switch.engine.core import RegisterRequest
 from switch.http import build_app
 from switch.numbers import InvalidNumber, request_uri_user_to_e164
+from switch.registrar.bindings import Source
+from switch.registrar.service import Registrar
 from switch.services import Services, new_call_sid
 from switch.session import CallSession
 from switch.sipmsg import uri_user
@@ -52,7 +56,8 @@ class Switch:
             config.account.auth_token,
         )
         http_client = aiohttp.ClientSession()
-        engine = Engine(self._engine_settings(), self._incoming)
+        self.registrar = Registrar(config.registrar, config.sip.domain, config.clients, store)
+        engine = Engine(self._engine_settings(), self._incoming, self._register)
         self.services = Services(config, store, webhooks, engine, http_client)
         engine.start(new_call_sid)
         runner = web.AppRunner(build_app(engine.counts, lambda: self.ready))
@@ -97,6 +102,11 @@ class Switch:
             ],
             log_level=5 if self.config.log.level == "debug" else 1,
         )
+
+    def _register(self, request: RegisterRequest) -> tuple[int, str, Sequence[tuple[str, str]]]:
+        source = Source(request.transport, request.host, request.port)
+        reply = self.registrar.handle(request.message, source, request.connection_id)
+        return reply.status, reply.reason, reply.headers
 
     def _incoming(self, leg: Leg) -> None:
         """An INVITE arrived: admit it, find the number's app, start its session."""

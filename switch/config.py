@@ -31,6 +31,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple, TypeAlias, TypeVar
 
+from switch.config_clients import ClientConfig, RegistrarConfig, build_clients, build_registrar
+
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "config" / "dialswitch.toml"
 """The default configuration file of a repository checkout."""
 
@@ -205,26 +207,16 @@ class Config:
     dial: DialConfig
     webhooks: WebhookConfig
     log: LogConfig
+    registrar: RegistrarConfig = RegistrarConfig()
+    clients: tuple[ClientConfig, ...] = ()
+
+    def client(self, identity: str) -> ClientConfig | None:
+        """A registered client's configuration, or None for an unknown identity."""
+        return next((c for c in self.clients if c.identity == identity), None)
 
     def number(self, e164: str) -> NumberConfig | None:
         """The configuration of one of our numbers, or None when it is not ours."""
         return next((n for n in self.numbers if n.number == e164), None)
-
-    def trunk_named(self, name: str) -> Trunk | None:
-        """The trunk a <Dial byoc="name"> asks for."""
-        return next((t for t in self.trunks if t.name == name), None)
-
-    def trunk_for(self, e164: str) -> Trunk | None:
-        """The trunk for a number: longest matching prefix, else the first trunk."""
-        best: Trunk | None = None
-        best_len = 0
-        for trunk in self.trunks:
-            for prefix in trunk.prefixes:
-                if e164.startswith(prefix) and len(prefix) > best_len:
-                    best, best_len = trunk, len(prefix)
-        if best is None and self.trunks:
-            return self.trunks[0]
-        return best
 
 
 # --- loading -----------------------------------------------------------------------
@@ -423,8 +415,12 @@ def _build(root: _Table) -> Config:
     dial = _build_dial(root.table("dial"))
     webhooks = _build_webhooks(root.table("webhooks"))
     log = _build_log(root.table("log"))
+    registrar = build_registrar(root.table("registrar"))
+    clients = build_clients(root.tables("clients"), METHODS, _parse_voice_url, _checked)
     root.finish()
-    return Config(sip, http, account, trunks, numbers, storage, dial, webhooks, log)
+    return Config(
+        sip, http, account, trunks, numbers, storage, dial, webhooks, log, registrar, clients
+    )
 
 
 def _build_sip(t: _Table) -> SipConfig:

@@ -54,6 +54,11 @@ class SipMessage:
                 return value
         return None
 
+    def header_values(self, name: str) -> list[str]:
+        """Every value of a header that may repeat (Contact, Authorization...)."""
+        wanted = _canonical(name)
+        return [value for key, value in self.headers if _canonical(key) == wanted]
+
     def x_headers(self) -> dict[str, str]:
         """Every ``X-`` header by the name the sender used (the first one wins)."""
         found: dict[str, str] = {}

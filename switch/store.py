@@ -19,7 +19,9 @@ that text order is time order. The schema evolves by numbered migrations recorde
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,6 +69,13 @@ MIGRATIONS: tuple[str, ...] = (
         time TEXT NOT NULL
     );
     CREATE INDEX notifications_call ON notifications (call_sid, time);
+    """,
+    """
+    CREATE TABLE bindings (
+        identity TEXT NOT NULL,
+        row TEXT NOT NULL
+    );
+    CREATE INDEX bindings_identity ON bindings (identity);
     """,
 )
 """Schema steps: ``MIGRATIONS[n]`` takes the database from user_version n to n + 1."""
@@ -283,6 +292,19 @@ class Store:
             Notification(sid, code, level, message, url, _from_text(time))
             for sid, code, level, message, url, time in rows
         ]
+
+    def replace_bindings(self, identity: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Store the current registrations of one identity (registrar rows)."""
+        with self._db:
+            self._db.execute("DELETE FROM bindings WHERE identity = ?", (identity,))
+            self._db.executemany(
+                "INSERT INTO bindings (identity, row) VALUES (?, ?)",
+                [(identity, json.dumps(dict(row), sort_keys=True)) for row in rows],
+            )
+
+    def bindings(self) -> list[dict[str, Any]]:
+        """Every stored registration row, for the registrar to reload at start."""
+        return [json.loads(row) for (row,) in self._db.execute("SELECT row FROM bindings")]
 
 
 def _migrate(db: sqlite3.Connection) -> None:

@@ -61,6 +61,49 @@ class EngineSettings:
     log_level: int = 1  # pjsua2's own log level (0..6)
 
 
+@dataclass(frozen=True)
+class RegisterRequest:
+    """An out-of-dialog REGISTER as the registrar needs it."""
+
+    message: SipMessage
+    host: str
+    port: int
+    transport: str  # udp | tcp | tls
+    connection_id: str | None  # the TCP/TLS connection it came over
+
+
+RegisterHandler = Callable[[RegisterRequest], tuple[int, str, Sequence[tuple[str, str]]]]
+
+
+class _Endpoint(pj.Endpoint):  # type: ignore[misc]
+    """pjsua2's endpoint with our REGISTER hook (deploy/pjsua2/patches/0004)."""
+
+    def __init__(self, on_register: RegisterHandler | None):
+        super().__init__()
+        self.on_register = on_register
+
+    @guarded
+    def onRxRegister(self, prm: pj.OnRxRegisterParam) -> None:  # noqa: N802 - pjsua2 name
+        if self.on_register is None:
+            return  # 501, the default
+        host, port = _split_hostport(prm.rdata.srcAddress)
+        request = RegisterRequest(
+            SipMessage.parse(prm.rdata.wholeMsg),
+            host,
+            port,
+            prm.transportType.lower(),
+            prm.connectionId or None,
+        )
+        status, reason, headers = self.on_register(request)
+        prm.statusCode = status
+        prm.reason = reason
+        for name, value in headers:
+            header = pj.SipHeader()
+            header.hName = name
+            header.hValue = value
+            prm.headers.append(header)
+
+
 class _Account(pj.Account):  # type: ignore[misc]
     def __init__(self, engine: Engine, ports: tuple[int, int]):
         super().__init__()
@@ -109,9 +152,15 @@ class Player:
 class Engine:
     """Owns the pjsua2 endpoint, its transports, accounts, calls and players."""
 
-    def __init__(self, settings: EngineSettings, on_incoming: Callable[[Leg], None]):
+    def __init__(
+        self,
+        settings: EngineSettings,
+        on_incoming: Callable[[Leg], None],
+        on_register: RegisterHandler | None = None,
+    ):
         self.settings = settings
         self.on_incoming = on_incoming
+        self.on_register = on_register
         self.loop = asyncio.get_running_loop()
         self._endpoint: pj.Endpoint | None = None
         self._default_account: _Account | None = None
@@ -127,7 +176,7 @@ class Engine:
 
     def start(self, sid_factory: Callable[[], str]) -> None:
         self._sid_factory = sid_factory
-        ep = pj.Endpoint()
+        ep = _Endpoint(self.on_register)
         ep.libCreate()
         cfg = pj.EpConfig()
         cfg.uaConfig.threadCnt = 0
@@ -354,6 +403,12 @@ def _transport_type(listener: Listener) -> int:
     if listener.transport == "tls":
         return pj.PJSIP_TRANSPORT_TLS6 if v6 else pj.PJSIP_TRANSPORT_TLS
     return pj.PJSIP_TRANSPORT_UDP6 if v6 else pj.PJSIP_TRANSPORT_UDP
+
+
+def _split_hostport(address: str) -> tuple[str, int]:
+    """``"127.0.0.1:5060"`` or ``"[::1]:5060"`` -> (host, port)."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port) if port.isdigit() else 0
 
 
 def _port_slices(low: int, high: int, count: int) -> list[tuple[int, int]]:

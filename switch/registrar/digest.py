@@ -342,12 +342,16 @@ class DigestChallenger:
         *,
         max_tracked_nonces: int = 10_000,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        algorithms: tuple[Algorithm, ...] = (Algorithm.SHA256, Algorithm.MD5),
     ) -> None:
+        if not algorithms:
+            raise ValueError("offer at least one digest algorithm")
         if not secret:
             raise ValueError("the nonce secret must not be empty")
         if nonce_ttl <= 0 or max_tracked_nonces <= 0:
             raise ValueError("nonce_ttl and max_tracked_nonces must be positive")
         self.realm = realm
+        self.algorithms = algorithms
         self.nonce_ttl = nonce_ttl
         self.max_tracked_nonces = max_tracked_nonces
         self._secret = secret
@@ -357,7 +361,10 @@ class DigestChallenger:
         self._evicted_issued_at = float("-inf")
 
     def challenge(self, now: float, stale: bool = False) -> list[str]:
-        """WWW-Authenticate values for a 401: SHA-256 first, then MD5, one nonce."""
+        """WWW-Authenticate values for a 401, one per algorithm in preference order.
+
+        One nonce serves every algorithm (RFC 8760 section 2.4).
+        """
         nonce = self._new_nonce(now)
         return [
             Challenge(
@@ -368,7 +375,7 @@ class DigestChallenger:
                 opaque=self._opaque,
                 stale=stale,
             ).header_value()
-            for algorithm in (Algorithm.SHA256, Algorithm.MD5)
+            for algorithm in self.algorithms
         ]
 
     def verify(
