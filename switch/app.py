@@ -59,6 +59,7 @@ class Switch:
         self.registrar = Registrar(config.registrar, config.sip.domain, config.clients, store)
         engine = Engine(self._engine_settings(), self._incoming, self._register)
         self.services = Services(config, store, webhooks, engine, http_client)
+        self.services.registrar = self.registrar
         engine.start(new_call_sid)
         runner = web.AppRunner(build_app(engine.counts, lambda: self.ready))
         await runner.setup()
@@ -115,6 +116,10 @@ class Switch:
             return
         request = leg.request
         assert request is not None
+        caller = uri_user(request.header("from") or "")
+        if self.config.client(caller) is not None:
+            self._client_call(leg, caller)
+            return
         try:
             number = request_uri_user_to_e164(uri_user(request.request_uri))
         except InvalidNumber:
@@ -124,7 +129,30 @@ class Switch:
             log.info("%s: no number %r: 404", leg.call_sid, request.request_uri)
             leg.hangup(404, "Not Found")
             return
-        session = CallSession(self.services, leg, app, to=number)
-        task = asyncio.get_running_loop().create_task(session.run(), name=leg.call_sid)
+        self._start(CallSession(self.services, leg, app, to=number))
+
+    def _client_call(self, leg: Leg, identity: str) -> None:
+        """A registered client places a call: digest first (407), then its own app."""
+        request = leg.request
+        assert request is not None
+        source_ip = leg.source.rpartition(":")[0].strip("[]")
+        user, refusal = self.registrar.authenticate(
+            "INVITE", request, source_ip, "Proxy-Authorization"
+        )
+        if refusal is not None:
+            leg.hangup(refusal.status, refusal.reason, refusal.headers)
+            return
+        if user != identity:
+            leg.hangup(403, "Forbidden")
+            return
+        app = self.services.client_apps.get(identity)
+        if app is None:
+            leg.hangup(403, "No Application For This Client")
+            return
+        to = self.services.dialled(uri_user(request.request_uri))
+        self._start(CallSession(self.services, leg, app, to=to, from_=f"client:{identity}"))
+
+    def _start(self, session: CallSession) -> None:
+        task = asyncio.get_running_loop().create_task(session.run(), name=session.leg.call_sid)
         self.sessions.add(task)
         task.add_done_callback(self.sessions.discard)

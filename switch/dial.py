@@ -40,6 +40,7 @@ from switch.fork import Action, Bridge, Cancel, Finished, ForkGroup, RelayEarlyM
 from switch.leg import final_call_status
 from switch.numbers import InvalidNumber, to_e164
 from switch.rcml import model as rcml
+from switch.registrar.bindings import Binding
 from switch.routing import NoRoute, select_trunk
 from switch.script import CallGone, Continue, LegScript
 from switch.sipuri import InvalidSipUri, parse_dial_uri
@@ -61,6 +62,7 @@ class Branch:
     target: rcml.Target
     to: str  # the To of the child call (E.164 number, SIP URI or client:name)
     uri: str = ""
+    target_uri: str | None = None  # Request-URI when it differs from To (clients)
     trunk: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
     credentials: tuple[str, str] | None = None
@@ -107,19 +109,16 @@ class DialRunner:
 
     def _plan(self) -> None:
         """Turn each target into a branch; unroutable ones fail at once."""
-        for key, target in enumerate(self.dial.targets):
+        for target in self.dial.targets:
             match target:
                 case rcml.Number():
-                    self._plan_number(key, target)
+                    self._plan_number(len(self.branches), target)
                 case rcml.Sip():
-                    self._plan_sip(key, target)
+                    self._plan_sip(len(self.branches), target)
                 case rcml.Client():
-                    self.branches[key] = Branch(key, target, to=f"client:{target.identity}")
-                    self.session.notify(
-                        13215, f"client {target.identity!r} has no registration", None
-                    )
-            if self.dial.call_reason:
-                branch = self.branches[key]
+                    self._plan_client(target)
+        if self.dial.call_reason:
+            for branch in self.branches.values():
                 branch.headers = (*branch.headers, ("X-Call-Reason", self.dial.call_reason))
 
     def _plan_number(self, key: int, target: rcml.Number) -> None:
@@ -154,6 +153,31 @@ class DialRunner:
         branch.headers = parsed.headers
         if target.username and target.password:
             branch.credentials = (target.username, target.password)
+
+    def _plan_client(self, target: rcml.Client) -> None:
+        """One branch per live registration; none registered: one branch failing at once."""
+        identity = target.identity
+        registrar = self.services.registrar
+        bindings = registrar.lookup(identity) if registrar is not None else []
+        headers = (
+            *((_x_name(p.name), p.value) for p in target.parameters),
+            *target.sip_headers,
+        )
+        if not bindings:
+            self.log.info("%s: client %r is not registered", self.caller.call_sid, identity)
+            key = len(self.branches)
+            self.branches[key] = Branch(key, target, to=f"client:{identity}")
+            return
+        for binding in bindings:
+            key = len(self.branches)
+            self.branches[key] = Branch(
+                key,
+                target,
+                to=f"client:{identity}",
+                uri=self.services.client_uri(identity),
+                target_uri=binding_target(binding),
+                headers=headers,
+            )
 
     def _caller_id(self) -> str:
         return self.dial.caller_id or self.session.from_
@@ -207,7 +231,13 @@ class DialRunner:
         from_uri = self.services.from_uri(self._caller_id())
         sid = self.services.new_call_sid()
         leg = self.services.engine.place_call(
-            sid, branch.uri, from_uri, branch.headers, branch.trunk, branch.credentials
+            sid,
+            branch.uri,
+            from_uri,
+            branch.headers,
+            branch.trunk,
+            branch.credentials,
+            branch.target_uri,
         )
         branch.leg = leg
         branch.started = datetime.now(UTC)
@@ -512,6 +542,26 @@ class WhisperScript(LegScript):
     def notify(self, code: int, message: str, url: str | None = None, error: bool = True) -> None:
         """Problems of a whisper document are the parent call's notifications."""
         self.runner.session.notify(code, f"whisper: {message}", url, error)
+
+
+def _x_name(name: str) -> str:
+    """A <Parameter> name as the X- header a SIP client receives it in."""
+    return name if name.lower().startswith("x-") else f"X-{name}"
+
+
+def binding_target(binding: Binding) -> str:
+    """The Request-URI that reaches a registration where its REGISTER came from.
+
+    The user part of the registered Contact is kept; host, port and transport
+    are the source of the REGISTER, so a phone behind NAT is reached through
+    its own mapping (and a TCP phone over its own connection).
+    """
+    scheme, _, rest = binding.contact_uri.partition(":")
+    user = rest.split("@", 1)[0] + "@" if "@" in rest else ""
+    source = binding.source
+    host = f"[{source.host}]" if ":" in source.host else source.host
+    transport = "" if source.transport == "udp" else f";transport={source.transport}"
+    return f"{scheme}:{user}{host}:{source.port}{transport}"
 
 
 def _last_invited(branches: dict[int, Branch]) -> Branch | None:

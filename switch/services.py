@@ -17,9 +17,11 @@ import aiohttp
 from media.audio import MAX_DOWNLOAD, AudioCache
 from media.tones import ensure_tone_files
 from switch.config import Config, NumberConfig, Trunk
+from switch.config_clients import ClientConfig
 from switch.engine import Leg
 from switch.leg import final_call_status
 from switch.numbers import InvalidNumber, to_e164
+from switch.registrar.service import Registrar
 from switch.store import LegRecord, Store
 from switch.webhook import WebhookClient
 
@@ -37,6 +39,22 @@ class NumberApp:
     voice_fallback_method: str
     status_callback: str | None
     status_callback_method: str
+
+    @classmethod
+    def of_client(cls, client: ClientConfig, demo_url: str) -> NumberApp | None:
+        """The app a registered client's own calls run (None: the client has none)."""
+        if not client.voice_url:
+            return None
+        url = demo_url if client.voice_url.startswith(DEMO_SCHEME) else client.voice_url
+        return cls(
+            number=f"client:{client.identity}",
+            voice_url=url,
+            voice_method=client.voice_method,
+            voice_fallback_url=client.voice_fallback_url,
+            voice_fallback_method=client.voice_fallback_method,
+            status_callback=None,
+            status_callback_method="POST",
+        )
 
     @classmethod
     def of(cls, number: NumberConfig, demo_url: str) -> NumberApp:
@@ -81,6 +99,12 @@ class Services:
         self.new_call_sid = new_call_sid
         demo_url = f"{config.http.public_url.rstrip('/')}/demo/voice"
         self.apps = {n.number: NumberApp.of(n, demo_url) for n in config.numbers}
+        self.client_apps = {
+            c.identity: app
+            for c in config.clients
+            if (app := NumberApp.of_client(c, demo_url)) is not None
+        }
+        self.registrar: Registrar | None = None  # set by the switch once created
 
     # ---- numbers and addresses -------------------------------------------------------
 
@@ -91,9 +115,22 @@ class Services:
         except InvalidNumber:
             return user
 
+    def dialled(self, user: str) -> str:
+        """Twilio's ``To`` for what a client dialled: ``client:bob``, E.164, or as sent."""
+        if self.config.client(user) is not None:
+            return f"client:{user}"
+        return self.caller_number(user)
+
     def from_uri(self, caller_id: str) -> str:
+        """From of a child call; ``client:joey`` becomes the user ``joey``."""
+        caller_id = caller_id.removeprefix("client:")
         host = self.config.sip.public_host
         return f"sip:{caller_id}@{f'[{host}]' if ':' in host else host}"
+
+    def client_uri(self, identity: str) -> str:
+        """The address-of-record of a client: the To of calls to it."""
+        domain = self.config.sip.domain
+        return f"sip:{identity}@{f'[{domain}]' if ':' in domain else domain}"
 
     def trunk_uri(self, trunk: Trunk, number: str) -> str:
         transport = f";transport={trunk.transport}" if trunk.transport else ""

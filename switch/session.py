@@ -30,7 +30,9 @@ log = logging.getLogger("dialswitch.call")
 class CallSession(LegScript):
     """Runs the RCML of one inbound call leg."""
 
-    def __init__(self, services: Services, leg: Leg, app: NumberApp, to: str):
+    def __init__(
+        self, services: Services, leg: Leg, app: NumberApp, to: str, from_: str | None = None
+    ):
         fallback = (
             Fallback(app.voice_fallback_url, app.voice_fallback_method)
             if app.voice_fallback_url
@@ -42,7 +44,7 @@ class CallSession(LegScript):
         request = leg.request
         assert request is not None
         from_header = request.header("from") or ""
-        self.from_ = services.caller_number(uri_user(from_header))
+        self.from_ = from_ or services.caller_number(uri_user(from_header))
         self.to = to
         self.caller_name = display_name(from_header)
         self.started = datetime.now(UTC)

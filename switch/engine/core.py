@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pjsua2 as pj
 
-from switch.engine.legs import Leg, _PjCall, guarded
+from switch.engine.legs import Leg, _PjCall, add_headers, guarded
 from switch.sipmsg import SipMessage
 
 log = logging.getLogger("dialswitch.engine")
@@ -97,11 +97,7 @@ class _Endpoint(pj.Endpoint):  # type: ignore[misc]
         status, reason, headers = self.on_register(request)
         prm.statusCode = status
         prm.reason = reason
-        for name, value in headers:
-            header = pj.SipHeader()
-            header.hName = name
-            header.hValue = value
-            prm.headers.append(header)
+        add_headers(prm.headers, headers)
 
 
 class _Account(pj.Account):  # type: ignore[misc]
@@ -298,13 +294,17 @@ class Engine:
         headers: Sequence[tuple[str, str]] = (),
         trunk: str | None = None,
         credentials: tuple[str, str] | None = None,
+        target_uri: str | None = None,
     ) -> Leg:
         """Send an INVITE to ``to_uri`` with ``from_uri`` in From; returns the leg.
 
         ``trunk`` selects that trunk's digest credentials; ``credentials``
         (username, password) answer the far end's challenge instead. A failure
         to even send (bad URI, no transport, no account free) ends the leg at
-        once: the caller sees a LegEnded like any other.
+        once: the caller sees a LegEnded like any other. ``target_uri``, when
+        given, is the Request-URI (and so where the INVITE goes) while
+        ``to_uri`` stays in To: a registered client is reached at the address
+        its REGISTER came from.
         """
         if credentials is not None:
             account = self._credential_account(*credentials)
@@ -318,11 +318,9 @@ class Engine:
         leg._attach(call)
         prm = pj.CallOpParam(True)
         prm.txOption.localUri = from_uri
-        for name, value in headers:
-            header = pj.SipHeader()
-            header.hName = name
-            header.hValue = value
-            prm.txOption.headers.append(header)
+        if target_uri:
+            prm.txOption.targetUri = target_uri
+        add_headers(prm.txOption.headers, headers)
         try:
             call.makeCall(to_uri, prm)
         except pj.Error as error:

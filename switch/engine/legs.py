@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pjsua2 as pj
@@ -39,6 +39,15 @@ _STATE_EARLY = pj.PJSIP_INV_STATE_EARLY
 _STATE_CONNECTING = pj.PJSIP_INV_STATE_CONNECTING
 _STATE_CONFIRMED = pj.PJSIP_INV_STATE_CONFIRMED
 _STATE_DISCONNECTED = pj.PJSIP_INV_STATE_DISCONNECTED
+
+
+def add_headers(vector: pj.SipHeaderVector, headers: Sequence[tuple[str, str]]) -> None:
+    """Append (name, value) pairs to the extra headers of a request or response."""
+    for name, value in headers:
+        header = pj.SipHeader()
+        header.hName = name
+        header.hValue = value
+        vector.append(header)
 
 
 def guarded(fn: Callable[..., None]) -> Callable[..., None]:
@@ -170,8 +179,16 @@ class Leg:
             return
         self._respond(200)
 
-    def hangup(self, sip_code: int | None = None, reason: str = "") -> None:
-        """End the leg: reject (inbound, unanswered), CANCEL (outbound, unanswered) or BYE."""
+    def hangup(
+        self,
+        sip_code: int | None = None,
+        reason: str = "",
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """End the leg: reject (inbound, unanswered), CANCEL (outbound, unanswered) or BYE.
+
+        ``headers`` go on a rejecting response (e.g. Proxy-Authenticate on a 407).
+        """
         call = self._call
         if call is None or call.gone:
             return
@@ -182,6 +199,7 @@ class Leg:
             prm.statusCode = sip_code
             if reason:
                 prm.reason = reason
+            add_headers(prm.txOption.headers, headers)
         try:
             call.hangup(prm)
         except pj.Error as error:

@@ -105,7 +105,8 @@ class Registrar:
                 (challenge_header, value)
                 for value in self.digest.challenge(now, stale=result.stale)
             )
-            return None, Reply(challenge_status, "Unauthorized", headers)
+            reason = "Unauthorized" if challenge_status == 401 else "Proxy Authentication Required"
+            return None, Reply(challenge_status, reason, headers)
         if result.failure is AuthFailure.MALFORMED:
             return None, Reply(400, "Bad Authorization Header")
         if self.throttle.record_failure(source_ip, now):
