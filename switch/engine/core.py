@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import wave
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ class EngineSettings:
     user_agent: str = "dialswitch"
     trunk_accounts: Sequence[TrunkAccount] = field(default_factory=tuple)
     log_level: int = 1  # pjsua2's own log level (0..6)
+    media_dir: Path = Path("var/media")
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,55 @@ class Player:
         self.engine._players.discard(self)
 
 
+class Recorder:
+    """A mono WAV recorder on the bridge, fed by any number of sources.
+
+    pjsua2 fixes the WAV header only when the recorder is destroyed (close);
+    a crash leaves a file the start-up repair fixes. Every recorder also hears
+    the engine's silent player from its first tick, so recorders started
+    together stay sample-aligned whatever their real sources do.
+    """
+
+    def __init__(self, engine: Engine, path: Path):
+        self.engine = engine
+        self.path = path
+        recorder = pj.AudioMediaRecorder()
+        recorder.createRecorder(str(path))
+        self._recorder: pj.AudioMediaRecorder | None = recorder
+        self._legs: list[Leg] = []
+        engine._recorders.add(self)
+        engine._silence().startTransmit(recorder)
+
+    def hear(self, leg: Leg) -> bool:
+        """Record what ``leg``'s peer sends (once its media is up)."""
+        media = leg.audio()
+        if self._recorder is None or media is None or leg in self._legs:
+            return False
+        media.startTransmit(self._recorder)
+        self._legs.append(leg)
+        return True
+
+    def hear_player(self, player: Player) -> None:
+        if self._recorder is not None and player._player is not None:
+            player._player.startTransmit(self._recorder)
+
+    def close(self) -> None:
+        """Stop recording and write the final WAV header; safe to call twice."""
+        recorder, self._recorder = self._recorder, None
+        if recorder is None:
+            return
+        for leg in self._legs:
+            media = leg.audio()
+            if media is not None:
+                with contextlib.suppress(pj.Error):
+                    media.stopTransmit(recorder)
+        self._legs.clear()
+        with contextlib.suppress(pj.Error):
+            self.engine._silence().stopTransmit(recorder)
+        del recorder
+        self.engine._recorders.discard(self)
+
+
 class Engine:
     """Owns the pjsua2 endpoint, its transports, accounts, calls and players."""
 
@@ -165,6 +216,8 @@ class Engine:
         self._credential_ports: list[tuple[int, int]] = []
         self._calls: dict[int, _PjCall] = {}
         self._players: set[Player] = set()
+        self._recorders: set[Recorder] = set()
+        self._silent_player: pj.AudioMediaPlayer | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._sid_factory: Callable[[], str] | None = None
 
@@ -252,6 +305,9 @@ class Engine:
             await asyncio.sleep(0.01)
         for player in list(self._players):
             player.close()
+        for recorder in list(self._recorders):
+            recorder.close()
+        self._silent_player = None
         if self._pump_task is not None:
             self._pump_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -382,6 +438,26 @@ class Engine:
     def player(self, path: Path, loop: bool) -> Player:
         return Player(self, path, loop)
 
+    def recorder(self, path: Path) -> Recorder:
+        """Start a WAV recorder at ``path``; raises pj.Error when it cannot (disk full)."""
+        return Recorder(self, path)
+
+    def _silence(self) -> pj.AudioMediaPlayer:
+        """One looping silent player shared by every recorder (see Recorder)."""
+        if self._silent_player is None:
+            path = self.settings.media_dir / "silence.wav"
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with wave.open(str(path), "wb") as wav:
+                    wav.setnchannels(1)
+                    wav.setsampwidth(2)
+                    wav.setframerate(8000)
+                    wav.writeframes(bytes(1600))
+            player = pj.AudioMediaPlayer()
+            player.createPlayer(str(path), 0)
+            self._silent_player = player
+        return self._silent_player
+
     def counts(self) -> dict[str, int]:
         """Live objects, for /healthz and the leak checks of the tests."""
         ports = 0
@@ -390,6 +466,7 @@ class Engine:
         return {
             "calls": len(self._calls),
             "players": len(self._players),
+            "recorders": len(self._recorders),
             "media_ports": ports,
         }
 

@@ -3,7 +3,7 @@
 One switch per test module (starting pjsua2 with 2048 call slots takes about a
 second), one aiohttp app server whose documents each test sets, and a trunk
 whose far end is the SIPp callee each test starts on ``TRUNK_PORT``. After
-every test the switch must report zero live calls and players (leak check).
+every test the switch must report zero live calls, players and recorders (leak check).
 """
 
 from __future__ import annotations
@@ -140,11 +140,11 @@ class SwitchProcess:
             return dict(await response.json())
 
     async def wait_idle(self, timeout: float = 10.0) -> dict[str, object]:
-        """Wait for zero live calls and players; fail the test if they stay."""
+        """Wait for zero live calls, players and recorders; fail the test if they stay."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             health = await self.health()
-            if health.get("calls") == 0 and health.get("players") == 0:
+            if all(health.get(kind) == 0 for kind in ("calls", "players", "recorders")):
                 return health
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"leaked call objects: {health}")
