@@ -20,9 +20,10 @@ that text order is time order. The schema evolves by numbered migrations recorde
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -33,10 +34,16 @@ Direction = Literal["inbound", "outbound-dial", "outbound-api"]
 FinalStatus = Literal["completed", "busy", "no-answer", "failed", "canceled"]
 """The CallStatus values a leg can end with (Twilio)."""
 NotificationLevel = Literal["error", "warning"]
+RecordingStatus = Literal["in-progress", "completed", "absent", "failed"]
+"""Where a recording is: being written, finished, finished without audio, lost."""
+RecordingTrack = Literal["both", "inbound", "outbound"]
+"""Twilio's ``recordingTrack``: inbound is what the caller said, outbound what it heard."""
 
 DIRECTIONS: frozenset[str] = frozenset(get_args(Direction))
 FINAL_STATUSES: frozenset[str] = frozenset(get_args(FinalStatus))
 NOTIFICATION_LEVELS: frozenset[str] = frozenset(get_args(NotificationLevel))
+RECORDING_STATUSES: frozenset[str] = frozenset(get_args(RecordingStatus))
+RECORDING_TRACKS: frozenset[str] = frozenset(get_args(RecordingTrack))
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -77,6 +84,33 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX bindings_identity ON bindings (identity);
     """,
+    """
+    CREATE TABLE recordings (
+        sid TEXT PRIMARY KEY,
+        account_sid TEXT NOT NULL,
+        call_sid TEXT NOT NULL,
+        status TEXT NOT NULL,
+        channels INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        track TEXT NOT NULL,
+        trim INTEGER NOT NULL,
+        start_time TEXT NOT NULL,
+        duration INTEGER NOT NULL,
+        length REAL NOT NULL,
+        path TEXT,
+        error_code INTEGER,
+        callback_url TEXT,
+        callback_method TEXT NOT NULL,
+        callback_events TEXT NOT NULL,
+        callback_pending INTEGER NOT NULL,
+        date_created TEXT NOT NULL,
+        date_updated TEXT NOT NULL
+    );
+    CREATE INDEX recordings_call ON recordings (call_sid, date_created);
+    CREATE INDEX recordings_created ON recordings (date_created);
+    CREATE INDEX recordings_open ON recordings (status, callback_pending)
+        WHERE status = 'in-progress' OR callback_pending;
+    """,
 )
 """Schema steps: ``MIGRATIONS[n]`` takes the database from user_version n to n + 1."""
 
@@ -99,6 +133,60 @@ _INSERT_NOTIFICATION = (
 _SELECT_NOTIFICATIONS = (
     "SELECT call_sid, code, level, message, url, time FROM notifications"
     " WHERE call_sid = ? ORDER BY time, id"
+)
+_RECORDING_COLUMNS = (
+    "sid, account_sid, call_sid, status, channels, source, track, trim, start_time,"
+    " duration, length, path, error_code, callback_url, callback_method, callback_events,"
+    " callback_pending, date_created, date_updated"
+)
+_INSERT_RECORDING = (
+    "INSERT INTO recordings (sid, account_sid, call_sid, source, date_created, status,"
+    " channels, track, trim, start_time, duration, length, path, error_code, callback_url,"
+    " callback_method, callback_events, callback_pending, date_updated)"
+    f" VALUES ({', '.join('?' * 19)})"
+)
+_UPDATE_RECORDING = (
+    "UPDATE recordings SET status = ?, channels = ?, track = ?, trim = ?, start_time = ?,"
+    " duration = ?, length = ?, path = ?, error_code = ?, callback_url = ?,"
+    " callback_method = ?, callback_events = ?, callback_pending = ?, date_updated = ?"
+    " WHERE sid = ?"
+)
+_SELECT_RECORDING = f"SELECT {_RECORDING_COLUMNS} FROM recordings WHERE sid = ?"
+_SELECT_RECORDINGS = (
+    f"SELECT {_RECORDING_COLUMNS} FROM recordings"
+    " ORDER BY date_created DESC, rowid DESC LIMIT ? OFFSET ?"
+)
+_SELECT_CALL_RECORDINGS = (
+    f"SELECT {_RECORDING_COLUMNS} FROM recordings WHERE call_sid = ?"
+    " ORDER BY date_created DESC, rowid DESC LIMIT ? OFFSET ?"
+)
+_SELECT_RECORDINGS_IN_PROGRESS = (
+    f"SELECT {_RECORDING_COLUMNS} FROM recordings WHERE status = 'in-progress'"
+    " ORDER BY date_created, rowid"
+)
+_SELECT_RECORDINGS_CALLBACK_PENDING = (
+    f"SELECT {_RECORDING_COLUMNS} FROM recordings WHERE callback_pending"
+    " ORDER BY date_created, rowid"
+)
+_DELETE_RECORDING = "DELETE FROM recordings WHERE sid = ?"
+_RECORDING_SID = re.compile(r"^RE[0-9a-f]{32}$")
+_RECORDING_UPDATABLE = frozenset(
+    {
+        "status",
+        "channels",
+        "track",
+        "trim",
+        "start_time",
+        "duration",
+        "length",
+        "path",
+        "error_code",
+        "callback_url",
+        "callback_method",
+        "callback_events",
+        "callback_pending",
+        "date_updated",
+    }
 )
 
 
@@ -152,6 +240,56 @@ class Notification:
     time: datetime
 
 
+@dataclass(frozen=True)
+class RecordingRecord:
+    """A ``<Dial record>`` recording (Twilio's Recording resource) and its callback state."""
+
+    sid: str
+    account_sid: str
+    call_sid: str
+    """The parent call, as Twilio reports for ``source`` DialVerb."""
+    status: RecordingStatus
+    channels: int
+    """2 for a dual recording of both tracks, else 1: with `track` and `trim` this is
+    what finishing the side files needs, after a crash too."""
+    source: str
+    track: RecordingTrack
+    trim: bool
+    start_time: datetime
+    duration: int
+    """Whole seconds (rounded) of the finished file; 0 until it is finished."""
+    length: float
+    """Exact seconds of the finished file."""
+    path: str | None
+    """The finished WAV file, relative to the storage path; None until finished."""
+    error_code: int | None
+    callback_url: str | None
+    callback_method: str
+    callback_events: tuple[str, ...]
+    """``recordingStatusCallbackEvent``: the statuses that are reported."""
+    callback_pending: bool
+    """The final-status callback is due but not delivered yet (resent at start-up)."""
+    date_created: datetime
+    date_updated: datetime
+
+    def __post_init__(self) -> None:
+        if not _RECORDING_SID.match(self.sid):
+            raise ValueError(f"bad recording sid {self.sid!r}")
+        if self.status not in RECORDING_STATUSES:
+            raise ValueError(f"unknown recording status {self.status!r}")
+        if self.track not in RECORDING_TRACKS:
+            raise ValueError(f"unknown recording track {self.track!r}")
+        if self.channels not in (1, 2):
+            raise ValueError("channels must be 1 or 2")
+        if self.channels == 2 and self.track != "both":
+            raise ValueError("a single track is recorded on one channel")
+        if self.duration < 0 or self.length < 0:
+            raise ValueError("duration must not be negative")
+        for name in ("start_time", "date_created", "date_updated"):
+            if getattr(self, name).utcoffset() is None:
+                raise ValueError(f"{name} must be timezone-aware")
+
+
 def _to_text(value: datetime) -> str:
     if value.utcoffset() is None:
         raise ValueError("datetime must be timezone-aware")
@@ -181,6 +319,52 @@ def _leg_from_row(row: tuple[Any, ...]) -> LegRecord:
         trunk=trunk,
         call_reason=call_reason,
         duration=duration,
+    )
+
+
+def _recording_from_row(row: tuple[Any, ...]) -> RecordingRecord:
+    (sid, account, call, status, channels, source, track, trim, start, *rest) = row
+    duration, length, path, error_code, url, method, events, pending, created, updated = rest
+    return RecordingRecord(
+        sid=sid,
+        account_sid=account,
+        call_sid=call,
+        status=status,
+        channels=channels,
+        source=source,
+        track=track,
+        trim=bool(trim),
+        start_time=_from_text(start),
+        duration=duration,
+        length=length,
+        path=path,
+        error_code=error_code,
+        callback_url=url,
+        callback_method=method,
+        callback_events=tuple(events.split()),
+        callback_pending=bool(pending),
+        date_created=_from_text(created),
+        date_updated=_from_text(updated),
+    )
+
+
+def _recording_values(rec: RecordingRecord) -> tuple[Any, ...]:
+    """The columns a recording can change, in `_UPDATE_RECORDING` order."""
+    return (
+        rec.status,
+        rec.channels,
+        rec.track,
+        int(rec.trim),
+        _to_text(rec.start_time),
+        rec.duration,
+        rec.length,
+        rec.path,
+        rec.error_code,
+        rec.callback_url,
+        rec.callback_method,
+        " ".join(rec.callback_events),
+        int(rec.callback_pending),
+        _to_text(rec.date_updated),
     )
 
 
@@ -305,6 +489,99 @@ class Store:
     def bindings(self) -> list[dict[str, Any]]:
         """Every stored registration row, for the registrar to reload at start."""
         return [json.loads(row) for (row,) in self._db.execute("SELECT row FROM bindings")]
+
+    # --- recordings
+
+    def create_recording(
+        self,
+        *,
+        sid: str,
+        account_sid: str,
+        call_sid: str,
+        channels: int,
+        track: RecordingTrack,
+        trim: bool,
+        start_time: datetime,
+        callback_url: str | None = None,
+        callback_method: str = "POST",
+        callback_events: Iterable[str] = ("completed",),
+        source: str = "DialVerb",
+        now: datetime | None = None,
+    ) -> RecordingRecord:
+        """Store a recording that has just started (status ``in-progress``)."""
+        created = now or datetime.now(UTC)
+        rec = RecordingRecord(
+            sid=sid,
+            account_sid=account_sid,
+            call_sid=call_sid,
+            status="in-progress",
+            channels=channels,
+            source=source,
+            track=track,
+            trim=trim,
+            start_time=start_time,
+            duration=0,
+            length=0.0,
+            path=None,
+            error_code=None,
+            callback_url=callback_url,
+            callback_method=callback_method,
+            callback_events=tuple(callback_events),
+            callback_pending=False,
+            date_created=created,
+            date_updated=created,
+        )
+        try:
+            self._db.execute(
+                _INSERT_RECORDING,
+                (sid, account_sid, call_sid, source, _to_text(created), *_recording_values(rec)),
+            )
+        except sqlite3.IntegrityError as e:
+            raise StoreError(f"recording {sid} already exists") from e
+        return rec
+
+    def update_recording(self, sid: str, **fields: Any) -> RecordingRecord:
+        """Change some fields of a recording; ``date_updated`` defaults to now."""
+        unknown = set(fields) - _RECORDING_UPDATABLE
+        if unknown:
+            raise ValueError(f"cannot update recording fields {sorted(unknown)}")
+        current = self.recording(sid)
+        if current is None:
+            raise StoreError(f"no recording {sid}")
+        if "callback_events" in fields:
+            fields["callback_events"] = tuple(fields["callback_events"])
+        fields.setdefault("date_updated", datetime.now(UTC))
+        rec = replace(current, **fields)
+        self._db.execute(_UPDATE_RECORDING, (*_recording_values(rec), sid))
+        return rec
+
+    def recording(self, sid: str) -> RecordingRecord | None:
+        row = self._db.execute(_SELECT_RECORDING, (sid,)).fetchone()
+        return None if row is None else _recording_from_row(row)
+
+    def recordings(
+        self, limit: int, call_sid: str | None = None, *, offset: int = 0
+    ) -> list[RecordingRecord]:
+        """Recordings newest first, optionally of one (parent) call only."""
+        if call_sid is None:
+            rows = self._db.execute(_SELECT_RECORDINGS, (limit, offset)).fetchall()
+        else:
+            rows = self._db.execute(_SELECT_CALL_RECORDINGS, (call_sid, limit, offset)).fetchall()
+        return [_recording_from_row(row) for row in rows]
+
+    def delete_recording(self, sid: str) -> bool:
+        """Forget a recording; False when there was none. Its files are the caller's."""
+        return self._db.execute(_DELETE_RECORDING, (sid,)).rowcount > 0
+
+    def recordings_in_progress(self) -> list[RecordingRecord]:
+        """Recordings still being written, oldest first: at start-up, those a crash cut."""
+        rows = self._db.execute(_SELECT_RECORDINGS_IN_PROGRESS).fetchall()
+        return [_recording_from_row(row) for row in rows]
+
+    def recordings_callback_pending(self) -> list[RecordingRecord]:
+        """Recordings whose final-status callback is still to be delivered, oldest first."""
+        rows = self._db.execute(_SELECT_RECORDINGS_CALLBACK_PENDING).fetchall()
+        return [_recording_from_row(row) for row in rows]
 
 
 def _migrate(db: sqlite3.Connection) -> None:

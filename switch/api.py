@@ -1,0 +1,288 @@
+"""Twilio-compatible REST API for recordings, under ``/2010-04-01/Accounts/{AccountSid}/``.
+
+- ``GET Recordings.json``, ``GET Calls/{CallSid}/Recordings.json``: pages of Recording
+  resources, newest first, in Twilio's list shape (``Page``/``PageSize``; ``CallSid``
+  filters the account-wide list).
+- ``GET Recordings/{Sid}.json`` (also under ``Calls/{CallSid}/``): one Recording.
+- ``GET Recordings/{Sid}`` and ``{Sid}.wav``: the audio as WAV; ``{Sid}.mp3``: as MP3,
+  encoded on the first request and kept. Both honour HTTP Range requests.
+- ``DELETE Recordings/{Sid}.json``: 204, the row and every file of the recording gone.
+
+Requests authenticate with HTTP Basic, AccountSid and AuthToken, as Twilio's do, so
+Twilio's own helper libraries work against a dialswitch base URL. Errors use Twilio's
+JSON error shape (``code``, ``message``, ``more_info``, ``status``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import logging
+import re
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from aiohttp import hdrs, web
+
+from media.recfiles import RecordingFileError, encode_mp3
+from switch.config import Config
+from switch.recordings import (
+    API_VERSION,
+    mp3_path,
+    recording_url,
+    recordings_dir,
+    rfc2822,
+    side_paths,
+)
+from switch.store import RecordingRecord, Store
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+REALM = "dialswitch"
+ERROR_AUTHENTICATE = 20003
+ERROR_NOT_FOUND = 20404
+ERROR_INTERNAL = 20500
+ERROR_CONFLICT = 20409
+"""A recording still being written cannot be deleted (a dialswitch choice)."""
+
+_NAME = re.compile(r"^(?P<sid>RE[0-9a-f]{32})(?P<ext>\.json|\.wav|\.mp3)?$")
+_MEDIA_TYPES = {"": "audio/x-wav", ".wav": "audio/x-wav", ".mp3": "audio/mpeg"}
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def twilio_error(
+    status: int, code: int, message: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """An error response in Twilio's JSON shape."""
+    body = {
+        "code": code,
+        "message": message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+    return web.json_response(body, status=status, headers=headers)
+
+
+def not_found(request: web.Request) -> web.Response:
+    return twilio_error(
+        404, ERROR_NOT_FOUND, f"The requested resource {request.path} was not found"
+    )
+
+
+def recording_json(record: RecordingRecord, public_url: str) -> dict[str, Any]:
+    """Twilio's Recording resource. ``duration`` is ``"-1"`` while recording, as Twilio's."""
+    uri = f"/{API_VERSION}/Accounts/{record.account_sid}/Recordings/{record.sid}.json"
+    return {
+        "account_sid": record.account_sid,
+        "api_version": API_VERSION,
+        "call_sid": record.call_sid,
+        "conference_sid": None,
+        "date_created": rfc2822(record.date_created),
+        "date_updated": rfc2822(record.date_updated),
+        "start_time": rfc2822(record.start_time),
+        "duration": "-1" if record.status == "in-progress" else str(record.duration),
+        "sid": record.sid,
+        "price": None,
+        "price_unit": None,
+        "status": record.status,
+        "channels": record.channels,
+        "source": record.source,
+        "track": record.track,
+        "error_code": record.error_code,
+        "encryption_details": None,
+        "uri": uri,
+        "subresource_uris": {},
+        "media_url": recording_url(public_url, record.account_sid, record.sid),
+    }
+
+
+class _RecordingsApi:
+    def __init__(self, store: Store, config: Config) -> None:
+        self.store = store
+        self.account_sid = config.account.sid
+        self.auth_token = config.account.auth_token
+        self.public_url = config.http.public_url
+        self.storage = config.storage.path
+        self.encoding: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    def guarded(self, handler: Handler) -> Handler:
+        """Basic auth first (401), then the AccountSid of the path (404)."""
+
+        async def guard(request: web.Request) -> web.StreamResponse:
+            if not self._authenticated(request.headers.get(hdrs.AUTHORIZATION, "")):
+                return twilio_error(
+                    401,
+                    ERROR_AUTHENTICATE,
+                    "Authenticate",
+                    {hdrs.WWW_AUTHENTICATE: f'Basic realm="{REALM}"'},
+                )
+            if request.match_info["account_sid"] != self.account_sid:
+                return not_found(request)
+            return await handler(request)
+
+        return guard
+
+    def _authenticated(self, header: str) -> bool:
+        credentials = _basic_credentials(header)
+        if credentials is None:
+            return False
+        sid_ok = hmac.compare_digest(credentials[0].encode(), self.account_sid.encode())
+        token_ok = hmac.compare_digest(credentials[1].encode(), self.auth_token.encode())
+        return sid_ok and token_ok
+
+    # --- lists
+
+    async def list_account(self, request: web.Request) -> web.Response:
+        return self._page(request, request.query.get("CallSid") or None, "CallSid")
+
+    async def list_call(self, request: web.Request) -> web.Response:
+        return self._page(request, request.match_info["call_sid"], None)
+
+    def _page(
+        self, request: web.Request, call_sid: str | None, filter_name: str | None
+    ) -> web.Response:
+        page = _int(request.query.get("Page"), 0, 0, 1_000_000)
+        size = _int(request.query.get("PageSize"), DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
+        start = page * size
+        rows = self.store.recordings(size + 1, call_sid, offset=start)
+        has_next = len(rows) > size
+        rows = rows[:size]
+
+        def uri(number: int) -> str:
+            query = f"PageSize={size}&Page={number}"
+            if filter_name and call_sid:
+                query += f"&{filter_name}={call_sid}"
+            return f"{request.path}?{query}"
+
+        return web.json_response(
+            {
+                "recordings": [recording_json(r, self.public_url) for r in rows],
+                "page": page,
+                "page_size": size,
+                "start": start,
+                "end": start + max(len(rows) - 1, 0),
+                "uri": uri(page),
+                "first_page_uri": uri(0),
+                "next_page_uri": uri(page + 1) if has_next else None,
+                "previous_page_uri": uri(page - 1) if page > 0 else None,
+            }
+        )
+
+    # --- one recording
+
+    def _find(
+        self, request: web.Request, call_sid: str | None
+    ) -> tuple[RecordingRecord, str] | None:
+        match = _NAME.match(request.match_info["name"])
+        if match is None:
+            return None
+        record = self.store.recording(match["sid"])
+        if record is None or record.account_sid != self.account_sid:
+            return None
+        if call_sid is not None and record.call_sid != call_sid:
+            return None
+        return record, match["ext"] or ""
+
+    async def fetch_account(self, request: web.Request) -> web.StreamResponse:
+        return await self._fetch(request, None)
+
+    async def fetch_call(self, request: web.Request) -> web.StreamResponse:
+        return await self._fetch(request, request.match_info["call_sid"])
+
+    async def _fetch(self, request: web.Request, call_sid: str | None) -> web.StreamResponse:
+        found = self._find(request, call_sid)
+        if found is None:
+            return not_found(request)
+        record, ext = found
+        if ext == ".json":
+            return web.json_response(recording_json(record, self.public_url))
+        if call_sid is not None or record.status != "completed" or record.path is None:
+            return not_found(request)
+        wav = self.storage / record.path
+        if not wav.is_file():
+            return not_found(request)
+        path = wav
+        if ext == ".mp3":
+            path = mp3_path(self.storage, record.sid)
+            lock = self.encoding.setdefault(record.sid, asyncio.Lock())
+            async with lock:
+                try:
+                    await asyncio.to_thread(encode_mp3, wav, path)
+                except RecordingFileError as e:
+                    log.error("recording %s: %s", record.sid, e)
+                    return twilio_error(500, ERROR_INTERNAL, "Internal Server Error")
+            if self.store.recording(record.sid) is None:  # deleted while encoding
+                path.unlink(missing_ok=True)
+                return not_found(request)
+        return web.FileResponse(path, headers={hdrs.CONTENT_TYPE: _MEDIA_TYPES[ext]})
+
+    async def delete_account(self, request: web.Request) -> web.StreamResponse:
+        return await self._delete(request, None)
+
+    async def delete_call(self, request: web.Request) -> web.StreamResponse:
+        return await self._delete(request, request.match_info["call_sid"])
+
+    async def _delete(self, request: web.Request, call_sid: str | None) -> web.StreamResponse:
+        found = self._find(request, call_sid)
+        if found is None or found[1] not in ("", ".json"):
+            return not_found(request)
+        record = found[0]
+        if record.status == "in-progress":
+            return twilio_error(
+                409, ERROR_CONFLICT, f"Recording {record.sid} is in progress and cannot be deleted"
+            )
+        self.store.delete_recording(record.sid)
+        for path in self._files(record):
+            path.unlink(missing_ok=True)
+        return web.Response(status=204)
+
+    def _files(self, record: RecordingRecord) -> list[Path]:
+        files = [*side_paths(self.storage, record.sid), mp3_path(self.storage, record.sid)]
+        if record.path is not None:
+            wav = (self.storage / record.path).resolve()
+            if wav.is_relative_to(recordings_dir(self.storage).resolve()):
+                files.append(wav)
+        return files
+
+
+def _basic_credentials(header: str) -> tuple[str, str] | None:
+    """Login and password of an ``Authorization: Basic`` header (RFC 7617), or None."""
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    login, colon, password = decoded.partition(":")
+    return (login, password) if colon else None
+
+
+def _int(text: str | None, default: int, low: int, high: int) -> int:
+    """A query integer clamped to ``[low, high]``; `default` when absent or not a number."""
+    if text is None or not text.strip().isdigit():
+        return default
+    return max(low, min(high, int(text)))
+
+
+def add_api_routes(app: web.Application, store: Store, config: Config) -> None:
+    """Serve the Recordings resources of the configured account on `app`."""
+    api = _RecordingsApi(store, config)
+    account = f"/{API_VERSION}/Accounts/{{account_sid}}"
+    call = f"{account}/Calls/{{call_sid}}"
+    guarded = api.guarded
+    app.router.add_get(f"{account}/Recordings.json", guarded(api.list_account))
+    app.router.add_get(f"{account}/Recordings/{{name}}", guarded(api.fetch_account))
+    app.router.add_delete(f"{account}/Recordings/{{name}}", guarded(api.delete_account))
+    app.router.add_get(f"{call}/Recordings.json", guarded(api.list_call))
+    app.router.add_get(f"{call}/Recordings/{{name}}", guarded(api.fetch_call))
+    app.router.add_delete(f"{call}/Recordings/{{name}}", guarded(api.delete_call))

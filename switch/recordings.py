@@ -1,0 +1,181 @@
+"""Recordings of ``<Dial record>``: names, files, callback parameters, crash repair.
+
+Shared by the call engine, which records, and the REST API, which serves the result.
+Files live under ``<storage>/recordings/``: the engine writes one side file per
+direction (`side_paths`) and `finish_files` turns them into ``<sid>.wav`` (and the API
+into ``<sid>.mp3`` on demand). The database row holds everything finishing needs
+(channels, track, trim), so a recording cut short by a crash is finished the same way
+at the next start (`repair_at_startup`).
+
+Twilio's ``absent`` status is used for a recording with no audio: error 16101 when
+nothing was recorded, 16102 when trimming silence left nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from pathlib import Path
+
+from media.recfiles import FinalRecording, RecordingFileError, finalize
+from switch.store import RecordingRecord, RecordingStatus, Store, StoreError
+
+API_VERSION = "2010-04-01"
+RECORDINGS_DIR = "recordings"
+SOURCE = "DialVerb"
+ERROR_TOO_SHORT = 16101
+"""Twilio: the recording was too short to be processed (nothing was recorded)."""
+ERROR_SILENT = 16102
+"""Twilio: the recording was silent."""
+
+log = logging.getLogger(__name__)
+
+
+def new_recording_sid() -> str:
+    """A fresh RecordingSid: ``RE`` and 32 lowercase hex digits, as Twilio's."""
+    return "RE" + secrets.token_hex(16)
+
+
+def recording_url(public_url: str, account_sid: str, sid: str) -> str:
+    """Twilio's ``RecordingUrl``: the media URL without an extension (WAV by default)."""
+    return f"{public_url.rstrip('/')}/{API_VERSION}/Accounts/{account_sid}/Recordings/{sid}"
+
+
+def rfc2822(value: datetime) -> str:
+    """A time as Twilio writes it in webhooks and JSON: ``Tue, 04 Mar 2025 12:00:00 +0000``."""
+    return format_datetime(value.astimezone(UTC))
+
+
+def recordings_dir(storage_path: Path) -> Path:
+    return storage_path / RECORDINGS_DIR
+
+
+def side_paths(storage_path: Path, sid: str) -> tuple[Path, Path]:
+    """The side files the engine writes: parent (caller's voice), child (what it heard)."""
+    directory = recordings_dir(storage_path)
+    return directory / f"{sid}.parent.wav", directory / f"{sid}.child.wav"
+
+
+def wav_relpath(sid: str) -> str:
+    """The finished WAV, relative to the storage path (the ``path`` column)."""
+    return f"{RECORDINGS_DIR}/{sid}.wav"
+
+
+def mp3_path(storage_path: Path, sid: str) -> Path:
+    return recordings_dir(storage_path) / f"{sid}.mp3"
+
+
+def callback_params(record: RecordingRecord, public_url: str) -> dict[str, str]:
+    """The ``recordingStatusCallback`` parameters for the record's current status.
+
+    ``RecordingDuration`` is left out while the recording is in progress (its length is
+    not known yet); ``ErrorCode`` is sent when the recording has one (absent, failed).
+    """
+    params = {
+        "AccountSid": record.account_sid,
+        "CallSid": record.call_sid,
+        "RecordingSid": record.sid,
+        "RecordingUrl": recording_url(public_url, record.account_sid, record.sid),
+        "RecordingStatus": record.status,
+        "RecordingChannels": str(record.channels),
+        "RecordingStartTime": rfc2822(record.start_time),
+        "RecordingSource": record.source,
+    }
+    if record.status != "in-progress":
+        params["RecordingDuration"] = str(record.duration)
+    if record.error_code is not None:
+        params["ErrorCode"] = str(record.error_code)
+    return params
+
+
+@dataclass(frozen=True)
+class RecordingOutcome:
+    """What finishing a recording's files gave: the fields to store on its row."""
+
+    status: RecordingStatus
+    duration: int
+    length: float
+    path: str | None
+    error_code: int | None
+
+
+def finish_files(storage_path: Path, record: RecordingRecord) -> RecordingOutcome:
+    """Turn a recording's side files into its finished WAV; file work only.
+
+    Blocking and free of the database, so it can run in a worker thread. On success
+    the side files are removed; on failure they are kept for a later attempt.
+    """
+    parent, child = side_paths(storage_path, record.sid)
+    out = storage_path / wav_relpath(record.sid)
+    had_audio = any(_holds_audio(side) for side in (parent, child))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        final: FinalRecording = finalize(
+            parent,
+            child,
+            out,
+            layout="dual" if record.channels == 2 else "mono",
+            track=record.track,
+            trim=record.trim,
+        )
+    except (RecordingFileError, OSError) as e:
+        log.error("recording %s cannot be finished: %s", record.sid, e)
+        return RecordingOutcome("failed", 0, 0.0, None, None)
+    for side in (parent, child):
+        side.unlink(missing_ok=True)
+    if final.samples == 0:
+        out.unlink(missing_ok=True)
+        code = ERROR_SILENT if had_audio else ERROR_TOO_SHORT
+        return RecordingOutcome("absent", 0, 0.0, None, code)
+    return RecordingOutcome(
+        "completed", int(final.duration + 0.5), final.duration, wav_relpath(record.sid), None
+    )
+
+
+def _holds_audio(path: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return path.stat().st_size > 44
+    return False
+
+
+def store_outcome(
+    store: Store, record: RecordingRecord, outcome: RecordingOutcome, now: datetime | None = None
+) -> RecordingRecord:
+    """Store a finished recording; its final callback is due if its status is subscribed."""
+    return store.update_recording(
+        record.sid,
+        status=outcome.status,
+        duration=outcome.duration,
+        length=outcome.length,
+        path=outcome.path,
+        error_code=outcome.error_code,
+        callback_pending=bool(record.callback_url) and outcome.status in record.callback_events,
+        date_updated=now or datetime.now(UTC),
+    )
+
+
+def complete_recording(
+    store: Store, storage_path: Path, record: RecordingRecord, now: datetime | None = None
+) -> RecordingRecord:
+    """`finish_files` then `store_outcome`, on the calling thread."""
+    return store_outcome(store, record, finish_files(storage_path, record), now)
+
+
+def repair_at_startup(store: Store, storage_path: Path) -> list[RecordingRecord]:
+    """Finish the recordings a dead process left in progress; return the callbacks due.
+
+    Each side file is repaired (its header claims no audio after a crash), the pair is
+    finished as the row says, and the row gets the real duration. The result lists
+    every recording whose final-status callback is still undelivered, oldest first:
+    those just finished and any whose callback an earlier run could not send.
+    """
+    for record in store.recordings_in_progress():
+        try:
+            complete_recording(store, storage_path, record)
+        except StoreError as e:
+            log.error("recording %s cannot be stored: %s", record.sid, e)
+    return store.recordings_callback_pending()

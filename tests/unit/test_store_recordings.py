@@ -1,0 +1,309 @@
+"""Recording rows in the store, and the helpers of switch.recordings built on them."""
+
+import re
+import sqlite3
+import struct
+import wave
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from switch import recordings
+from switch.recordings import (
+    ERROR_SILENT,
+    ERROR_TOO_SHORT,
+    callback_params,
+    complete_recording,
+    new_recording_sid,
+    recording_url,
+    repair_at_startup,
+    side_paths,
+)
+from switch.store import DB_NAME, MIGRATIONS, RecordingRecord, Store, StoreError
+
+ACCOUNT = "AC0123456789abcdef0123456789abcdef"
+CALL = "CA" + "1" * 32
+OTHER_CALL = "CA" + "2" * 32
+T0 = datetime(2025, 3, 4, 12, 0, 0, 250000, tzinfo=UTC)
+RATE = 8000
+
+
+def sid(n: int) -> str:
+    return f"RE{n:032x}"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store.open(tmp_path) as opened:
+        yield opened
+
+
+def create(store: Store, n: int, **changes: Any) -> RecordingRecord:
+    fields: dict[str, Any] = {
+        "sid": sid(n),
+        "account_sid": ACCOUNT,
+        "call_sid": CALL,
+        "channels": 2,
+        "track": "both",
+        "trim": False,
+        "start_time": T0,
+        "callback_url": "https://app.example.com/recording",
+        "now": T0 + timedelta(seconds=n),
+    }
+    fields.update(changes)
+    return store.create_recording(**fields)
+
+
+# --- store
+
+
+def test_create_and_fetch(store: Store) -> None:
+    rec = create(store, 1, callback_events=["in-progress", "completed"])
+    assert rec.status == "in-progress"
+    assert rec.source == "DialVerb"
+    assert (rec.duration, rec.length, rec.path, rec.error_code) == (0, 0.0, None, None)
+    assert rec.callback_method == "POST"
+    assert rec.callback_events == ("in-progress", "completed")
+    assert rec.callback_pending is False
+    assert rec.date_created == rec.date_updated == T0 + timedelta(seconds=1)
+    assert store.recording(sid(1)) == rec
+    assert store.recording(sid(2)) is None
+
+
+def test_create_twice_is_an_error(store: Store) -> None:
+    create(store, 1)
+    with pytest.raises(StoreError, match="already exists"):
+        create(store, 1)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"sid": "RE123"}, "bad recording sid"),
+        ({"track": "sideways"}, "unknown recording track"),
+        ({"channels": 3}, "channels"),
+        ({"channels": 2, "track": "inbound"}, "one channel"),
+        ({"start_time": datetime(2025, 1, 1)}, "timezone-aware"),
+    ],
+)
+def test_create_validates(store: Store, changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        create(store, 1, **changes)
+    assert store.recordings(10) == []
+
+
+def test_update(store: Store) -> None:
+    create(store, 1, trim=True)
+    later = T0 + timedelta(minutes=5)
+    rec = store.update_recording(
+        sid(1),
+        status="completed",
+        duration=12,
+        length=11.5,
+        path="recordings/x.wav",
+        callback_pending=True,
+        date_updated=later,
+    )
+    assert store.recording(sid(1)) == rec
+    assert (rec.status, rec.duration, rec.length, rec.path) == (
+        "completed",
+        12,
+        11.5,
+        "recordings/x.wav",
+    )
+    assert rec.trim is True
+    assert rec.callback_pending is True
+    assert rec.date_updated == later
+    assert rec.date_created == T0 + timedelta(seconds=1)
+
+
+def test_update_stamps_the_time(store: Store) -> None:
+    create(store, 1)
+    before = datetime.now(UTC)
+    rec = store.update_recording(sid(1), callback_events=("absent",))
+    assert rec.date_updated >= before
+    assert store.recording(sid(1)) == rec
+    assert rec.callback_events == ("absent",)
+
+
+def test_update_refuses_bad_changes(store: Store) -> None:
+    create(store, 1)
+    with pytest.raises(ValueError, match="account_sid"):
+        store.update_recording(sid(1), account_sid="AC" + "0" * 32)
+    with pytest.raises(ValueError, match="unknown recording status"):
+        store.update_recording(sid(1), status="lost")
+    with pytest.raises(StoreError, match="no recording"):
+        store.update_recording(sid(9), status="completed")
+    unchanged = store.recording(sid(1))
+    assert unchanged is not None and unchanged.status == "in-progress"
+
+
+def test_lists_are_newest_first_and_page(store: Store) -> None:
+    for n in range(1, 6):
+        create(store, n, call_sid=CALL if n % 2 else OTHER_CALL)
+    assert [r.sid for r in store.recordings(10)] == [sid(n) for n in (5, 4, 3, 2, 1)]
+    assert [r.sid for r in store.recordings(2)] == [sid(5), sid(4)]
+    assert [r.sid for r in store.recordings(2, offset=2)] == [sid(3), sid(2)]
+    assert [r.sid for r in store.recordings(10, CALL)] == [sid(5), sid(3), sid(1)]
+    assert [r.sid for r in store.recordings(1, CALL, offset=1)] == [sid(3)]
+    assert store.recordings(10, "CA" + "9" * 32) == []
+
+
+def test_delete(store: Store) -> None:
+    create(store, 1)
+    assert store.delete_recording(sid(1)) is True
+    assert store.recording(sid(1)) is None
+    assert store.delete_recording(sid(1)) is False
+
+
+def test_in_progress_and_pending_lists(store: Store) -> None:
+    for n in range(1, 5):
+        create(store, n)
+    store.update_recording(sid(2), status="completed", callback_pending=True)
+    store.update_recording(sid(3), status="completed")
+    assert [r.sid for r in store.recordings_in_progress()] == [sid(1), sid(4)]
+    assert [r.sid for r in store.recordings_callback_pending()] == [sid(2)]
+
+
+def test_migration_keeps_existing_data(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    for target, script in enumerate(MIGRATIONS[:2], start=1):
+        db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {target};\nCOMMIT;")
+    db.execute("INSERT INTO bindings (identity, row) VALUES ('alice', '{\"a\": 1}')")
+    db.commit()
+    db.close()
+    with Store.open(tmp_path) as store:
+        assert store.schema_version == len(MIGRATIONS)
+        assert store.bindings() == [{"a": 1}]
+        create(store, 1)
+        assert store.recording(sid(1)) is not None
+
+
+# --- helpers of switch.recordings
+
+
+def test_new_recording_sid() -> None:
+    sids = {new_recording_sid() for _ in range(100)}
+    assert len(sids) == 100
+    assert all(re.fullmatch(r"RE[0-9a-f]{32}", s) for s in sids)
+
+
+def test_recording_url() -> None:
+    url = recording_url("https://switch.example.com/", ACCOUNT, sid(1))
+    assert url == f"https://switch.example.com/2010-04-01/Accounts/{ACCOUNT}/Recordings/{sid(1)}"
+
+
+def test_callback_params(store: Store) -> None:
+    rec = create(store, 1)
+    params = callback_params(rec, "http://127.0.0.1:8080")
+    assert params == {
+        "AccountSid": ACCOUNT,
+        "CallSid": CALL,
+        "RecordingSid": sid(1),
+        "RecordingUrl": f"http://127.0.0.1:8080/2010-04-01/Accounts/{ACCOUNT}/Recordings/{sid(1)}",
+        "RecordingStatus": "in-progress",
+        "RecordingChannels": "2",
+        "RecordingStartTime": "Tue, 04 Mar 2025 12:00:00 +0000",
+        "RecordingSource": "DialVerb",
+    }
+    done = store.update_recording(sid(1), status="completed", duration=7)
+    params = callback_params(done, "http://127.0.0.1:8080")
+    assert params["RecordingStatus"] == "completed"
+    assert params["RecordingDuration"] == "7"
+    assert "ErrorCode" not in params
+    absent = store.update_recording(sid(1), status="absent", duration=0, error_code=16102)
+    assert callback_params(absent, "http://h")["ErrorCode"] == "16102"
+
+
+def crashed_side(path: Path, samples: np.ndarray) -> None:
+    """A side file as the recorder leaves it when the process is killed."""
+    fmt = struct.pack("<HHIIHH", 1, 1, RATE, 2 * RATE, 2, 16)
+    head = b"RIFF\0\0\0\0WAVEfmt " + struct.pack("<I", 16) + fmt + b"data\0\0\0\0"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(head + samples.astype("<i2").tobytes() + b"\x03")
+
+
+def tone(seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (6000 * np.sin(2 * np.pi * 300 * t)).astype(np.int16)
+
+
+def test_repair_at_startup_finishes_what_a_crash_left(store: Store, tmp_path: Path) -> None:
+    storage = tmp_path
+    dual = create(store, 1)
+    mono = create(store, 2, channels=1, track="inbound", trim=True, callback_url=None)
+    silent = create(store, 3, channels=1, trim=True, callback_events=("completed", "absent"))
+    empty = create(store, 4, callback_events=("in-progress",))
+    done = create(store, 5)
+    store.update_recording(done.sid, status="completed", callback_pending=True)
+
+    parent, child = side_paths(storage, dual.sid)
+    crashed_side(parent, tone(3.0))
+    crashed_side(child, tone(2.0))
+    parent, child = side_paths(storage, mono.sid)
+    crashed_side(parent, np.concatenate([np.zeros(RATE, np.int16), tone(1.0)]))
+    crashed_side(child, tone(4.0))
+    parent, _ = side_paths(storage, silent.sid)
+    crashed_side(parent, np.zeros(2 * RATE, np.int16))
+
+    due = repair_at_startup(store, storage)
+    assert [r.sid for r in due] == [sid(1), sid(3), sid(5)]
+    assert store.recordings_in_progress() == []
+
+    rec = store.recording(dual.sid)
+    assert rec is not None
+    assert (rec.status, rec.duration, rec.path) == ("completed", 3, f"recordings/{dual.sid}.wav")
+    assert rec.length == pytest.approx(3.0)
+    with wave.open(str(storage / f"recordings/{dual.sid}.wav"), "rb") as w:
+        assert (w.getnchannels(), w.getnframes()) == (2, 3 * RATE)
+    assert not any(p.exists() for p in side_paths(storage, dual.sid))
+
+    rec = store.recording(mono.sid)
+    assert rec is not None and rec.status == "completed"
+    assert rec.length == pytest.approx(1.05, abs=0.03)  # leading second trimmed
+    assert rec.callback_pending is False
+
+    rec = store.recording(silent.sid)
+    assert rec is not None
+    assert (rec.status, rec.error_code, rec.path) == ("absent", ERROR_SILENT, None)
+    assert not (storage / f"recordings/{silent.sid}.wav").exists()
+
+    rec = store.recording(empty.sid)
+    assert rec is not None
+    assert (rec.status, rec.error_code) == ("absent", ERROR_TOO_SHORT)
+    assert rec.callback_pending is False  # "absent" was not asked for
+
+    # Until a callback is delivered and callback_pending cleared, each start reports it.
+    assert [r.sid for r in repair_at_startup(store, storage)] == [sid(1), sid(3), sid(5)]
+
+
+def test_repair_keeps_side_files_of_a_failed_recording(store: Store, tmp_path: Path) -> None:
+    rec = create(store, 1, callback_events=("completed", "failed"))
+    parent, _ = side_paths(tmp_path, rec.sid)
+    parent.parent.mkdir(parents=True)
+    parent.write_bytes(b"garbage that is no WAV file, and longer than a header.......")
+    due = repair_at_startup(store, tmp_path)
+    assert [r.status for r in due] == ["failed"]
+    assert parent.exists()
+
+
+def test_complete_recording_in_normal_operation(store: Store, tmp_path: Path) -> None:
+    rec = create(store, 1, channels=1)
+    parent, child = side_paths(tmp_path, rec.sid)
+    for side in (parent, child):
+        side.parent.mkdir(parents=True, exist_ok=True)
+        with wave.open(str(side), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(RATE)
+            w.writeframes(tone(1.6).tobytes())
+    now = T0 + timedelta(seconds=30)
+    done = complete_recording(store, tmp_path, rec, now=now)
+    assert (done.status, done.duration, done.channels) == ("completed", 2, 1)
+    assert done.callback_pending is True
+    assert done.date_updated == now
+    assert recordings.callback_params(done, "http://h")["RecordingDuration"] == "2"
