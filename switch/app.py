@@ -10,11 +10,13 @@ from collections.abc import Sequence
 import aiohttp
 from aiohttp import web
 
+from switch.api import add_api_routes
 from switch.config import Config
 from switch.engine import Engine, EngineSettings, Leg, Listener, TrunkAccount
 from switch.engine.core import RegisterRequest
 from switch.http import build_app
 from switch.numbers import InvalidNumber, request_uri_user_to_e164
+from switch.recordings import callback_params, repair_at_startup
 from switch.registrar.bindings import Source
 from switch.registrar.service import Registrar
 from switch.services import Services, new_call_sid
@@ -61,7 +63,10 @@ class Switch:
         self.services = Services(config, store, webhooks, engine, http_client)
         self.services.registrar = self.registrar
         engine.start(new_call_sid)
-        runner = web.AppRunner(build_app(engine.counts, lambda: self.ready))
+        self._resend_recording_callbacks(store, webhooks)
+        http_app = build_app(engine.counts, lambda: self.ready)
+        add_api_routes(http_app, store, config)
+        runner = web.AppRunner(http_app)
         await runner.setup()
         site = web.TCPSite(runner, config.http.host, config.http.port)
         await site.start()
@@ -86,6 +91,17 @@ class Switch:
         store.close()
         log.info("stopped")
         return 0
+
+    def _resend_recording_callbacks(self, store: Store, webhooks: WebhookClient) -> None:
+        """Finish recordings a crash left open and send the callbacks still owed."""
+        for record in repair_at_startup(store, self.config.storage.path):
+            if record.callback_url:
+                params = callback_params(record, self.config.http.public_url)
+                webhooks.post_callback(
+                    record.callback_url, record.callback_method, params, key=record.sid
+                )
+            store.update_recording(record.sid, callback_pending=False)
+            log.info("recording %s finished after restart: %s", record.sid, record.status)
 
     def _engine_settings(self) -> EngineSettings:
         sip = self.config.sip

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from switch.dial_callbacks import BranchCallbacks
+from switch.dial_recording import DialRecording
 from switch.engine import Leg
 from switch.engine.events import (
     DtmfReceived,
@@ -104,6 +105,7 @@ class DialRunner:
         self.bridged_at: datetime | None = None
         self.started = datetime.now(UTC)
         self.log = session.log
+        self.recording = DialRecording(self) if dial.record.records else None
 
     # ---- setup -----------------------------------------------------------------------
 
@@ -189,6 +191,10 @@ class DialRunner:
         stop_listening = self.caller.subscribe(lambda e: self.events.put_nowait((None, e)))
         try:
             await self._prepare_caller()
+            if self.recording is not None and self.recording.from_ringing and self.caller.live:
+                self.recording.start()
+                if self.ringback is not None:
+                    self.recording.hear(self.ringback)
             self.group = ForkGroup.of(self.branches)
             if self.group.start():
                 status = "failed"  # no target at all
@@ -372,6 +378,8 @@ class DialRunner:
             return  # the caller's 183 media comes up shortly; LegMediaReady retries
         self._stop_ringback()
         self.services.engine.connect(leg, self.caller)
+        if self.recording is not None:
+            self.recording.hear(leg)
 
     async def _bridge(self, branch: Branch) -> bool:
         self.winner = branch
@@ -389,6 +397,10 @@ class DialRunner:
         engine.connect(self.caller, leg)
         engine.connect(leg, self.caller)
         self.bridged_at = datetime.now(UTC)
+        if self.recording is not None:
+            self.recording.start()  # record-from-answer starts here; no-op if running
+            self.recording.hear_caller()
+            self.recording.hear(leg)
         if self.session.answered_at is None:
             self.session.answered_at = self.bridged_at
         return True
@@ -514,6 +526,8 @@ class DialRunner:
         }
         if last is not None and isinstance(last.target, rcml.Sip) and last.leg is not None:
             extra.update(_sip_extras(last.leg))
+        if self.recording is not None:
+            extra.update(await self.recording.finish())
         if not self.dial.action:
             return None
         doc = await self.session.fetch(self.dial.action, self.dial.method, extra)

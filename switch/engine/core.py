@@ -34,6 +34,10 @@ CREDENTIAL_ACCOUNTS = 8  # <Sip username/password> pairs with an account of thei
 PUMP_BURST = 64  # handle at most this many event batches before yielding to the loop
 
 
+class EngineError(Exception):
+    """pjsua2 refused an operation (e.g. a recorder on a full disk)."""
+
+
 @dataclass(frozen=True)
 class Listener:
     transport: str  # udp | tcp
@@ -439,8 +443,11 @@ class Engine:
         return Player(self, path, loop)
 
     def recorder(self, path: Path) -> Recorder:
-        """Start a WAV recorder at ``path``; raises pj.Error when it cannot (disk full)."""
-        return Recorder(self, path)
+        """Start a WAV recorder at ``path``; EngineError when it cannot (disk full...)."""
+        try:
+            return Recorder(self, path)
+        except pj.Error as error:
+            raise EngineError(error.info()) from None
 
     def _silence(self) -> pj.AudioMediaPlayer:
         """One looping silent player shared by every recorder (see Recorder)."""
