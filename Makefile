@@ -34,6 +34,7 @@ test-tools: $(VENV)/.test-tools
 lint: test-tools
 	$(VENV)/bin/ruff check switch media tests $(wildcard bench)
 	$(VENV)/bin/ruff format --check switch media tests $(wildcard bench)
+	$(VENV)/bin/mypy switch media
 
 unit: test-tools
 	$(VENV)/bin/pytest -q tests/unit tests/component

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -72,7 +73,7 @@ class Branch:
     answered: datetime | None = None
     cancel_status: str | None = None  # CallStatus when we cancelled it
     callbacks: BranchCallbacks | None = None
-    screen: asyncio.Task[bool] | None = None
+    screen: asyncio.Task[None] | None = None
 
     @property
     def screened(self) -> bool:
@@ -300,7 +301,7 @@ class DialRunner:
         match event:
             case "timeout":
                 for key in group.ringing_branches():
-                    self.branches[key].cancel_status = "no-answer"
+                    self._branch(key).cancel_status = "no-answer"
                 return group.timed_out()
             case "time-limit":
                 if self.winner is not None and self.winner.leg is not None:
@@ -314,7 +315,7 @@ class DialRunner:
                 if self.winner is not None:
                     return group.bridge_ended()
                 for key in group.pending_branches():
-                    self.branches[key].cancel_status = "canceled"
+                    self._branch(key).cancel_status = "canceled"
                 return group.caller_left()
         return []
 
@@ -355,18 +356,23 @@ class DialRunner:
         for action in actions:
             match action:
                 case Cancel(branch=key):
-                    branch = self.branches[key]  # type: ignore[index]
+                    branch = self._branch(key)
                     if branch.cancel_status is None:
                         branch.cancel_status = "canceled"
                     if branch.leg is not None:
                         branch.leg.hangup()
                 case RelayEarlyMedia(branch=key):
-                    self._relay_early_media(self.branches[key])  # type: ignore[index]
+                    self._relay_early_media(self._branch(key))
                 case Screen(branch=key):
-                    self._start_screening(self.branches[key])  # type: ignore[index]
+                    self._start_screening(self._branch(key))
                 case Bridge(branch=key):
-                    bridged = await self._bridge(self.branches[key])  # type: ignore[index]
+                    bridged = await self._bridge(self._branch(key))
         return bridged
+
+    def _branch(self, key: Hashable) -> Branch:
+        """The branch a fork-group decision names (its keys are our int keys)."""
+        assert isinstance(key, int)
+        return self.branches[key]
 
     def _relay_early_media(self, branch: Branch) -> None:
         leg = branch.leg
@@ -412,7 +418,7 @@ class DialRunner:
             passed = await self._screen(branch)
             self.events.put_nowait((branch.key, "screen-passed" if passed else "screen-failed"))
 
-        branch.screen = asyncio.get_running_loop().create_task(screen())  # type: ignore[assignment]
+        branch.screen = asyncio.get_running_loop().create_task(screen())
 
     async def _screen(self, branch: Branch) -> bool:
         """Send the digits, run the whisper document; True if the callee stayed."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 from media.audio import wav_duration
@@ -193,9 +193,8 @@ class LegScript:
         if leg.media_ready.is_set():
             return
         media = asyncio.ensure_future(leg.media_ready.wait())
-        done, _ = await asyncio.wait(
-            {media, self.leg.ended}, timeout=MEDIA_WAIT, return_when=asyncio.FIRST_COMPLETED
-        )
+        waits: set[asyncio.Future[Any]] = {media, self.leg.ended}
+        await asyncio.wait(waits, timeout=MEDIA_WAIT, return_when=asyncio.FIRST_COMPLETED)
         media.cancel()
         if not leg.media_ready.is_set():
             raise CallGone
@@ -274,7 +273,8 @@ class LegScript:
                     break
                 got.clear()
                 waiter = asyncio.ensure_future(got.wait())
-                done, _ = await asyncio.wait({waiter, self.leg.ended}, timeout=verb.timeout)
+                waits: set[asyncio.Future[Any]] = {waiter, self.leg.ended}
+                done, _ = await asyncio.wait(waits, timeout=verb.timeout)
                 waiter.cancel()
                 if self.leg.ended.done():
                     raise CallGone

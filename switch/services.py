@@ -18,7 +18,7 @@ from media.audio import MAX_DOWNLOAD, AudioCache
 from media.tones import ensure_tone_files
 from switch.config import Config, NumberConfig, Trunk
 from switch.config_clients import ClientConfig
-from switch.engine import Leg
+from switch.engine import Engine, Leg
 from switch.leg import final_call_status
 from switch.numbers import InvalidNumber, to_e164
 from switch.registrar.service import Registrar
@@ -80,13 +80,13 @@ class Services:
         config: Config,
         store: Store,
         webhooks: WebhookClient,
-        engine: object,
+        engine: Engine,
         http: aiohttp.ClientSession,
     ):
         self.config = config
         self.store = store
         self.webhooks = webhooks
-        self.engine = engine  # switch.engine.Engine; typed loosely to keep imports light
+        self.engine = engine
         self.http = http
         self.account_sid = config.account.sid
         self.trunks = config.trunks
