@@ -224,39 +224,50 @@ class Config:
 
 def load_config(path: Path) -> Config:
     """Read and validate a configuration file; raise `ConfigError` with every problem."""
-    problems: list[Problem] = []
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError([Problem(str(path), f"cannot read: {e.strerror or e}")]) from e
-    except UnicodeDecodeError as e:
-        raise ConfigError([Problem(str(path), "not UTF-8 text")]) from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError([Problem(str(path), f"not valid TOML: {e}")]) from e
-    config = _build(_Table(data, "", problems))
-    if problems:
+    config, problems = _read(path)
+    if problems or config is None:
         raise ConfigError(problems)
     return config
 
 
 def check_config(path: Path) -> list[Problem]:
-    """Every problem of `load_config`, or if there are none, of binding and storage."""
-    try:
-        config = load_config(path)
-    except ConfigError as e:
-        return e.problems
-    problems: list[Problem] = []
+    """Every problem of `load_config`, plus those of binding and storage.
+
+    The environment is checked for whatever parsed, even when other keys are
+    wrong, so one run reports everything (a port in use included).
+    """
+    config, problems = _read(path)
+    if config is None:
+        return problems
     for i, listen in enumerate(config.sip.listen):
         message = _try_bind(listen.transport, listen.host, listen.port)
         if message:
             problems.append(Problem(f"sip.listen[{i}]", message))
-    message = _try_bind("tcp", config.http.host, config.http.port)
-    if message:
-        problems.append(Problem("http.listen", message))
+    if config.http.port:
+        message = _try_bind("tcp", config.http.host, config.http.port)
+        if message:
+            problems.append(Problem("http.listen", message))
     message = _check_writable_dir(config.storage.path)
     if message:
         problems.append(Problem("storage.path", message))
     return problems
+
+
+def _read(path: Path) -> tuple[Config | None, list[Problem]]:
+    """The config as far as it parses (placeholders where keys are wrong) and its problems.
+
+    None when the file cannot be read as TOML at all.
+    """
+    problems: list[Problem] = []
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        return None, [Problem(str(path), f"cannot read: {e.strerror or e}")]
+    except UnicodeDecodeError:
+        return None, [Problem(str(path), "not UTF-8 text")]
+    except tomllib.TOMLDecodeError as e:
+        return None, [Problem(str(path), f"not valid TOML: {e}")]
+    return _build(_Table(data, "", problems)), problems
 
 
 _T = TypeVar("_T")

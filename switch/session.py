@@ -85,6 +85,10 @@ class CallSession(LegScript):
         try:
             document = await self.fetch(self.app.voice_url, self.app.voice_method, {})
             await self.run_document(document)
+            if self.release_code is None and self.leg.live:
+                # Twilio answers every call it does not <Reject>, even when the
+                # document does nothing: answer, then hang up below.
+                await self.ensure_answered()
         except CallGone:
             pass
         except Exception:

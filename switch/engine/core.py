@@ -302,36 +302,43 @@ class Engine:
 
     async def shutdown(self, grace: float = 5.0) -> None:
         """Hang up every live call (BYE/CANCEL), wait for them to end, destroy pjsua2."""
-        for call in list(self._calls.values()):
-            call.leg.hangup(503, "Service Shutting Down")
+        for leg in [call.leg for call in self._calls.values()]:
+            leg.hangup(503, "Service Shutting Down")
         deadline = self.loop.time() + grace
         while self._calls and self.loop.time() < deadline:
             await asyncio.sleep(0.01)
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump_task
+        self._release_all()
+        gc.collect()
+        if self._endpoint is not None:
+            self._endpoint.libDestroy()
+            self._endpoint = None
+        log.info("call engine stopped")
+
+    def _release_all(self) -> None:
+        """Drop every pjsua2 object before libDestroy().
+
+        An object destroyed after libDestroy() finds pjsua gone and aborts the
+        process (a Call's destructor hangs up its slot), so nothing may outlive
+        this frame: the legs the call logic still holds let go of their calls.
+        """
+        stuck = [call.leg for call in self._calls.values()]
+        if stuck:
+            log.warning("%d calls did not end before shutdown", len(stuck))
+        for leg in stuck:
+            leg._call = None
+        self._calls.clear()
         for player in list(self._players):
             player.close()
         for recorder in list(self._recorders):
             recorder.close()
         self._silent_player = None
-        if self._pump_task is not None:
-            self._pump_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump_task
-        # Calls still here did not end in time (a peer that never answers our
-        # BYE). Their objects are released only after libDestroy(): a Call
-        # destroyed while pjsua2 runs would hang up its slot from the destructor.
-        stuck = list(self._calls.values())
-        if stuck:
-            log.warning("%d calls did not end before shutdown", len(stuck))
-        self._calls.clear()
         self._credential_accounts.clear()
-        gc.collect()
-        if self._endpoint is not None:
-            self._endpoint.libDestroy()
-            self._endpoint = None
-        del stuck
-        self._default_account = None
         self._trunk_accounts.clear()
-        log.info("call engine stopped")
+        self._default_account = None
 
     # ---- calls -----------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import sys
@@ -155,12 +156,15 @@ class SwitchProcess:
 
 
 def write_config(workdir: Path, sip_port: int, http_port: int, trunk_port: int, app: str) -> Path:
+    # Each switch gets its own RTP range, so two switches on one machine never hear
+    # each other's stray packets.
+    rtp_low = 20000 + 2000 * random.randrange(20)
     config = workdir / "dialswitch.toml"
     config.write_text(
         f"""
 [sip]
 listen = ["udp:127.0.0.1:{sip_port}", "tcp:127.0.0.1:{sip_port}"]
-rtp_ports = "40000-49999"
+rtp_ports = "{rtp_low}-{rtp_low + 1999}"
 
 [http]
 listen = "127.0.0.1:{http_port}"
