@@ -261,7 +261,7 @@ class DialRunner:
             return None
         branch.callbacks = BranchCallbacks(
             self.services.webhooks,
-            url=target.status_callback,
+            url=self.session.resolve(target.status_callback),
             method=target.status_callback_method,
             events=target.status_callback_event,
             params=lambda: self._child_params(branch),

@@ -50,6 +50,12 @@ class DialRecording:
         return self.dial.record.from_ringing
 
     @property
+    def callback_url(self) -> str | None:
+        """``recordingStatusCallback``, relative URLs resolved against the document's."""
+        url = self.dial.recording_status_callback
+        return self.runner.session.resolve(url) if url else None
+
+    @property
     def started(self) -> bool:
         return self.record is not None
 
@@ -80,7 +86,7 @@ class DialRecording:
             track=dial.recording_track.value,
             trim=dial.trim is rcml.Trim.TRIM_SILENCE,
             start_time=datetime.now(UTC),
-            callback_url=dial.recording_status_callback,
+            callback_url=self.callback_url,
             callback_method=dial.recording_status_callback_method.value,
             callback_events=tuple(e.value for e in dial.recording_status_callback_event),
         )
@@ -114,7 +120,7 @@ class DialRecording:
                 track=self.dial.recording_track.value,
                 trim=False,
                 start_time=datetime.now(UTC),
-                callback_url=self.dial.recording_status_callback,
+                callback_url=self.callback_url,
                 callback_method=self.dial.recording_status_callback_method.value,
                 callback_events=tuple(e.value for e in self.dial.recording_status_callback_event),
             )

@@ -75,6 +75,10 @@ class LegScript:
     def params(self) -> dict[str, str]:
         raise NotImplementedError
 
+    def resolve(self, url: str) -> str:
+        """A URL from a document, relative ones resolved against the document's URL."""
+        return urljoin(self.document_url, url)
+
     def notify(self, code: int, message: str, url: str | None = None, error: bool = True) -> None:
         """A Twilio-coded problem of this call: logged and stored for the call."""
         self.log.log(
@@ -101,7 +105,7 @@ class LegScript:
 
     async def fetch(self, url: str, method: str, extra: dict[str, str]) -> rcml.Document | None:
         """Fetch and parse a document; on failure try the fallback, else speak the error."""
-        url = urljoin(self.document_url, url)
+        url = self.resolve(url)
         params = self.params() | extra
         try:
             return self._parse(await self.services.webhooks.fetch_document(url, method, params))
@@ -227,7 +231,7 @@ class LegScript:
         if verb.digits:
             await self.send_digits(self.leg, verb.digits)
             return
-        url = urljoin(self.document_url, verb.url)
+        url = self.resolve(verb.url)
         try:
             path = await self.services.fetch_audio(url)
         except Exception as error:  # noqa: BLE001 - any fetch/decode failure is 11200

@@ -1,0 +1,684 @@
+"""<Dial record>, end to end: a real switch records a bridged call between SIPp peers
+whose RTP parties send distinct tones (caller 600 Hz, callee 1000 Hz). Each test fetches
+the recording as a user would, through the REST API with Basic auth from the
+RecordingUrl the action received, decodes it and checks it by frequency analysis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sqlite3
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.integration.conftest import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    NUMBER,
+    REPO,
+    AppServer,
+    SwitchProcess,
+    free_port_pair,
+    free_tcp_port,
+    write_config,
+)
+from tests.support import sipp
+from tests.support.recording_checks import (
+    DelayedRtpPeer,
+    RecordingsClient,
+    Wav,
+    basic_auth,
+    bounded,
+    leading_silence,
+    mp3_duration,
+    peak_tone_share,
+    sound_seconds,
+    tone_share,
+    trailing_silence,
+)
+from tests.support.rtp_peer import RtpPeer
+from tests.support.sipp import free_udp_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+CALLEE = "+15551230001"
+CALLER_HZ = 600
+CALLEE_HZ = 1000
+RINGBACK_HZ = (440, 480)
+RECORDING_SID = re.compile(r"^RE[0-9a-f]{32}$")
+CALL_SID = re.compile(r"^CA[0-9a-f]{32}$")
+HANGUP = "<Response><Hangup/></Response>"
+DURATION_SLACK = 0.3
+"""Recorded length against the bridged time the callee's RTP party measured."""
+
+# Figures the tests measured, printed at the end of the module (pytest -s) for the report.
+FIGURES: list[str] = []
+
+
+def figure(text: str) -> None:
+    FIGURES.append(text)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def print_figures():
+    yield
+    if FIGURES:
+        print("\nrecording figures:\n  " + "\n  ".join(FIGURES))
+
+
+def dial(**attrs: str) -> str:
+    attributes = " ".join(f'{k}="{v}"' for k, v in attrs.items())
+    return f"<Response><Dial {attributes}><Number>{CALLEE}</Number></Dial></Response>"
+
+
+def api(switch: SwitchProcess) -> RecordingsClient:
+    return RecordingsClient(switch.http, ACCOUNT_SID, AUTH_TOKEN)
+
+
+@dataclass
+class Call:
+    voice: dict[str, str]
+    action: dict[str, str]
+    caller_audio: RtpPeer
+    callee_audio: RtpPeer
+    callee: sipp.Sipp
+
+    @property
+    def call_sid(self) -> str:
+        return self.voice["CallSid"]
+
+    @property
+    def bridged(self) -> float:
+        """Seconds the callee's RTP party heard the switch: first packet to last."""
+        times = [t for t, _ in self.callee_audio.chunks]
+        assert times, "the callee heard nothing"
+        return times[-1] - times[0] + 0.02
+
+
+async def place_call(
+    switch: SwitchProcess,
+    app_server: AppServer,
+    workdir: Path,
+    *,
+    caller_audio: RtpPeer | None = None,
+    callee_audio: RtpPeer | None = None,
+    behaviour: str = "answer",
+    ring_ms: int = 0,
+    hangup_after_ms: int | None = 3000,
+    **attrs: str,
+) -> Call:
+    """One call through the ``<Dial record...>`` of ``attrs``; the action hangs up.
+
+    The callee hangs up after ``hangup_after_ms``; the caller waits for the switch's BYE.
+    """
+    app_server.routes["/voice"] = dial(action="/action", **attrs)
+    app_server.routes["/action"] = HANGUP
+    app_server.routes.setdefault("/rec", "")
+    caller_audio = caller_audio or RtpPeer(CALLER_HZ)
+    callee_audio = callee_audio or RtpPeer(CALLEE_HZ)
+    await caller_audio.start()
+    await callee_audio.start()
+    scenario = (
+        sipp.callee(
+            "answer", rtp_port=callee_audio.port, ring_ms=ring_ms, hangup_after_ms=hangup_after_ms
+        )
+        if behaviour == "answer"
+        else sipp.callee(behaviour)
+    )
+    callee = sipp.Sipp(workdir, "callee", scenario, port=switch.trunk_port)
+    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
+    try:
+        await callee.start(timeout_s=30)
+        await caller.start(switch.target(), timeout_s=30)
+        code = await caller.wait(40)
+        assert code == 0, f"caller failed: {caller.errors()}\n{caller.messages().text[-3000:]}"
+        code = await callee.wait(20)
+        assert code == 0, f"callee failed: {callee.errors()}\n{callee.messages().text[-3000:]}"
+    finally:
+        await caller.stop()
+        await callee.stop()
+        caller_audio.close()
+        callee_audio.close()
+    (voice,) = app_server.hits("/voice")
+    (action,) = await app_server.wait_for("/action", timeout=10)
+    return Call(voice.params, action.params, caller_audio, callee_audio, callee)
+
+
+async def recording_of(switch: SwitchProcess, call: Call) -> Wav:
+    """The recording the action names, fetched from its RecordingUrl + ``.wav``."""
+    url = call.action.get("RecordingUrl")
+    assert url, f"no RecordingUrl in the action: {call.action}"
+    return await api(switch).wav(url)
+
+
+def notifications(switch: SwitchProcess, call_sid: str) -> list[dict[str, Any]]:
+    path = switch.workdir / "var" / "dialswitch.sqlite3"
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    connection.row_factory = sqlite3.Row
+    try:
+        rows = connection.execute(
+            "SELECT code, level, message FROM notifications WHERE call_sid = ?", (call_sid,)
+        ).fetchall()
+    finally:
+        connection.close()
+    return [dict(row) for row in rows]
+
+
+def check_holds(samples, present: list[float], absent: list[float], share: float = 0.3) -> None:
+    """``present`` tones each hold ``share`` of the power; ``absent`` ones nowhere 5 %."""
+    assert sound_seconds(samples) >= 0.5, "no sound"
+    for freq in present:
+        got = tone_share(samples, freq)
+        assert got > share, f"{freq} Hz holds {got:.3f} of the power"
+    for freq in absent:
+        got = peak_tone_share(samples, freq)
+        assert got < 0.05, f"{freq} Hz should be absent, holds up to {got:.3f}"
+
+
+# ---- 1. record-from-answer-dual ------------------------------------------------------------
+
+
+@bounded(60)
+async def test_record_from_answer_dual(switch: SwitchProcess, app_server: AppServer, workdir):
+    call = await place_call(
+        switch,
+        app_server,
+        workdir,
+        record="record-from-answer-dual",
+        recordingStatusCallback=app_server.url("/rec"),
+    )
+    action = call.action
+    assert action["DialCallStatus"] == "completed"
+    assert RECORDING_SID.match(action["RecordingSid"]), action
+    assert action["RecordingUrl"] == (
+        f"{switch.http}/2010-04-01/Accounts/{ACCOUNT_SID}/Recordings/{action['RecordingSid']}"
+    )
+    wav = await recording_of(switch, call)
+    assert (wav.channels, wav.rate) == (2, 8000)
+    check_holds(wav.channel(1), [CALLER_HZ], [CALLEE_HZ], share=0.5)
+    check_holds(wav.channel(2), [CALLEE_HZ], [CALLER_HZ], share=0.5)
+    # As long as the bridge: the callee's party heard the switch that long.
+    figure(
+        f"from-answer-dual: file {wav.duration:.3f} s, bridged {call.bridged:.3f} s,"
+        f" DialCallDuration {action['DialCallDuration']}, RecordingDuration"
+        f" {action['RecordingDuration']}"
+    )
+    assert abs(wav.duration - call.bridged) <= DURATION_SLACK, (wav.duration, call.bridged)
+    dial_duration = int(action["DialCallDuration"])
+    assert dial_duration - DURATION_SLACK <= wav.duration <= dial_duration + 1 + DURATION_SLACK
+    assert abs(int(action["RecordingDuration"]) - wav.duration) <= 0.5 + 0.01
+
+    (callback,) = await app_server.wait_for("/rec", timeout=10)
+    params = callback.params
+    assert callback.method == "POST"
+    assert params["AccountSid"] == ACCOUNT_SID
+    assert params["CallSid"] == call.call_sid
+    assert CALL_SID.match(call.call_sid)
+    assert params["RecordingSid"] == action["RecordingSid"]
+    assert params["RecordingUrl"] == action["RecordingUrl"]
+    assert params["RecordingStatus"] == "completed"
+    assert params["RecordingChannels"] == "2"
+    assert params["RecordingSource"] == "DialVerb"
+    assert params["RecordingDuration"] == action["RecordingDuration"]
+    error = abs(int(params["RecordingDuration"]) - wav.duration)
+    figure(f"from-answer-dual: |RecordingDuration - real| = {error:.3f} s")
+    assert error <= 0.5 + 0.01
+    started = parsedate_to_datetime(params["RecordingStartTime"])
+    assert started.tzinfo is not None
+    assert abs((datetime.now(started.tzinfo) - started).total_seconds()) < 30
+
+
+# ---- 2. record-from-answer: mono, both tracks ----------------------------------------------
+
+
+@bounded(60)
+async def test_record_from_answer_mixes_both_parties(
+    switch: SwitchProcess, app_server: AppServer, workdir
+):
+    call = await place_call(
+        switch,
+        app_server,
+        workdir,
+        record="record-from-answer",
+        recordingStatusCallback=app_server.url("/rec"),
+    )
+    wav = await recording_of(switch, call)
+    assert wav.channels == 1
+    check_holds(wav.mono(), [CALLER_HZ, CALLEE_HZ], [], share=0.2)
+    assert abs(wav.duration - call.bridged) <= DURATION_SLACK, (wav.duration, call.bridged)
+    (callback,) = await app_server.wait_for("/rec", timeout=10)
+    assert callback.params["RecordingChannels"] == "1"
+
+
+# ---- 3. recordingTrack ---------------------------------------------------------------------
+
+
+@bounded(60)
+@pytest.mark.parametrize(
+    "record,track,heard,unheard",
+    [
+        ("record-from-answer", "inbound", CALLER_HZ, CALLEE_HZ),
+        ("record-from-answer-dual", "inbound", CALLER_HZ, CALLEE_HZ),
+        ("record-from-answer", "outbound", CALLEE_HZ, CALLER_HZ),
+        ("record-from-answer-dual", "outbound", CALLEE_HZ, CALLER_HZ),
+    ],
+)
+async def test_recording_track_gives_mono_of_one_side(
+    switch: SwitchProcess, app_server: AppServer, workdir, record, track, heard, unheard
+):
+    call = await place_call(
+        switch,
+        app_server,
+        workdir,
+        record=record,
+        recordingTrack=track,
+        recordingStatusCallback=app_server.url("/rec"),
+    )
+    wav = await recording_of(switch, call)
+    assert wav.channels == 1
+    check_holds(wav.mono(), [heard], [unheard], share=0.5)
+    (callback,) = await app_server.wait_for("/rec", timeout=10)
+    assert callback.params["RecordingChannels"] == "1"
+
+
+# ---- 4. record-from-ringing ----------------------------------------------------------------
+
+
+@bounded(60)
+@pytest.mark.parametrize("record", ["record-from-ringing-dual", "record-from-answer-dual"])
+async def test_recording_from_ringing_holds_the_ringback(
+    switch: SwitchProcess, app_server: AppServer, workdir, record
+):
+    call = await place_call(
+        switch, app_server, workdir, ring_ms=2000, hangup_after_ms=2500, record=record
+    )
+    wav = await recording_of(switch, call)
+    assert wav.channels == 2
+    ringing = wav.duration - call.bridged
+    figure(f"{record}, callee rings 2 s: file {wav.duration:.3f} s, bridged {call.bridged:.3f} s")
+    if record == "record-from-answer-dual":
+        # Nothing of the ringing period: as long as the bridge, no ringback anywhere.
+        assert abs(ringing) <= DURATION_SLACK, (wav.duration, call.bridged)
+        check_holds(wav.channel(2), [CALLEE_HZ], [*RINGBACK_HZ, CALLER_HZ], share=0.5)
+        check_holds(wav.channel(1), [CALLER_HZ], [*RINGBACK_HZ, CALLEE_HZ], share=0.5)
+        return
+    # About 2 s longer than the bridge: the callee rang that long.
+    assert 2.0 - DURATION_SLACK <= ringing <= 2.0 + 2 * DURATION_SLACK, ringing
+    # Channel 2 (what the caller heard): US ringback (440+480 Hz) first, then the callee.
+    check_holds(wav.part(0.1, ringing - 0.2, channel=2), RINGBACK_HZ, [CALLEE_HZ], share=0.2)
+    check_holds(
+        wav.part(ringing + 0.2, wav.duration, channel=2), [CALLEE_HZ], RINGBACK_HZ, share=0.5
+    )
+    # Channel 1 (what the caller said): its 600 Hz all along, during the ringing too.
+    check_holds(wav.part(0.2, ringing - 0.2, channel=1), [CALLER_HZ], [*RINGBACK_HZ], share=0.5)
+    check_holds(wav.channel(1), [CALLER_HZ], [CALLEE_HZ, *RINGBACK_HZ], share=0.5)
+
+
+# ---- 5. trim-silence -----------------------------------------------------------------------
+
+
+@bounded(60)
+async def test_trim_silence_cuts_leading_and_trailing_silence(
+    switch: SwitchProcess, app_server: AppServer, workdir
+):
+    """The caller keeps quiet 1.5 s, talks 1.5 s, keeps quiet; the callee says nothing."""
+    files: dict[str, Wav] = {}
+    for trim in ("do-not-trim", "trim-silence"):
+        app_server.reset()
+        call = await place_call(
+            switch,
+            app_server,
+            workdir,
+            caller_audio=DelayedRtpPeer(CALLER_HZ, delay=1.5, duration=1.5),
+            callee_audio=RtpPeer(None),
+            hangup_after_ms=4000,
+            record="record-from-answer",
+            trim=trim,
+        )
+        files[trim] = wav = await recording_of(switch, call)
+        assert wav.channels == 1
+        samples = wav.mono()
+        figure(
+            f"{trim}: file {wav.duration:.3f} s, leading silence"
+            f" {leading_silence(samples):.3f} s, trailing {trailing_silence(samples):.3f} s,"
+            f" RecordingDuration {call.action['RecordingDuration']}"
+        )
+        assert abs(int(call.action["RecordingDuration"]) - wav.duration) <= 0.5 + 0.01
+    untrimmed, trimmed = files["do-not-trim"].mono(), files["trim-silence"].mono()
+    assert leading_silence(untrimmed) >= 1.0
+    assert trailing_silence(untrimmed) >= 0.5
+    # Trimmed: it starts (and ends) with the caller's audio, within the 50 ms margin.
+    assert leading_silence(trimmed) <= 0.1
+    assert trailing_silence(trimmed) <= 0.1
+    check_holds(trimmed[:4000], [CALLER_HZ], [CALLEE_HZ], share=0.5)
+    assert abs(files["trim-silence"].duration - 1.6) <= DURATION_SLACK
+    # The same audio: untrimmed less its silent ends is the trimmed length.
+    spoken = (
+        files["do-not-trim"].duration - leading_silence(untrimmed) - trailing_silence(untrimmed)
+    )
+    assert abs(files["trim-silence"].duration - 0.1 - spoken) <= 0.1
+
+
+# ---- 6. recordingStatusCallbackEvent ---------------------------------------------------------
+
+
+@bounded(60)
+async def test_in_progress_then_completed_callbacks(
+    switch: SwitchProcess, app_server: AppServer, workdir
+):
+    call = await place_call(
+        switch,
+        app_server,
+        workdir,
+        record="record-from-answer-dual",
+        recordingStatusCallback=app_server.url("/rec"),
+        recordingStatusCallbackEvent="in-progress completed",
+    )
+    in_progress, completed = await app_server.wait_for("/rec", 2, timeout=10)
+    assert in_progress.params["RecordingStatus"] == "in-progress"
+    assert completed.params["RecordingStatus"] == "completed"
+    for callback in (in_progress, completed):
+        assert callback.params["RecordingSid"] == call.action["RecordingSid"]
+        assert callback.params["CallSid"] == call.call_sid
+        assert callback.params["RecordingSource"] == "DialVerb"
+        assert callback.params["RecordingChannels"] == "2"
+    # in-progress came while the call was up, before the action was requested.
+    assert app_server.requests.index(in_progress) < app_server.requests.index(
+        app_server.hits("/action")[0]
+    )
+    assert completed.params["RecordingDuration"] == call.action["RecordingDuration"]
+
+
+@bounded(60)
+async def test_busy_callee_gives_an_absent_recording(
+    switch: SwitchProcess, app_server: AppServer, workdir
+):
+    call = await place_call(
+        switch,
+        app_server,
+        workdir,
+        behaviour="busy",
+        record="record-from-answer",
+        recordingStatusCallback=app_server.url("/rec"),
+        recordingStatusCallbackEvent="in-progress completed absent",
+    )
+    assert call.action["DialCallStatus"] == "busy"
+    assert "RecordingUrl" not in call.action
+    assert "RecordingSid" not in call.action
+    (absent,) = await app_server.wait_for("/rec", 1, timeout=10)
+    params = absent.params
+    assert params["RecordingStatus"] == "absent"
+    assert params["CallSid"] == call.call_sid
+    assert RECORDING_SID.match(params["RecordingSid"])
+    assert params["RecordingSource"] == "DialVerb"
+    assert len(app_server.hits("/rec")) == 1  # no in-progress, no completed
+
+
+# ---- 7. an unknown record value ------------------------------------------------------------
+
+
+@bounded(60)
+async def test_unknown_record_value_records_nothing(
+    switch: SwitchProcess, app_server: AppServer, workdir
+):
+    call = await place_call(
+        switch,
+        app_server,
+        workdir,
+        record="sometimes",
+        recordingStatusCallback=app_server.url("/rec"),
+        recordingStatusCallbackEvent="in-progress completed absent",
+    )
+    assert call.action["DialCallStatus"] == "completed"  # the dial itself went on
+    assert "RecordingUrl" not in call.action
+    codes = [n["code"] for n in notifications(switch, call.call_sid)]
+    assert 12200 in codes, codes
+    listed = await api(switch).get(f"Calls/{call.call_sid}/Recordings.json")
+    assert listed.status == 200
+    assert listed.json()["recordings"] == []
+    assert app_server.hits("/rec") == []
+
+
+# ---- 8. a recordingStatusCallback that cannot be reached -------------------------------------
+
+
+@bounded(60)
+async def test_unreachable_status_callback_keeps_the_recording(
+    switch: SwitchProcess, app_server: AppServer, workdir
+):
+    call = await place_call(
+        switch,
+        app_server,
+        workdir,
+        record="record-from-answer-dual",
+        recordingStatusCallback="http://127.0.0.1:1/cb",
+    )
+    client = api(switch)
+    sid = call.action["RecordingSid"]
+    resource = await client.get(f"Recordings/{sid}.json")
+    assert resource.status == 200
+    assert resource.json()["status"] == "completed"
+    wav = await recording_of(switch, call)
+    check_holds(wav.channel(1), [CALLER_HZ], [CALLEE_HZ], share=0.5)
+    check_holds(wav.channel(2), [CALLEE_HZ], [CALLER_HZ], share=0.5)
+
+
+# ---- 9. the REST API -----------------------------------------------------------------------
+
+
+@bounded(90)
+async def test_rest_api_lists_serves_and_deletes(
+    switch: SwitchProcess, app_server: AppServer, workdir
+):
+    call = await place_call(switch, app_server, workdir, record="record-from-answer-dual")
+    client = api(switch)
+    sid = call.action["RecordingSid"]
+    url = call.action["RecordingUrl"]
+
+    listed = await client.get("Recordings.json")
+    assert listed.status == 200
+    entry = next(r for r in listed.json()["recordings"] if r["sid"] == sid)
+    assert entry["call_sid"] == call.call_sid
+    assert entry["status"] == "completed"
+    assert entry["channels"] == 2
+    assert entry["source"] == "DialVerb"
+    assert entry["duration"] == call.action["RecordingDuration"]
+    per_call = await client.get(f"Calls/{call.call_sid}/Recordings.json")
+    assert per_call.status == 200
+    assert [r["sid"] for r in per_call.json()["recordings"]] == [sid]
+
+    wav = await client.wav(url)
+    full = await client.get(url + ".wav")
+    mp3 = await client.get(url + ".mp3")
+    assert mp3.status == 200
+    assert mp3.headers["Content-Type"].startswith("audio/mpeg")
+    seconds, channels = mp3_duration(mp3.body)
+    figure(f"mp3 {seconds:.3f} s against wav {wav.duration:.3f} s")
+    assert channels == 2
+    assert abs(seconds - wav.duration) <= 0.25
+
+    ranged = await client.get(url + ".wav", headers={"Range": "bytes=0-99"})
+    assert ranged.status == 206
+    assert ranged.body == full.body[:100]
+    assert ranged.headers["Content-Range"] == f"bytes 0-99/{len(full.body)}"
+
+    for auth in (basic_auth(ACCOUNT_SID, "wrong-token"), None):
+        refused = await client.get(url + ".wav", auth=auth)
+        assert refused.status == 401
+        assert refused.json()["code"] == 20003
+        refused = await client.get(f"Recordings/{sid}.json", auth=auth)
+        assert refused.status == 401
+
+    deleted = await client.request("DELETE", f"Recordings/{sid}.json")
+    assert deleted.status == 204
+    for path in (f"Recordings/{sid}.json", f"Recordings/{sid}.wav", f"Recordings/{sid}.mp3"):
+        gone = await client.get(path)
+        assert gone.status == 404, path
+        error = gone.json()
+        assert error["code"] == 20404
+        assert error["status"] == 404
+        assert {"message", "more_info"} <= error.keys()
+    listed = await client.get(f"Calls/{call.call_sid}/Recordings.json")
+    assert listed.json()["recordings"] == []
+
+
+# ---- 10. crash repair ----------------------------------------------------------------------
+
+
+async def start_switch(handle: SwitchProcess, config: Path, log: Path) -> None:
+    """Start ``python -m switch`` as conftest's switch_process does; wait until it serves."""
+    handle.log_path = log
+    with open(log, "ab") as out:
+        handle.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "switch",
+            "--config",
+            str(config),
+            cwd=REPO,
+            stdout=out,
+            stderr=out,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        if handle.process.returncode is not None:
+            raise RuntimeError(f"switch exited at start:\n{handle.log()}")
+        try:
+            await handle.health()
+            return
+        except (aiohttp.ClientError, ValueError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def stop_switch(handle: SwitchProcess) -> int | None:
+    """SIGTERM, then SIGKILL if it will not go; its exit code (None: it had not started)."""
+    process = handle.process
+    if process is None:
+        return None
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 20)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+    return process.returncode
+
+
+def recording_rows(workdir: Path) -> list[dict[str, Any]]:
+    path = workdir / "var" / "dialswitch.sqlite3"
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    connection.row_factory = sqlite3.Row
+    try:
+        rows = connection.execute("SELECT sid, call_sid, status FROM recordings").fetchall()
+    finally:
+        connection.close()
+    return [dict(row) for row in rows]
+
+
+@bounded(150)
+async def test_recording_of_a_crashed_switch_is_finished_at_restart(
+    app_server: AppServer, workdir: Path
+):
+    app_server.reset()
+    app_server.routes["/voice"] = dial(
+        action="/action",
+        record="record-from-answer-dual",
+        recordingStatusCallback=app_server.url("/rec"),
+    )
+    app_server.routes["/action"] = HANGUP
+    app_server.routes["/rec"] = ""
+    loop = asyncio.get_running_loop()
+    handle = SwitchProcess(workdir, free_port_pair(), free_tcp_port(), free_udp_port())
+    config = write_config(
+        workdir, handle.sip_port, handle.http_port, handle.trunk_port, app_server.base
+    )
+    caller_audio, callee_audio = RtpPeer(CALLER_HZ), RtpPeer(CALLEE_HZ)
+    await caller_audio.start()
+    await callee_audio.start()
+    callee = sipp.Sipp(
+        workdir, "callee", sipp.callee("answer", rtp_port=callee_audio.port), port=handle.trunk_port
+    )
+    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
+    try:
+        await start_switch(handle, config, workdir / "switch-1.log")
+        assert handle.process is not None
+        await callee.start(timeout_s=60)
+        await caller.start(handle.target(), timeout_s=60)
+        # Bridged and recording: each party hears the other's tone for 2 s.
+        await callee_audio.wait_for_audio(2.0, timeout=20)
+        await caller_audio.wait_for_audio(0.5, since=callee_audio.chunks[0][0], timeout=10)
+        bridged_at = callee_audio.chunks[0][0]
+        os.kill(handle.process.pid, signal.SIGKILL)
+        killed = loop.time()
+        assert await asyncio.wait_for(handle.process.wait(), 10) == -signal.SIGKILL
+    finally:
+        # The peers of the killed call would only time out: stop them (by their PIDs).
+        await caller.stop()
+        await callee.stop()
+        caller_audio.close()
+        callee_audio.close()
+    recorded = killed - bridged_at
+    (row,) = recording_rows(workdir)
+    assert row["status"] == "in-progress"
+    assert row["call_sid"] == app_server.hits("/voice")[0].params["CallSid"]
+    assert app_server.hits("/rec") == []
+
+    try:
+        await start_switch(handle, config, workdir / "switch-2.log")
+        (callback,) = await app_server.wait_for("/rec", 1, timeout=20)
+        params = callback.params
+        assert params["RecordingStatus"] == "completed"
+        assert params["RecordingSid"] == row["sid"]
+        assert params["CallSid"] == row["call_sid"]
+        assert params["RecordingChannels"] == "2"
+        assert params["RecordingSource"] == "DialVerb"
+        wav = await RecordingsClient(handle.http, ACCOUNT_SID, AUTH_TOKEN).wav(
+            params["RecordingUrl"]
+        )
+        figure(
+            f"crash: recorded {recorded:.3f} s before SIGKILL, repaired file"
+            f" {wav.duration:.3f} s, RecordingDuration {params['RecordingDuration']}"
+        )
+        assert abs(wav.duration - recorded) <= 0.5
+        assert abs(int(params["RecordingDuration"]) - wav.duration) <= 0.5 + 0.01
+        assert wav.channels == 2
+        check_holds(wav.channel(1), [CALLER_HZ], [CALLEE_HZ], share=0.5)
+        check_holds(wav.channel(2), [CALLEE_HZ], [CALLER_HZ], share=0.5)
+        resource = await RecordingsClient(handle.http, ACCOUNT_SID, AUTH_TOKEN).get(
+            f"Recordings/{row['sid']}.json"
+        )
+        assert resource.json()["status"] == "completed"
+        assert resource.json()["duration"] == params["RecordingDuration"]
+        await handle.wait_idle()
+    finally:
+        code = await stop_switch(handle)
+    assert code == 0, f"restarted switch exited {code}:\n{handle.log()[-4000:]}"
+
+
+# ---- 11. a relative recordingStatusCallback --------------------------------------------------
+
+
+@bounded(60)
+async def test_relative_status_callback_is_resolved_against_the_document(
+    switch: SwitchProcess, app_server: AppServer, workdir
+):
+    call = await place_call(
+        switch, app_server, workdir, record="record-from-answer", recordingStatusCallback="/rec"
+    )
+    (callback,) = await app_server.wait_for("/rec", 1, timeout=10)
+    assert callback.params["RecordingSid"] == call.action["RecordingSid"]
+    assert callback.params["RecordingStatus"] == "completed"
