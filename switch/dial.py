@@ -495,6 +495,11 @@ class DialRunner:
         waits = [asyncio.shield(leg.ended) for leg in legs if leg.live]
         if waits:
             await asyncio.wait(waits, timeout=10)
+        for branch in self.branches.values():
+            # Legs ended by the end of the fork: the race no longer reads their
+            # LegEnded, so their completed callback goes out here (never twice).
+            if branch.callbacks is not None and branch.leg is not None:
+                branch.callbacks.completed(branch.final_status(), self._duration(branch))
         ended = datetime.now(UTC)
         for branch in self.branches.values():
             if branch.leg is not None:

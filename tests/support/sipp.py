@@ -56,14 +56,13 @@ def caller(
     name: str = "Test Caller",
     hangup_after_ms: int | None = None,
     expect_final: int = 200,
-    cancel_after_ms: int | None = None,
     extra_headers: dict[str, str] | None = None,
 ) -> str:
     """A trunk calling one of our numbers.
 
     ``expect_final`` 200: answered, then either we BYE after ``hangup_after_ms``
     or we wait for the switch's BYE. Another code: the call must be refused
-    with it (we ACK). ``cancel_after_ms``: CANCEL while it rings.
+    with it (we ACK). A caller that CANCELs is ``sipp_fork.caller_cancel``.
     """
     extra = "".join(f"      {k}: {v}\n" for k, v in (extra_headers or {}).items())
     invite = (
@@ -90,31 +89,6 @@ def caller(
     ]]>
   </send>
 """
-    if cancel_after_ms is not None:
-        body = (
-            invite
-            + f"""  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="183" optional="true"/>
-  <pause milliseconds="{cancel_after_ms}"/>
-  <send>
-    <![CDATA[
-      CANCEL sip:{number}@[remote_ip]:[remote_port] SIP/2.0
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      Call-ID: [call_id]
-      CSeq: 1 CANCEL
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-  <recv response="200"/>
-  <recv response="487"/>
-"""
-            + ack
-        )
-        return _scenario("caller-cancel", body)
     if expect_final != 200:
         body = invite + provisional + f'  <recv response="{expect_final}"/>\n' + ack
         return _scenario("caller-refused", body)
