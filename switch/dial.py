@@ -247,6 +247,7 @@ class DialRunner:
             branch.target_uri,
         )
         branch.leg = leg
+        leg.keep_final_response = isinstance(branch.target, rcml.Sip)
         branch.started = datetime.now(UTC)
         key = branch.key
         leg.subscribe(lambda e: self.events.put_nowait((key, e)))

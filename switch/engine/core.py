@@ -261,7 +261,8 @@ class Engine:
         slices = _port_slices(
             self.settings.rtp_port_min,
             self.settings.rtp_port_max,
-            1 + len(self.settings.trunk_accounts) + CREDENTIAL_ACCOUNTS,
+            len(self.settings.trunk_accounts),
+            CREDENTIAL_ACCOUNTS,
         )
         self._credential_ports = slices[1 + len(self.settings.trunk_accounts) :]
         self._default_account = self._make_account(
@@ -348,6 +349,7 @@ class Engine:
         leg = Leg(self, self._sid_factory(), outbound=False, request=request)
         leg.source = prm.rdata.srcAddress
         call = _PjCall(account, leg, prm.callId)
+        call.slot = prm.callId
         leg._attach(call)
         self._calls[prm.callId] = call
         leg._mark_calling(request.header("call-id") or "")
@@ -397,7 +399,8 @@ class Engine:
                 leg._disconnected(call, 500, "Not Sent")
             return leg
         if not call.gone:
-            self._calls[call.getId()] = call
+            call.slot = call.getId()
+            self._calls[call.slot] = call
             leg._mark_calling(call.getInfo().callIdString)
         return leg
 
@@ -427,10 +430,8 @@ class Engine:
 
     def _release(self, call: _PjCall) -> None:
         """Drop the registry's reference; called from the leg's DISCONNECTED."""
-        for call_id, held in list(self._calls.items()):
-            if held is call:
-                del self._calls[call_id]
-                return
+        if self._calls.get(call.slot) is call:
+            del self._calls[call.slot]
 
     def connect(self, source: Leg, sink: Leg) -> bool:
         """Let ``sink`` hear ``source`` (one direction)."""
@@ -500,10 +501,27 @@ def _split_hostport(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port) if port.isdigit() else 0
 
 
-def _port_slices(low: int, high: int, count: int) -> list[tuple[int, int]]:
-    """Split ``low..high`` into ``count`` ranges, each starting on an even port."""
-    size = ((high - low + 1) // count) & ~1
-    return [(low + i * size, low + (i + 1) * size - 1) for i in range(count)]
+def _port_slices(low: int, high: int, trunks: int, extra: int) -> list[tuple[int, int]]:
+    """RTP port ranges: the default account, each trunk account, each extra account.
+
+    pjsua allocates RTP ports per account. The default account carries every
+    inbound leg and every outbound leg through a trunk without credentials, so
+    it gets half the range (all of it less the extras when there are no trunk
+    accounts); trunk accounts share the other half; each extra (per-credential)
+    account gets a small slice. Every range starts on an even port.
+    """
+    total = high - low + 1
+    extra_size = min(200, total // 20) & ~1
+    shared = total - extra * extra_size
+    default_size = (shared // 2 if trunks else shared) & ~1
+    trunk_size = ((shared - default_size) // trunks) & ~1 if trunks else 0
+    sizes = [default_size] + [trunk_size] * trunks + [extra_size] * extra
+    ranges: list[tuple[int, int]] = []
+    start = low
+    for size in sizes:
+        ranges.append((start, start + size - 1))
+        start += size
+    return ranges
 
 
 def _hostport(listener: Listener) -> str:

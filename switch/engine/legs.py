@@ -70,6 +70,7 @@ class _PjCall(pj.Call):  # type: ignore[misc]
         super().__init__(account, call_id)
         self.acc = account
         self.leg = leg
+        self.slot = call_id  # pjsua's call id, the engine registry's key
         self.gone = False
 
     @guarded
@@ -103,7 +104,7 @@ class _PjCall(pj.Call):  # type: ignore[misc]
     @guarded
     def onCallTsxState(self, prm: pj.OnCallTsxStateParam) -> None:  # noqa: N802
         """Keep the last final response to our INVITE (for ``DialSip*`` params)."""
-        if not self.leg.outbound:
+        if not self.leg.keep_final_response:
             return
         body = prm.e.body.tsxState
         if body.type != pj.PJSIP_EVENT_RX_MSG:
@@ -127,6 +128,7 @@ class Leg:
         self.outbound = outbound
         self.request = request  # inbound: the INVITE we received
         self.final_response: SipMessage | None = None  # outbound: final answer
+        self.keep_final_response = False  # parse it (for DialSip* params) only if asked
         self.machine = LegMachine(call_sid)
         self.sip_call_id = ""
         self.source = ""  # inbound: "ip:port" the INVITE came from

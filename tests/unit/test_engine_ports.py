@@ -1,0 +1,28 @@
+"""RTP port ranges per pjsua account: the busy default account gets the most."""
+
+import pytest
+
+pytest.importorskip("pjsua2")
+
+from switch.engine.core import _port_slices  # noqa: E402
+
+
+def test_default_account_gets_all_but_the_extras_without_trunk_accounts() -> None:
+    ranges = _port_slices(20000, 29999, 0, 8)
+    assert ranges[0] == (20000, 28399)
+    assert len(ranges) == 9
+
+
+def test_ranges_are_even_disjoint_and_inside_the_configured_range() -> None:
+    for trunks in (0, 1, 3):
+        ranges = _port_slices(40000, 41999, trunks, 8)
+        assert len(ranges) == 1 + trunks + 8
+        for (low, high), (next_low, _) in zip(ranges, ranges[1:], strict=False):
+            assert low % 2 == 0 and high < next_low
+        assert ranges[0][0] == 40000 and ranges[-1][1] <= 41999
+
+
+def test_default_account_gets_half_when_trunks_have_accounts() -> None:
+    default, *trunks = _port_slices(20000, 29999, 2, 0)
+    assert default == (20000, 24999)
+    assert trunks == [(25000, 27499), (27500, 29999)]
