@@ -137,6 +137,17 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
     return found
 
 
+def write_bytes(pid: int) -> int:
+    """Bytes the process has caused to be written to storage (/proc/<pid>/io)."""
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def rss_kb(pid: int) -> int:
     """VmRSS of a process in KiB (0 when it is gone)."""
     try:
@@ -168,9 +179,11 @@ def median(values: list[float | None]) -> float | None:
 class WebhookApp:
     """The customer's app: every voice request gets the same <Dial> document."""
 
-    def __init__(self, targets: int, answer_on_bridge: bool):
+    def __init__(self, targets: int, answer_on_bridge: bool, record: str | None = None):
         numbers = "".join(f"<Number>{target_number(i)}</Number>" for i in range(1, targets + 1))
         attrs = ' answerOnBridge="true"' if answer_on_bridge else ""
+        if record:
+            attrs += f' record="{record}"'
         self.document = f"<Response><Dial{attrs}>{numbers}</Dial></Response>"
         self.hits = 0
         self.base = ""
@@ -544,6 +557,7 @@ class StepResult:
     pdd_ms_p50: float | None = None
     pdd_ms_p99: float | None = None
     cpu_pct: float = 0.0
+    disk_write_kbps: float = 0.0  # storage writes of the switch (recordings, SQLite)
     cpu_pct_peak_1s: float = 0.0
     thread_cpu_pct: dict[str, float] = field(default_factory=dict)  # switch threads, % of a core
     sipp_cpu_pct: dict[str, float] = field(default_factory=dict)
@@ -589,7 +603,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace, workdir: Path):
         self.args = args
         self.workdir = workdir
-        self.app = WebhookApp(args.targets, args.answer_on_bridge)
+        self.app = WebhookApp(args.targets, args.answer_on_bridge, args.record)
         self.switch: Switch | None = None
         self.baseline: dict[str, Any] = {}
         self.rss_cold_kb = 0
@@ -646,6 +660,7 @@ class Bench:
         hits0 = self.app.hits
         result.rss_kb_start = rss_kb(pid)
         cpu0 = cpu_seconds(pid)
+        written0 = write_bytes(pid)
         threads0 = thread_cpu_seconds(pid)
         bench_cpu0 = time.process_time()
         t0 = time.monotonic()
@@ -736,6 +751,8 @@ class Bench:
         wall = t1 - t0
         result.wall_s = round(wall, 2)
         result.cpu_pct = round(100 * (cpu1 - cpu0) / wall, 1) if wall > 0 else 0.0
+        written = write_bytes(pid) - written0
+        result.disk_write_kbps = round(written / 1024 / wall, 1) if wall > 0 else 0.0
         result.bench_cpu_pct = round(100 * (bench_cpu1 - bench_cpu0) / wall, 1)
         for sipp in (caller, *callees):
             spent = max(0.0, sipp.cpu_end - sipp.cpu_start)
@@ -909,6 +926,7 @@ def _print_step(s: StepResult) -> None:
         peers = ", ".join(f"{k} {v:.0f}%" for k, v in s.sipp_cpu_pct.items())
         app = f"webhook app {s.bench_cpu_pct:.0f}%"
         print(f"       switch threads: {threads}; sipp: {peers}; {app}")
+        print(f"       switch disk writes: {s.disk_write_kbps:.0f} KiB/s")
     if s.failures or s.sipp_errors:
         print(f"       failures {s.failures} callee_failed={s.callee_failed}")
         for line in s.sipp_errors[:4]:
@@ -990,6 +1008,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ring-ms", type=int, default=100, help="callee ring time (default 100 ms)")
     p.add_argument("--limit", type=int, default=0, help="SIPp -l (default: from rate and hold)")
     p.add_argument("--targets", type=int, default=1, help="<Number>s per <Dial> (1..10)")
+    p.add_argument(
+        "--record",
+        default=None,
+        help='<Dial record="...">, e.g. record-from-answer-dual (default: no recording)',
+    )
     p.add_argument(
         "--answer-on-bridge",
         action="store_true",
