@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config/dialswitch.toml
 RUNTIME_DEBS := espeak-ng libopus0 libssl3
-TEST_DEBS := sip-tester
+TEST_DEBS := sip-tester baresip-core sipvicious
 PJSUA2_INPUTS := $(wildcard deploy/pjsua2/*.sh deploy/pjsua2/*.h deploy/pjsua2/patches/*.patch)
 
 .PHONY: install run test test-tools lint unit integration bench clean

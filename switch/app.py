@@ -133,7 +133,15 @@ class Switch:
         return reply.status, reply.reason, reply.headers
 
     def _incoming(self, leg: Leg) -> None:
-        """An INVITE arrived: admit it, find the number's app, start its session."""
+        """An INVITE arrived: admit it, find the number's app, start its session.
+
+        An INVITE from a client identity is a client's call. Any other INVITE
+        for a number that is not ours gets 404, except when clients are
+        configured: then it gets the same 407 (then 403) a client would, so
+        INVITEs cannot tell which identities exist.
+        """
+        if not leg.live:
+            return  # CANCELled before we got to it
         if self.stopping or len(self.sessions) >= self.config.dial.max_calls:
             leg.hangup(503, "Service Unavailable")
             return
@@ -148,6 +156,9 @@ class Switch:
         except InvalidNumber:
             number = ""
         app = self.services.apps.get(number)
+        if app is None and self.config.clients:
+            self._client_call(leg, caller)
+            return
         if app is None:
             log.info("%s: no number %r: 404", leg.call_sid, request.request_uri)
             leg.hangup(404, "Not Found")

@@ -353,7 +353,10 @@ class Engine:
         leg._attach(call)
         self._calls[prm.callId] = call
         leg._mark_calling(request.header("call-id") or "")
-        self.on_incoming(leg)
+        # Not from inside onIncomingCall: pjsua defers a hangup made there
+        # (dropping its headers, e.g. Proxy-Authenticate) and aborts when
+        # refusing an INVITE without SDP.
+        self.loop.call_soon(self.on_incoming, leg)
 
     def place_call(
         self,
