@@ -9,14 +9,18 @@ every test the switch must report zero live calls, players and recorders (leak c
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import random
 import signal
 import socket
+import sqlite3
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -41,17 +45,50 @@ def free_tcp_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def free_port_pair() -> int:
-    """A port free for both UDP and TCP (the switch listens on both)."""
+def free_port_pair(ip: str = "127.0.0.1") -> int:
+    """A port free on ``ip`` for both UDP and TCP (the switch listens on both, SIPp may)."""
     for _ in range(50):
-        port = free_udp_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((ip, 0))
+            port = int(udp.getsockname()[1])
         try:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", port))
+            with socket.socket() as tcp:
+                tcp.bind((ip, port))
             return port
         except OSError:
             continue
     raise RuntimeError("no free port")
+
+
+def bounded(seconds: float) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
+    """Fail a test that runs longer than ``seconds`` instead of letting it hang."""
+
+    def decorate(test: Callable[..., Awaitable[Any]]) -> Any:
+        @functools.wraps(test)
+        async def run(*args: Any, **kwargs: Any) -> Any:
+            async with asyncio.timeout(seconds):
+                return await test(*args, **kwargs)
+
+        return run
+
+    return decorate
+
+
+async def run_command(
+    *args: str, cwd: Path, timeout: float, stderr: int = asyncio.subprocess.PIPE
+) -> tuple[int, bytes, bytes]:
+    """Run a command to its end (killed after ``timeout`` s): (exit code, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        *args, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=stderr
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return process.returncode, out, err or b""
 
 
 @dataclass
@@ -125,6 +162,7 @@ class SwitchProcess:
     trunk_port: int
     process: asyncio.subprocess.Process | None = None
     log_path: Path | None = None
+    config: Path | None = None
 
     @property
     def http(self) -> str:
@@ -153,6 +191,97 @@ class SwitchProcess:
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+
+    async def start(self, log_path: Path | None = None, timeout: float = 30) -> None:
+        """Start ``python -m switch`` on ``config``, its output appended to ``log_path``
+        (given, or the handle's); return once it serves /healthz."""
+        if log_path is not None:
+            self.log_path = log_path
+        assert self.config is not None and self.log_path is not None
+        with open(self.log_path, "ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "switch",
+                "--config",
+                str(self.config),
+                cwd=REPO,
+                stdout=log,
+                stderr=log,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if self.process.returncode is not None:
+                raise RuntimeError(f"switch exited at start:\n{self.log()[-4000:]}")
+            try:
+                await self.health()
+                return
+            except (aiohttp.ClientError, ValueError):
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    async def stop(self, timeout: float = 20) -> int | None:
+        """SIGTERM, then SIGKILL if it has not gone after ``timeout`` s; its exit code
+        (None: it was never started). A switch that has already exited is left as is."""
+        process = self.process
+        if process is None:
+            return None
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), timeout)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        return process.returncode
+
+    @property
+    def database(self) -> Path:
+        return self.workdir / "var" / "dialswitch.sqlite3"
+
+    def query(self, sql: str, *params: object) -> list[dict[str, Any]]:
+        """The rows of ``sql`` on the switch's database (opened read-only), as dicts."""
+        connection = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=5)
+        connection.row_factory = sqlite3.Row
+        try:
+            rows = connection.execute(sql, params).fetchall()
+        finally:
+            connection.close()
+        return [dict(row) for row in rows]
+
+    def notifications(self, call_sid: str) -> list[dict[str, Any]]:
+        """The switch's stored notifications of one call, oldest first."""
+        return self.query(
+            "SELECT code, level, message, url FROM notifications WHERE call_sid = ?"
+            " ORDER BY time, id",
+            call_sid,
+        )
+
+
+Switch = TypeVar("Switch", bound=SwitchProcess)
+
+
+def new_switch(workdir: Path, app: str) -> SwitchProcess:
+    """A switch (not started) on free ports, with `write_config`'s file in ``workdir``
+    and its log in ``workdir/switch.log``."""
+    handle = SwitchProcess(workdir, free_port_pair(), free_tcp_port(), free_udp_port())
+    handle.config = write_config(workdir, handle.sip_port, handle.http_port, handle.trunk_port, app)
+    handle.log_path = workdir / "switch.log"
+    return handle
+
+
+@contextlib.asynccontextmanager
+async def running(handle: Switch) -> AsyncIterator[Switch]:
+    """``handle``'s switch, started, then stopped with SIGTERM: it must exit 0."""
+    await handle.start()
+    try:
+        yield handle
+    finally:
+        code = await handle.stop()
+    assert code == 0, f"switch exited {code} after SIGTERM:\n{handle.log()[-4000:]}"
 
 
 def write_config(workdir: Path, sip_port: int, http_port: int, trunk_port: int, app: str) -> Path:
@@ -233,40 +362,8 @@ async def app_server() -> AsyncIterator[AppServer]:
 async def switch_process(
     app_server: AppServer, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[SwitchProcess]:
-    workdir = tmp_path_factory.mktemp("switch")
-    handle = SwitchProcess(workdir, free_port_pair(), free_tcp_port(), free_udp_port())
-    config = write_config(
-        workdir, handle.sip_port, handle.http_port, handle.trunk_port, app_server.base
-    )
-    handle.log_path = workdir / "switch.log"
-    log = open(handle.log_path, "wb")  # noqa: SIM115 - closed at teardown
-    handle.process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "switch",
-        "--config",
-        str(config),
-        cwd=REPO,
-        stdout=log,
-        stderr=log,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    deadline = asyncio.get_running_loop().time() + 30
-    while True:
-        if handle.process.returncode is not None:
-            raise RuntimeError(f"switch exited at start:\n{handle.log()}")
-        try:
-            await handle.health()
-            break
-        except (aiohttp.ClientError, ValueError):
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.1)
-    yield handle
-    handle.process.send_signal(signal.SIGTERM)
-    code = await asyncio.wait_for(handle.process.wait(), 20)
-    log.close()
-    assert code == 0, f"switch exited {code} after SIGTERM:\n{handle.log()[-4000:]}"
+    async with running(new_switch(tmp_path_factory.mktemp("switch"), app_server.base)) as handle:
+        yield handle
 
 
 @pytest_asyncio.fixture(loop_scope="module")

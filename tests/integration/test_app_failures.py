@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import re
-import sqlite3
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +30,7 @@ from tests.integration.conftest import (
     NUMBER,
     AppServer,
     SwitchProcess,
+    bounded,
     free_tcp_port,
 )
 from tests.support import sipp
@@ -68,49 +66,7 @@ HTML_ERROR_PAGE = """<!DOCTYPE html>
 """
 
 
-def bounded(seconds: float = TEST_BUDGET) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
-    """Fail a test that runs longer than ``seconds`` instead of letting it hang."""
-
-    def decorate(test: Callable[..., Awaitable[Any]]) -> Any:
-        @functools.wraps(test)
-        async def run(*args: Any, **kwargs: Any) -> Any:
-            async with asyncio.timeout(seconds):
-                return await test(*args, **kwargs)
-
-        return run
-
-    return decorate
-
-
 # ---- helpers -------------------------------------------------------------------------
-
-
-async def place_call(workdir: Path, switch: SwitchProcess, scenario: str) -> sipp.Sipp:
-    """Run one SIPp caller to the end of its scenario; fail with its log if it did not."""
-    caller = sipp.Sipp(workdir, "caller", scenario)
-    await caller.start(switch.target(), timeout_s=30)
-    try:
-        code = await caller.wait(35)
-    finally:
-        await caller.stop()
-    assert code == 0, f"caller failed: {caller.errors()}\n{caller.messages().text[-3000:]}"
-    return caller
-
-
-def notifications(switch: SwitchProcess, call_sid: str) -> list[dict[str, Any]]:
-    """The switch's stored notifications of one call, read-only, oldest first."""
-    path = switch.workdir / "var" / "dialswitch.sqlite3"
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    connection.row_factory = sqlite3.Row
-    try:
-        rows = connection.execute(
-            "SELECT code, level, message, url FROM notifications WHERE call_sid = ?"
-            " ORDER BY time, id",
-            (call_sid,),
-        ).fetchall()
-    finally:
-        connection.close()
-    return [dict(row) for row in rows]
 
 
 def loud_seconds(samples: np.ndarray, threshold_dbfs: float = -40.0) -> float:
@@ -211,7 +167,7 @@ def _redirect_loop(request: web.Request) -> web.Response:
     ],
     ids=["500-reject", "500-hangup", "html-reject"],
 )
-@bounded()
+@bounded(TEST_BUDGET)
 async def test_failed_voice_url_goes_to_fallback_with_error_code(
     switch: SwitchProcess,
     app_server: AppServer,
@@ -230,7 +186,7 @@ async def test_failed_voice_url_goes_to_fallback_with_error_code(
             scenario = sipp.caller(FALLBACK_NUMBER, peer.port, expect_final=486)
         else:
             scenario = caller_any_end(FALLBACK_NUMBER, peer.port)
-        caller = await place_call(workdir, switch, scenario)
+        caller, _ = await sipp.run_call(switch, workdir, scenario)
     finally:
         peer.close()
 
@@ -253,13 +209,13 @@ async def test_failed_voice_url_goes_to_fallback_with_error_code(
     # The fallback's document ran instead of the "application error" message: the
     # caller heard nothing.
     assert peer.audio().size == 0 or rms_dbfs(peer.audio()) < -50
-    rows = notifications(switch, broken_request.params["CallSid"])
+    rows = switch.notifications(broken_request.params["CallSid"])
     assert [(r["code"], r["level"], r["url"]) for r in rows] == [
         (error_code, "error", app_server.url("/broken"))
     ]
 
 
-@bounded()
+@bounded(TEST_BUDGET)
 async def test_failed_fallback_too_speaks_application_error(
     switch: SwitchProcess, app_server: AppServer, workdir: Path
 ):
@@ -268,14 +224,14 @@ async def test_failed_fallback_too_speaks_application_error(
     peer = RtpPeer(None)
     await peer.start()
     try:
-        caller = await place_call(workdir, switch, sipp.caller(FALLBACK_NUMBER, peer.port))
+        caller, _ = await sipp.run_call(switch, workdir, sipp.caller(FALLBACK_NUMBER, peer.port))
     finally:
         peer.close()
     (broken_request,) = app_server.hits("/broken")
     (fallback,) = app_server.hits("/fallback")
     assert fallback.params["ErrorCode"] == "11217"
     assert_application_error_heard(caller, peer)
-    rows = notifications(switch, broken_request.params["CallSid"])
+    rows = switch.notifications(broken_request.params["CallSid"])
     assert [(r["code"], r["level"], r["url"]) for r in rows] == [
         (11217, "error", app_server.url("/broken")),
         (11217, "error", app_server.url("/fallback")),
@@ -293,13 +249,13 @@ async def call_with_application_error(
     peer = RtpPeer(None)
     await peer.start()
     try:
-        caller = await place_call(workdir, switch, sipp.caller(NUMBER, peer.port))
+        caller, _ = await sipp.run_call(switch, workdir, sipp.caller(NUMBER, peer.port))
     finally:
         peer.close()
     (voice,) = app_server.hits("/voice")
     assert_voice_params(voice.params, NUMBER)
     assert_application_error_heard(caller, peer)
-    return voice.params, notifications(switch, voice.params["CallSid"])
+    return voice.params, switch.notifications(voice.params["CallSid"])
 
 
 @pytest.mark.parametrize(
@@ -327,7 +283,7 @@ async def call_with_application_error(
         "redirect-loop",
     ],
 )
-@bounded()
+@bounded(TEST_BUDGET)
 async def test_bad_document_without_fallback_speaks_application_error(
     switch: SwitchProcess, app_server: AppServer, workdir: Path, handler, code: int
 ):
@@ -342,7 +298,7 @@ async def test_bad_document_without_fallback_speaks_application_error(
         assert len(app_server.hits("/loop")) == 10
 
 
-@bounded()
+@bounded(TEST_BUDGET)
 async def test_slow_app_times_out_and_call_still_ends(
     switch: SwitchProcess, app_server: AppServer, workdir: Path
 ):
@@ -370,7 +326,7 @@ async def test_slow_app_times_out_and_call_still_ends(
     ]
 
 
-@bounded()
+@bounded(TEST_BUDGET)
 async def test_unreachable_redirect_target_speaks_application_error(
     switch: SwitchProcess, app_server: AppServer, workdir: Path
 ):
@@ -380,7 +336,7 @@ async def test_unreachable_redirect_target_speaks_application_error(
     assert [(r["code"], r["level"], r["url"]) for r in rows] == [(11205, "error", gone)]
 
 
-@bounded()
+@bounded(TEST_BUDGET)
 async def test_plain_text_answer_is_read_out(
     switch: SwitchProcess, app_server: AppServer, workdir: Path
 ):
@@ -390,20 +346,20 @@ async def test_plain_text_answer_is_read_out(
     peer = RtpPeer(None)
     await peer.start()
     try:
-        caller = await place_call(workdir, switch, sipp.caller(NUMBER, peer.port))
+        caller, _ = await sipp.run_call(switch, workdir, sipp.caller(NUMBER, peer.port))
     finally:
         peer.close()
     (voice,) = app_server.hits("/voice")
     starts = caller.messages().received_starts()
     assert any(s.startswith("BYE ") for s in starts), starts
     assert loud_seconds(peer.audio()) >= 0.7
-    assert notifications(switch, voice.params["CallSid"]) == []
+    assert switch.notifications(voice.params["CallSid"]) == []
 
 
 # ---- 3. signatures -------------------------------------------------------------------
 
 
-@bounded()
+@bounded(TEST_BUDGET)
 async def test_post_and_get_voice_requests_are_signed(
     switch: SwitchProcess, app_server: AppServer, workdir: Path
 ):
@@ -412,7 +368,7 @@ async def test_post_and_get_voice_requests_are_signed(
     peer = RtpPeer(None)
     await peer.start()
     try:
-        await place_call(workdir, switch, sipp.caller(NUMBER, peer.port, expect_final=486))
+        await sipp.run_call(switch, workdir, sipp.caller(NUMBER, peer.port, expect_final=486))
     finally:
         peer.close()
     validator = RequestValidator(AUTH_TOKEN)
@@ -444,7 +400,7 @@ async def test_post_and_get_voice_requests_are_signed(
 # ---- 4. unknown verbs and attributes -------------------------------------------------
 
 
-@bounded()
+@bounded(TEST_BUDGET)
 async def test_unknown_verb_and_attribute_warn_and_document_still_runs(
     switch: SwitchProcess, app_server: AppServer, workdir: Path
 ):
@@ -454,7 +410,7 @@ async def test_unknown_verb_and_attribute_warn_and_document_still_runs(
     peer = RtpPeer(None)
     await peer.start()
     try:
-        caller = await place_call(workdir, switch, sipp.caller(NUMBER, peer.port))
+        caller, _ = await sipp.run_call(switch, workdir, sipp.caller(NUMBER, peer.port))
     finally:
         peer.close()
     (voice,) = app_server.hits("/voice")
@@ -463,7 +419,7 @@ async def test_unknown_verb_and_attribute_warn_and_document_still_runs(
     assert any(s.startswith("SIP/2.0 200") for s in starts), starts
     assert any(s.startswith("BYE ") for s in starts), starts
     assert loud_seconds(peer.audio()) >= 0.5
-    rows = notifications(switch, voice.params["CallSid"])
+    rows = switch.notifications(voice.params["CallSid"])
     assert rows, "no notification stored"
     assert {(r["code"], r["level"], r["url"]) for r in rows} == {
         (12200, "warning", app_server.url("/voice"))

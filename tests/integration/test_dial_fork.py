@@ -9,13 +9,11 @@ CallSid) and, through the ``switch`` fixture, that no leg is left afterwards."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 import random
 import re
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -27,7 +25,7 @@ import pytest
 import pytest_asyncio
 
 from media.analysis import g711_decode, g711_encode, rms_dbfs, tone_power
-from tests.integration.conftest import NUMBER, AppServer, Recorded, SwitchProcess
+from tests.integration.conftest import NUMBER, AppServer, Recorded, SwitchProcess, bounded
 from tests.support import sipp, sipp_fork
 from tests.support.rtp import DTMF_EVENTS, PCMU, RtpPacket, RtpSink, TelephoneEvent
 from tests.support.rtp_peer import FRAME, RATE, RtpPeer
@@ -46,20 +44,6 @@ TELEPHONE_EVENT_PT = 101  # what every SIPp SDP here offers
 
 
 # ---- helpers ---------------------------------------------------------------------------
-
-
-def bounded(seconds: float) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
-    """Fail a test that runs longer than ``seconds`` instead of letting it hang."""
-
-    def decorate(test: Callable[..., Awaitable[Any]]) -> Any:
-        @functools.wraps(test)
-        async def run(*args: Any, **kwargs: Any) -> Any:
-            async with asyncio.timeout(seconds):
-                return await test(*args, **kwargs)
-
-        return run
-
-    return decorate
 
 
 def dial(body: str, **attrs: str) -> str:
@@ -129,8 +113,7 @@ class Peers:
     async def done(*peers: sipp.Sipp, timeout: float = 20) -> None:
         """Each SIPp ended having followed its scenario."""
         for peer in peers:
-            code = await peer.wait(timeout)
-            assert code == 0, f"{peer.name} failed: {peer.errors()}\n{peer.messages().text[-3000:]}"
+            await peer.finish(timeout)
 
     async def close(self) -> None:
         for peer in self.sipps:
@@ -176,22 +159,6 @@ def got(peer: sipp.Sipp, method: str) -> bool:
 
 def sent_codes(peer: sipp.Sipp) -> list[int]:
     return [int(s.split()[1]) for s in sipp_fork.starts(peer, "sent") if s.startswith("SIP/2.0")]
-
-
-def notifications(switch: SwitchProcess, call_sid: str) -> list[dict[str, Any]]:
-    """The switch's stored notifications of one call, read-only, oldest first."""
-    path = switch.workdir / "var" / "dialswitch.sqlite3"
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    connection.row_factory = sqlite3.Row
-    try:
-        rows = connection.execute(
-            "SELECT code, level, message, url FROM notifications WHERE call_sid = ?"
-            " ORDER BY time, id",
-            (call_sid,),
-        ).fetchall()
-    finally:
-        connection.close()
-    return [dict(row) for row in rows]
 
 
 def parent_sid(app_server: AppServer) -> str:
@@ -643,7 +610,7 @@ async def test_sip_uri_headers_are_sent_and_disallowed_ones_dropped(
     assert action["DialSipCallId"] == call_id(callee)
     assert action["DialSipHeader_X-Result"] == "accepted"
     assert action["DialSipHeader_X-Queue"] == "7"
-    codes = [n["code"] for n in notifications(switch, parent_sid(app_server))]
+    codes = [n["code"] for n in switch.notifications(parent_sid(app_server))]
     assert codes == [13252]
 
 
@@ -667,7 +634,7 @@ async def test_malformed_sip_uri_fails_its_branch_while_another_answers(
     assert action["DialCallStatus"] == "completed"
     assert action["DialSipCallId"] == call_id(good)
     assert action["DialSipResponseCode"] == "200"
-    codes = [n["code"] for n in notifications(switch, parent_sid(app_server))]
+    codes = [n["code"] for n in switch.notifications(parent_sid(app_server))]
     assert codes == [13243]
 
 
@@ -916,7 +883,7 @@ async def test_whisper_that_ends_its_branch_lets_another_answer(
         screened_bye, _ = sipp_fork.first(screened, "received", "BYE ")
         other_ok, _ = sipp_fork.first(other, "sent", "SIP/2.0 200")
         assert screened_bye < other_ok
-    codes = [n["code"] for n in notifications(switch, parent_sid(app_server))]
+    codes = [n["code"] for n in switch.notifications(parent_sid(app_server))]
     assert codes == ([code] if code else [])
 
 

@@ -31,17 +31,10 @@ async def run_call(
     callee_scenario: str | None,
     caller_scenario: str,
 ) -> tuple[sipp.Sipp | None, sipp.Sipp]:
-    callee = None
-    if callee_scenario is not None:
-        callee = sipp.Sipp(workdir, "callee", callee_scenario, port=switch.trunk_port)
-        await callee.start()
-    caller = sipp.Sipp(workdir, "caller", caller_scenario)
-    await caller.start(switch.target())
-    code = await caller.wait(60)
-    assert code == 0, f"caller failed: {caller.errors()}\n{caller.messages().text[-3000:]}"
-    if callee is not None:
-        code = await callee.wait(30)
-        assert code == 0, f"callee failed: {callee.errors()}\n{callee.messages().text[-3000:]}"
+    """One call (`sipp.run_call`): the caller gets 60 s, the callee 30 s more."""
+    caller, callee = await sipp.run_call(
+        switch, workdir, caller_scenario, callee_scenario, timeout=60, callee_wait=30
+    )
     return callee, caller
 
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import re
 import secrets
 import signal
 import socket
-import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -34,6 +32,8 @@ from tests.integration.conftest import (
     SwitchProcess,
     free_port_pair,
     free_tcp_port,
+    new_switch,
+    run_command,
     write_config,
 )
 from tests.support import sipp
@@ -49,32 +49,6 @@ SID = re.compile(r"^CA[0-9a-f]{32}$")
 
 
 # ---- helpers -------------------------------------------------------------------------
-
-
-async def run_peers(
-    switch: SwitchProcess,
-    workdir: Path,
-    caller_scenario: str,
-    callee_scenario: str | None = None,
-    timeout: float = 30,
-) -> tuple[sipp.Sipp, sipp.Sipp | None]:
-    callee = None
-    if callee_scenario is not None:
-        callee = sipp.Sipp(workdir, "callee", callee_scenario, port=switch.trunk_port)
-        await callee.start()
-    caller = sipp.Sipp(workdir, "caller", caller_scenario)
-    try:
-        await caller.start(switch.target(), timeout_s=int(timeout))
-        code = await caller.wait(timeout + 5)
-        assert code == 0, f"caller failed: {caller.errors()}\n{caller.messages().text[-3000:]}"
-        if callee is not None:
-            code = await callee.wait(15)
-            assert code == 0, f"callee failed: {callee.errors()}\n{callee.messages().text[-3000:]}"
-    finally:
-        await caller.stop()
-        if callee is not None:
-            await callee.stop()
-    return caller, callee
 
 
 def call_id_of(message: str) -> str:
@@ -146,27 +120,22 @@ async def healthz(switch: SwitchProcess) -> tuple[int, dict[str, object]]:
         return response.status, dict(await response.json())
 
 
-def read_legs(db: Path, call_sid: str) -> list[dict[str, object]]:
-    """The row of ``call_sid`` and of its children, parent first."""
-    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    connection.row_factory = sqlite3.Row
-    try:
-        rows = connection.execute(
-            "SELECT * FROM legs WHERE call_sid = ? OR parent_call_sid = ?"
-            " ORDER BY parent_call_sid IS NOT NULL, start_time",
-            (call_sid, call_sid),
-        ).fetchall()
-    finally:
-        connection.close()
-    return [dict(row) for row in rows]
+LEGS_OF_CALL = (
+    "SELECT * FROM legs WHERE call_sid = ? OR parent_call_sid = ?"
+    " ORDER BY parent_call_sid IS NOT NULL, start_time"
+)
+"""The row of a call and of its children, parent first."""
 
 
-async def wait_for_legs(db: Path, call_sid: str, count: int, timeout: float = 10) -> list[dict]:
+async def wait_for_legs(
+    switch: SwitchProcess, call_sid: str, count: int, timeout: float = 10
+) -> list[dict]:
     """Poll the switch's database until ``count`` legs of the call are recorded."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        legs = read_legs(db, call_sid) if db.exists() else []
+        exists = switch.database.exists()
+        legs = switch.query(LEGS_OF_CALL, call_sid, call_sid) if exists else []
         if len(legs) >= count or loop.time() > deadline:
             return legs
         await asyncio.sleep(0.05)
@@ -186,7 +155,7 @@ async def test_invite_for_a_number_we_do_not_own_gets_404(
     peer = RtpPeer(None)
     await peer.start()
     try:
-        caller, _ = await run_peers(
+        caller, _ = await sipp.run_call(
             switch, workdir, sipp.caller(NOT_OURS, peer.port, expect_final=404)
         )
     finally:
@@ -264,7 +233,7 @@ async def test_garbage_on_the_sip_port_does_not_stop_the_switch(
     peer = RtpPeer(None)
     await peer.start()
     try:
-        await run_peers(switch, workdir, sipp.caller(NUMBER, peer.port, expect_final=486))
+        await sipp.run_call(switch, workdir, sipp.caller(NUMBER, peer.port, expect_final=486))
     finally:
         peer.close()
     status, body = await healthz(switch)
@@ -283,7 +252,7 @@ async def test_bridged_call_leaves_a_record_per_leg(
     await caller_audio.start()
     await callee_audio.start()
     try:
-        caller, callee = await run_peers(
+        caller, callee = await sipp.run_call(
             switch,
             workdir,
             sipp.caller(NUMBER, caller_audio.port),
@@ -296,8 +265,7 @@ async def test_bridged_call_leaves_a_record_per_leg(
     # It was bridged: the callee heard the caller's tone.
     assert tone_power(callee_audio.audio(), 8000, 600) > 0.5
     sid = app_server.hits("/voice")[0].params["CallSid"]
-    db = switch.workdir / "var" / "dialswitch.sqlite3"
-    legs = await wait_for_legs(db, sid, 2)
+    legs = await wait_for_legs(switch, sid, 2)
     assert len(legs) == 2, legs
     parent, child = legs
 
@@ -343,25 +311,9 @@ async def test_bridged_call_leaves_a_record_per_leg(
 
 
 async def check_config(path: Path) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "switch",
-        "--config",
-        str(path),
-        "--check-config",
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), 30)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    args = ("-m", "switch", "--config", str(path), "--check-config")
+    code, out, err = await run_command(sys.executable, *args, cwd=REPO, timeout=30)
+    return code, out.decode(), err.decode()
 
 
 def good_config(workdir: Path) -> tuple[Path, int, int]:
@@ -468,38 +420,14 @@ async def test_check_config_reports_a_port_in_use_along_with_file_problems(workd
 @contextlib.asynccontextmanager
 async def own_switch(workdir: Path, app: str) -> AsyncIterator[SwitchProcess]:
     """A switch process of this test alone (as conftest's switch_process starts one)."""
-    handle = SwitchProcess(workdir, free_port_pair(), free_tcp_port(), free_udp_port())
-    config = write_config(workdir, handle.sip_port, handle.http_port, handle.trunk_port, app)
-    handle.log_path = workdir / "own-switch.log"
-    with open(handle.log_path, "wb") as log:
-        handle.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "switch",
-            "--config",
-            str(config),
-            cwd=REPO,
-            stdout=log,
-            stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        try:
-            deadline = asyncio.get_running_loop().time() + 30
-            while True:
-                if handle.process.returncode is not None:
-                    raise RuntimeError(f"switch exited at start:\n{handle.log()}")
-                try:
-                    await handle.health()
-                    break
-                except (aiohttp.ClientError, ValueError):
-                    if asyncio.get_running_loop().time() > deadline:
-                        raise
-                    await asyncio.sleep(0.1)
-            yield handle
-        finally:
-            if handle.process.returncode is None:
-                handle.process.kill()
-                await handle.process.wait()
+    handle = new_switch(workdir, app)
+    try:
+        await handle.start(workdir / "own-switch.log")
+        yield handle
+    finally:
+        if handle.process is not None and handle.process.returncode is None:
+            handle.process.kill()
+            await handle.process.wait()
 
 
 async def test_sigterm_hangs_up_live_calls_and_exits_0(app_server: AppServer, workdir: Path):
@@ -535,7 +463,7 @@ async def test_sigterm_hangs_up_live_calls_and_exits_0(app_server: AppServer, wo
 
             # Both peers got a BYE (their scenarios end by answering one with 200).
             for peer in (caller, callee):
-                assert await peer.wait(10) == 0, f"{peer.name}: {peer.errors()}"
+                await peer.finish(10)
                 received = peer.messages().received_starts()
                 assert any(s.startswith("BYE ") for s in received), (peer.name, received)
             assert took < 15

@@ -10,27 +10,21 @@ import asyncio
 import os
 import re
 import signal
-import sqlite3
-import sys
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 
 from tests.integration.conftest import (
     ACCOUNT_SID,
     AUTH_TOKEN,
     NUMBER,
-    REPO,
     AppServer,
     SwitchProcess,
-    free_port_pair,
-    free_tcp_port,
-    write_config,
+    bounded,
+    new_switch,
 )
 from tests.support import sipp
 from tests.support.recording_checks import (
@@ -38,7 +32,6 @@ from tests.support.recording_checks import (
     RecordingsClient,
     Wav,
     basic_auth,
-    bounded,
     leading_silence,
     mp3_duration,
     peak_tone_share,
@@ -47,7 +40,6 @@ from tests.support.recording_checks import (
     trailing_silence,
 )
 from tests.support.rtp_peer import RtpPeer
-from tests.support.sipp import free_udp_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -140,10 +132,8 @@ async def place_call(
     try:
         await callee.start(timeout_s=30)
         await caller.start(switch.target(), timeout_s=30)
-        code = await caller.wait(40)
-        assert code == 0, f"caller failed: {caller.errors()}\n{caller.messages().text[-3000:]}"
-        code = await callee.wait(20)
-        assert code == 0, f"callee failed: {callee.errors()}\n{callee.messages().text[-3000:]}"
+        await caller.finish(40)
+        await callee.finish(20)
     finally:
         await caller.stop()
         await callee.stop()
@@ -159,19 +149,6 @@ async def recording_of(switch: SwitchProcess, call: Call) -> Wav:
     url = call.action.get("RecordingUrl")
     assert url, f"no RecordingUrl in the action: {call.action}"
     return await api(switch).wav(url)
-
-
-def notifications(switch: SwitchProcess, call_sid: str) -> list[dict[str, Any]]:
-    path = switch.workdir / "var" / "dialswitch.sqlite3"
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    connection.row_factory = sqlite3.Row
-    try:
-        rows = connection.execute(
-            "SELECT code, level, message FROM notifications WHERE call_sid = ?", (call_sid,)
-        ).fetchall()
-    finally:
-        connection.close()
-    return [dict(row) for row in rows]
 
 
 def check_holds(samples, present: list[float], absent: list[float], share: float = 0.3) -> None:
@@ -441,7 +418,7 @@ async def test_unknown_record_value_records_nothing(
     )
     assert call.action["DialCallStatus"] == "completed"  # the dial itself went on
     assert "RecordingUrl" not in call.action
-    codes = [n["code"] for n in notifications(switch, call.call_sid)]
+    codes = [n["code"] for n in switch.notifications(call.call_sid)]
     assert 12200 in codes, codes
     listed = await api(switch).get(f"Calls/{call.call_sid}/Recordings.json")
     assert listed.status == 200
@@ -535,60 +512,6 @@ async def test_rest_api_lists_serves_and_deletes(
 # ---- 10. crash repair ----------------------------------------------------------------------
 
 
-async def start_switch(handle: SwitchProcess, config: Path, log: Path) -> None:
-    """Start ``python -m switch`` as conftest's switch_process does; wait until it serves."""
-    handle.log_path = log
-    with open(log, "ab") as out:
-        handle.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "switch",
-            "--config",
-            str(config),
-            cwd=REPO,
-            stdout=out,
-            stderr=out,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    deadline = asyncio.get_running_loop().time() + 30
-    while True:
-        if handle.process.returncode is not None:
-            raise RuntimeError(f"switch exited at start:\n{handle.log()}")
-        try:
-            await handle.health()
-            return
-        except (aiohttp.ClientError, ValueError):
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.1)
-
-
-async def stop_switch(handle: SwitchProcess) -> int | None:
-    """SIGTERM, then SIGKILL if it will not go; its exit code (None: it had not started)."""
-    process = handle.process
-    if process is None:
-        return None
-    if process.returncode is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), 20)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-    return process.returncode
-
-
-def recording_rows(workdir: Path) -> list[dict[str, Any]]:
-    path = workdir / "var" / "dialswitch.sqlite3"
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    connection.row_factory = sqlite3.Row
-    try:
-        rows = connection.execute("SELECT sid, call_sid, status FROM recordings").fetchall()
-    finally:
-        connection.close()
-    return [dict(row) for row in rows]
-
-
 @bounded(150)
 async def test_recording_of_a_crashed_switch_is_finished_at_restart(
     app_server: AppServer, workdir: Path
@@ -602,10 +525,7 @@ async def test_recording_of_a_crashed_switch_is_finished_at_restart(
     app_server.routes["/action"] = HANGUP
     app_server.routes["/rec"] = ""
     loop = asyncio.get_running_loop()
-    handle = SwitchProcess(workdir, free_port_pair(), free_tcp_port(), free_udp_port())
-    config = write_config(
-        workdir, handle.sip_port, handle.http_port, handle.trunk_port, app_server.base
-    )
+    handle = new_switch(workdir, app_server.base)
     caller_audio, callee_audio = RtpPeer(CALLER_HZ), RtpPeer(CALLEE_HZ)
     await caller_audio.start()
     await callee_audio.start()
@@ -614,7 +534,7 @@ async def test_recording_of_a_crashed_switch_is_finished_at_restart(
     )
     caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
     try:
-        await start_switch(handle, config, workdir / "switch-1.log")
+        await handle.start(workdir / "switch-1.log")
         assert handle.process is not None
         await callee.start(timeout_s=60)
         await caller.start(handle.target(), timeout_s=60)
@@ -632,13 +552,13 @@ async def test_recording_of_a_crashed_switch_is_finished_at_restart(
         caller_audio.close()
         callee_audio.close()
     recorded = killed - bridged_at
-    (row,) = recording_rows(workdir)
+    (row,) = handle.query("SELECT sid, call_sid, status FROM recordings")
     assert row["status"] == "in-progress"
     assert row["call_sid"] == app_server.hits("/voice")[0].params["CallSid"]
     assert app_server.hits("/rec") == []
 
     try:
-        await start_switch(handle, config, workdir / "switch-2.log")
+        await handle.start(workdir / "switch-2.log")
         (callback,) = await app_server.wait_for("/rec", 1, timeout=20)
         params = callback.params
         assert params["RecordingStatus"] == "completed"
@@ -665,7 +585,7 @@ async def test_recording_of_a_crashed_switch_is_finished_at_restart(
         assert resource.json()["duration"] == params["RecordingDuration"]
         await handle.wait_idle()
     finally:
-        code = await stop_switch(handle)
+        code = await handle.stop()
     assert code == 0, f"restarted switch exited {code}:\n{handle.log()[-4000:]}"
 
 

@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 
 from media.analysis import tone_power
-from tests.integration.conftest import NUMBER, AppServer
+from tests.integration.conftest import NUMBER, AppServer, running
 from tests.support import sipp, sipp_reg
 from tests.support.rtp_peer import RtpPeer
 from tests.support.sipp_reg import ClientSwitch, Peer, contacts, header_values, register
@@ -63,10 +63,8 @@ async def switch_process(
     handle = ClientSwitch.create(
         tmp_path_factory.mktemp("switch"), app_server.base, CLIENTS, REGISTRAR
     )
-    await handle.start()
-    yield handle
-    code = await handle.stop()
-    assert code == 0, f"switch exited {code} after SIGTERM:\n{handle.log()[-4000:]}"
+    async with running(handle):
+        yield handle
 
 
 async def reg(

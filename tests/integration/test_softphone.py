@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 
 from media.analysis import tone_power
-from tests.integration.conftest import NUMBER, AppServer
+from tests.integration.conftest import NUMBER, AppServer, free_port_pair, run_command, running
 from tests.support import sipp, sipp_reg
 from tests.support.baresip import Baresip
 from tests.support.rtp_peer import RtpPeer
@@ -53,26 +53,13 @@ async def switch_process(
     handle = ClientSwitch.create(
         tmp_path_factory.mktemp("switch"), app_server.base, CLIENTS, REGISTRAR
     )
-    await handle.start()
-    yield handle
-    code = await handle.stop()
-    assert code == 0, f"switch exited {code} after SIGTERM:\n{handle.log()[-4000:]}"
+    async with running(handle):
+        yield handle
 
 
 async def run_tool(*args: str, cwd: Path, timeout: float = 90) -> str:
     """Run a command to its end; its combined output."""
-    process = await asyncio.create_subprocess_exec(
-        *args,
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        out, _ = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
+    _, out, _ = await run_command(*args, cwd=cwd, timeout=timeout, stderr=asyncio.subprocess.STDOUT)
     return out.decode("utf-8", "replace")
 
 
@@ -119,7 +106,7 @@ async def test_baresip_registers_answers_and_talks(
         identity="alice",
         password=CLIENTS["alice"],
         registrar=switch.target(),
-        sip_port=sipp_reg.free_port(),
+        sip_port=free_port_pair(),
         tone_hz=1000,
     )
     caller_audio = RtpPeer(600)

@@ -43,23 +43,8 @@ async def call(
     callee_scenario: str | None = None,
     timeout: float = 40,
 ) -> sipp.Sipp:
-    """Run one call to completion; both SIPp peers must have followed their scenario."""
-    callee = None
-    if callee_scenario is not None:
-        callee = sipp.Sipp(workdir, "callee", callee_scenario, port=switch.trunk_port)
-        await callee.start()
-    caller = sipp.Sipp(workdir, "caller", scenario)
-    try:
-        await caller.start(switch.target(), timeout_s=int(timeout))
-        code = await caller.wait(timeout + 5)
-        assert code == 0, f"caller failed: {caller.errors()}\n{caller.messages().text[-3000:]}"
-        if callee is not None:
-            code = await callee.wait(15)
-            assert code == 0, f"callee failed: {callee.errors()}\n{callee.messages().text[-3000:]}"
-    finally:
-        await caller.stop()
-        if callee is not None:
-            await callee.stop()
+    """Run one call to completion (`sipp.run_call`); returns the caller."""
+    caller, _ = await sipp.run_call(switch, workdir, scenario, callee_scenario, timeout=timeout)
     return caller
 
 

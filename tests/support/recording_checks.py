@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import io
 import json
 import math
 import random
 import wave
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,20 +38,6 @@ SOUND_DBFS = -40.0
 """A window louder than this holds sound (the tones are sent at about -13 dBFS)."""
 WINDOW_S = 0.25
 """Analysis window: 2000 samples at 8 kHz, so 440, 480, 600 and 1000 Hz fall on bins."""
-
-
-def bounded(seconds: float) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
-    """Fail a test that runs longer than ``seconds`` instead of letting it hang."""
-
-    def decorate(test: Callable[..., Awaitable[Any]]) -> Any:
-        @functools.wraps(test)
-        async def run(*args: Any, **kwargs: Any) -> Any:
-            async with asyncio.timeout(seconds):
-                return await test(*args, **kwargs)
-
-        return run
-
-    return decorate
 
 
 # ---- the REST API ------------------------------------------------------------------------

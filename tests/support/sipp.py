@@ -4,6 +4,10 @@ Scenarios are generated per test so timings and RTP ports can be written into
 them. Each SIPp runs one call (``-m 1``) and writes every message it saw to a
 file (``-trace_msg``); tests assert on those messages, i.e. on what the peer
 saw. SIPp exits 0 when its call followed the scenario.
+
+The scenario pieces (``scenario``, ``send``, ``response``, ``answer_bye``, ...)
+are shared with the other scenario modules (``sipp_more``, ``sipp_fork``,
+``sipp_reg``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import SwitchProcess
 
 SDP = """v=0
 o=sipp 1 1 IN IP4 127.0.0.1
@@ -26,14 +34,115 @@ a=fmtp:101 0-15
 a=sendrecv
 """
 
+REASONS = {
+    100: "Trying",
+    180: "Ringing",
+    183: "Session Progress",
+    200: "OK",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    408: "Request Timeout",
+    480: "Temporarily Unavailable",
+    486: "Busy Here",
+    487: "Request Terminated",
+    500: "Server Internal Error",
+    503: "Service Unavailable",
+    600: "Busy Everywhere",
+    603: "Decline",
+}
+"""The reason phrase `response` writes for a status code."""
 
-def _sdp(port: int) -> str:
-    return SDP.format(port=port)
+CALLEE_BYE = """      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:callee@[local_ip]:[local_port]>;tag=[pid]SIPpTag01[call_number]
+      To: [$remote_from]
+      Call-ID: [call_id]
+      CSeq: 2 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+"""
+"""The lines of a callee's own BYE (the caller's From captured as ``remote_from``)."""
 
 
-def _scenario(name: str, body: str) -> str:
+def scenario(name: str, body: str) -> str:
     head = '<?xml version="1.0" encoding="ISO-8859-1" ?>'
-    return f'{head}\n<scenario name="{name}">\n{body}\n</scenario>\n'
+    return f'{head}\n<scenario name="{name}">\n{body}</scenario>\n'
+
+
+def indent(text: str) -> str:
+    return "".join(f"      {line}\n" for line in text.strip().splitlines())
+
+
+def send(lines: str, *, retrans: bool = False, next_label: str | None = None) -> str:
+    """A ``<send>`` of one message; ``lines`` are indented and end with a newline."""
+    attrs = ' retrans="500"' if retrans else ""
+    if next_label:
+        attrs += f' next="{next_label}"'
+    return f"  <send{attrs}>\n    <![CDATA[\n{lines}    ]]>\n  </send>\n"
+
+
+def response(
+    code: int,
+    *,
+    sdp_port: int | None = None,
+    tag: bool = True,
+    cseq: str = "[last_CSeq:]",
+    headers: dict[str, str] | None = None,
+    next_label: str | None = None,
+) -> str:
+    """A UAS's response to the request just received (``tag``: the To gets ours)."""
+    to = "[last_To:];tag=[pid]SIPpTag01[call_number]" if tag else "[last_To:]"
+    extra = "".join(f"      {k}: {v}\n" for k, v in (headers or {}).items())
+    if sdp_port is None:
+        tail, body = "      Content-Length: 0\n", ""
+    else:
+        tail = "      Content-Type: application/sdp\n      Content-Length: [len]\n"
+        body = "\n" + indent(SDP.format(port=sdp_port))
+    lines = (
+        f"      SIP/2.0 {code} {REASONS.get(code, 'Session Progress')}\n"
+        "      [last_Via:]\n"
+        "      [last_From:]\n"
+        f"      {to}\n"
+        "      [last_Call-ID:]\n"
+        f"      {cseq}\n"
+        "      Contact: <sip:callee@[local_ip]:[local_port];transport=[transport]>\n"
+        f"{extra}{tail}{body}"
+    )
+    return send(lines, next_label=next_label)
+
+
+def ok_to_request(next_label: str | None = None) -> str:
+    """200 OK to the request just received (CANCEL, BYE, INFO), its To as it came."""
+    lines = (
+        "      SIP/2.0 200 OK\n"
+        "      [last_Via:]\n"
+        "      [last_From:]\n"
+        "      [last_To:]\n"
+        "      [last_Call-ID:]\n"
+        "      [last_CSeq:]\n"
+        "      Content-Length: 0\n"
+    )
+    return send(lines, next_label=next_label)
+
+
+def answer_bye(next_label: str | None = None) -> str:
+    """Wait for the other side's BYE and answer it 200."""
+    return '  <recv request="BYE"/>\n' + ok_to_request(next_label)
+
+
+def caller_ack(number: str) -> str:
+    """The trunk caller's ACK to the final response to its INVITE of ``number``."""
+    return send(
+        f"      ACK sip:{number}@[remote_ip]:[remote_port] SIP/2.0\n"
+        "      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]\n"
+        "      [last_From:]\n"
+        "      [last_To:]\n"
+        "      Call-ID: [call_id]\n"
+        "      CSeq: 1 ACK\n"
+        "      Max-Forwards: 70\n"
+        "      Content-Length: 0\n"
+    )
 
 
 _INVITE_HEADERS = """      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
@@ -46,6 +155,38 @@ _INVITE_HEADERS = """      Via: SIP/2.0/[transport] [local_ip]:[local_port];bran
 {extra}      Content-Type: application/sdp
       Content-Length: [len]
 """
+
+
+CALLER_PROVISIONAL = """  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="183" optional="true"/>
+  <recv response="180" optional="true"/>
+"""
+"""The provisional responses a trunk caller accepts after its INVITE."""
+
+
+def caller_invite(
+    number: str,
+    rtp_port: int,
+    *,
+    caller_id: str = "+14155550100",
+    name: str = "Test Caller",
+    extra_headers: dict[str, str] | None = None,
+) -> str:
+    """A trunk caller's INVITE of ``number`` (retransmitted), offering ``rtp_port``."""
+    extra = "".join(f"      {k}: {v}\n" for k, v in (extra_headers or {}).items())
+    return (
+        '  <send retrans="500">\n    <![CDATA[\n'
+        "      INVITE sip:{number}@[remote_ip]:[remote_port] SIP/2.0\n"
+        + _INVITE_HEADERS
+        + "\n{sdp}    ]]>\n  </send>\n"
+    ).format(
+        number=number,
+        caller=caller_id,
+        name=name,
+        extra=extra,
+        sdp=indent(SDP.format(port=rtp_port)),
+    )
 
 
 def caller(
@@ -64,35 +205,14 @@ def caller(
     or we wait for the switch's BYE. Another code: the call must be refused
     with it (we ACK). A caller that CANCELs is ``sipp_fork.caller_cancel``.
     """
-    extra = "".join(f"      {k}: {v}\n" for k, v in (extra_headers or {}).items())
-    invite = (
-        '  <send retrans="500">\n    <![CDATA[\n'
-        "      INVITE sip:{number}@[remote_ip]:[remote_port] SIP/2.0\n"
-        + _INVITE_HEADERS
-        + "\n{sdp}    ]]>\n  </send>\n"
-    ).format(number=number, caller=caller_id, name=name, extra=extra, sdp=_indent(_sdp(rtp_port)))
-    provisional = """  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="183" optional="true"/>
-  <recv response="180" optional="true"/>
-"""
-    ack = f"""  <send>
-    <![CDATA[
-      ACK sip:{number}@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      [last_From:]
-      [last_To:]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-"""
+    invite = caller_invite(
+        number, rtp_port, caller_id=caller_id, name=name, extra_headers=extra_headers
+    )
+    ack = caller_ack(number)
     if expect_final != 200:
-        body = invite + provisional + f'  <recv response="{expect_final}"/>\n' + ack
-        return _scenario("caller-refused", body)
-    body = invite + provisional + '  <recv response="200" rtd="true"/>\n' + ack
+        body = invite + CALLER_PROVISIONAL + f'  <recv response="{expect_final}"/>\n' + ack
+        return scenario("caller-refused", body)
+    body = invite + CALLER_PROVISIONAL + '  <recv response="200" rtd="true"/>\n' + ack
     if hangup_after_ms is not None:
         body += f"""  <pause milliseconds="{hangup_after_ms}"/>
   <send retrans="500">
@@ -110,46 +230,8 @@ def caller(
   <recv response="200"/>
 """
     else:
-        body += _answer_bye()
-    return _scenario("caller", body)
-
-
-def _answer_bye() -> str:
-    return """  <recv request="BYE"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-    ]]>
-  </send>
-"""
-
-
-def _response(code: int, reason: str, *, sdp_port: int | None = None, tag: bool = True) -> str:
-    to = "[last_To:];tag=[pid]SIPpTag01[call_number]" if tag else "[last_To:]"
-    if sdp_port is None:
-        tail = "      Content-Length: 0\n"
-        body = ""
-    else:
-        tail = "      Content-Type: application/sdp\n      Content-Length: [len]\n"
-        body = "\n" + _indent(_sdp(sdp_port))
-    return f"""  <send>
-    <![CDATA[
-      SIP/2.0 {code} {reason}
-      [last_Via:]
-      [last_From:]
-      {to}
-      [last_Call-ID:]
-      [last_CSeq:]
-      Contact: <sip:callee@[local_ip]:[local_port];transport=[transport]>
-{tail}{body}    ]]>
-  </send>
-"""
+        body += answer_bye()
+    return scenario("caller", body)
 
 
 def callee(
@@ -167,11 +249,7 @@ def callee(
     (500), ``ring`` (ring until CANCELled: 200 to the CANCEL, 487 to the INVITE).
     ``early_media`` sends 183 with SDP instead of 180.
     """
-    ringing = (
-        _response(183, "Session Progress", sdp_port=rtp_port)
-        if early_media
-        else _response(180, "Ringing")
-    )
+    ringing = response(183, sdp_port=rtp_port) if early_media else response(180)
     if behaviour == "ring":
         capture = (
             '    <action>\n      <ereg regexp="[0-9]+ INVITE" search_in="hdr" header="CSeq:"'
@@ -184,52 +262,32 @@ def callee(
         )
     else:
         capture = ""
-    body = f'  <recv request="INVITE" rrs="true">\n{capture}  </recv>\n' + _response(
-        100, "Trying", tag=False
-    )
+    body = f'  <recv request="INVITE" rrs="true">\n{capture}  </recv>\n' + response(100, tag=False)
     if behaviour in ("busy", "decline", "error"):
-        code, reason = {
-            "busy": (486, "Busy Here"),
-            "decline": (603, "Decline"),
-            "error": (500, "Server Internal Error"),
-        }[behaviour]
-        body += _response(code, reason) + '  <recv request="ACK"/>\n'
-        return _scenario(f"callee-{behaviour}", body)
+        code = {"busy": 486, "decline": 603, "error": 500}[behaviour]
+        body += response(code) + '  <recv request="ACK"/>\n'
+        return scenario(f"callee-{behaviour}", body)
     body += ringing
     if behaviour == "ring":
         body += (
             '  <recv request="CANCEL"/>\n'
-            + _response(200, "OK")
-            + _response(487, "Request Terminated").replace("[last_CSeq:]", "CSeq: [$invite_cseq]")
+            + response(200)
+            + response(487, cseq="CSeq: [$invite_cseq]")
             + '  <recv request="ACK"/>\n'
         )
-        return _scenario("callee-ring", body)
+        return scenario("callee-ring", body)
     if ring_ms:
         body += f'  <pause milliseconds="{ring_ms}"/>\n'
-    body += _response(200, "OK", sdp_port=rtp_port) + '  <recv request="ACK"/>\n'
+    body += response(200, sdp_port=rtp_port) + '  <recv request="ACK"/>\n'
     if hangup_after_ms is not None:
-        body += f"""  <pause milliseconds="{hangup_after_ms}"/>
-  <send retrans="500">
-    <![CDATA[
-      BYE [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:callee@[local_ip]:[local_port]>;tag=[pid]SIPpTag01[call_number]
-      To: [$remote_from]
-      Call-ID: [call_id]
-      CSeq: 2 BYE
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-  <recv response="200"/>
-"""
+        body += (
+            f'  <pause milliseconds="{hangup_after_ms}"/>\n'
+            + send(CALLEE_BYE, retrans=True)
+            + '  <recv response="200"/>\n'
+        )
     else:
-        body += _answer_bye()
-    return _scenario("callee-answer", body)
-
-
-def _indent(text: str) -> str:
-    return "".join(f"      {line}\n" for line in text.strip().splitlines())
+        body += answer_bye()
+    return scenario("callee-answer", body)
 
 
 def free_udp_port() -> int:
@@ -262,7 +320,14 @@ class SippMessages:
 
 
 class Sipp:
-    """One SIPp process running a generated scenario for one call."""
+    """One SIPp process running a generated scenario (one call, unless ``calls`` says)."""
+
+    ip: str = "127.0.0.1"
+    """The local address SIPp binds and writes in Via/Contact (``-i``)."""
+    transport: str | None = None
+    """SIPp's ``-t``; None: SIPp's default (UDP, one socket)."""
+    calls: int = 1
+    """SIPp's ``-m``."""
 
     def __init__(self, workdir: Path, name: str, scenario: str, *, port: int | None = None):
         self.workdir = workdir
@@ -274,17 +339,17 @@ class Sipp:
         self.error_file = workdir / f"{name}.errors.log"
         self.process: asyncio.subprocess.Process | None = None
 
+    def options(self) -> list[str]:
+        """Command-line options a subclass adds after the common ones."""
+        return []
+
     async def start(self, target: str | None = None, *, timeout_s: int = 60) -> None:
-        args = [
-            "sipp",
-            "-sf",
-            str(self.scenario),
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
+        args = ["sipp", "-sf", str(self.scenario), "-i", self.ip, "-p", str(self.port)]
+        if self.transport is not None:
+            args += ["-t", self.transport]
+        args += [
             "-m",
-            "1",
+            str(self.calls),
             "-nostdin",
             "-trace_msg",
             "-message_file",
@@ -298,6 +363,7 @@ class Sipp:
             "-max_recv_loops",
             "1000",
             "-nd",
+            *self.options(),
         ]
         if target:
             args.append(target)
@@ -318,6 +384,11 @@ class Sipp:
             raise
         return self.process.returncode or 0
 
+    async def finish(self, timeout: float) -> None:
+        """Wait for the end of the scenario; fail with SIPp's logs unless it exited 0."""
+        code = await self.wait(timeout)
+        assert code == 0, f"{self.name} failed: {self.errors()}\n{self.messages().text[-3000:]}"
+
     def messages(self) -> SippMessages:
         return SippMessages(self.message_file.read_text() if self.message_file.exists() else "")
 
@@ -328,3 +399,35 @@ class Sipp:
         if self.process is not None and self.process.returncode is None:
             self.process.kill()
             await self.process.wait()
+
+
+async def run_call(
+    switch: SwitchProcess,
+    workdir: Path,
+    caller_scenario: str,
+    callee_scenario: str | None = None,
+    *,
+    timeout: float = 30,
+    callee_wait: float = 15,
+) -> tuple[Sipp, Sipp | None]:
+    """One call through ``switch``; returns (caller, callee or None).
+
+    The callee (if any) answers on the trunk's port; the caller's SIPp gives up
+    after ``timeout`` s. Both must follow their scenario, the callee ending within
+    ``callee_wait`` s of the caller. Both processes are stopped whatever happens.
+    """
+    callee = None
+    if callee_scenario is not None:
+        callee = Sipp(workdir, "callee", callee_scenario, port=switch.trunk_port)
+        await callee.start()
+    caller = Sipp(workdir, "caller", caller_scenario)
+    try:
+        await caller.start(switch.target(), timeout_s=int(timeout))
+        await caller.finish(timeout + 5)
+        if callee is not None:
+            await callee.finish(callee_wait)
+    finally:
+        await caller.stop()
+        if callee is not None:
+            await callee.stop()
+    return caller, callee

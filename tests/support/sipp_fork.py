@@ -41,114 +41,15 @@ from tests.support import sipp
 NONCE = "8e1b1e3f9c2d4a7b"
 REALM = "dialswitch.test"
 
-_SDP = """v=0
-o=sipp 1 1 IN IP4 127.0.0.1
-s=-
-c=IN IP4 127.0.0.1
-t=0 0
-m=audio {port} RTP/AVP 0 101
-a=rtpmap:0 PCMU/8000
-a=rtpmap:101 telephone-event/8000
-a=fmtp:101 0-15
-a=sendrecv
-"""
-
-_REASONS = {
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    408: "Request Timeout",
-    480: "Temporarily Unavailable",
-    486: "Busy Here",
-    487: "Request Terminated",
-    500: "Server Internal Error",
-    503: "Service Unavailable",
-    600: "Busy Everywhere",
-    603: "Decline",
-}
-
-
-def _scenario(name: str, body: str) -> str:
-    head = '<?xml version="1.0" encoding="ISO-8859-1" ?>'
-    return f'{head}\n<scenario name="{name}">\n{body}</scenario>\n'
-
-
-def _indent(text: str) -> str:
-    return "".join(f"      {line}\n" for line in text.strip().splitlines())
-
-
-def _send(lines: str, *, next_label: str | None = None) -> str:
-    nxt = f' next="{next_label}"' if next_label else ""
-    return f"  <send{nxt}>\n    <![CDATA[\n{lines}    ]]>\n  </send>\n"
-
-
-def _response(
-    code: int,
-    *,
-    sdp_port: int | None = None,
-    tag: bool = True,
-    cseq: str = "[last_CSeq:]",
-    headers: dict[str, str] | None = None,
-    next_label: str | None = None,
-) -> str:
-    to = "[last_To:];tag=[pid]SIPpTag01[call_number]" if tag else "[last_To:]"
-    extra = "".join(f"      {k}: {v}\n" for k, v in (headers or {}).items())
-    if sdp_port is None:
-        tail, body = "      Content-Length: 0\n", ""
-    else:
-        tail = "      Content-Type: application/sdp\n      Content-Length: [len]\n"
-        body = "\n" + _indent(_SDP.format(port=sdp_port))
-    reason = "OK" if code == 200 else _REASONS.get(code, "Session Progress")
-    if code == 100:
-        reason = "Trying"
-    elif code == 180:
-        reason = "Ringing"
-    lines = (
-        f"      SIP/2.0 {code} {reason}\n"
-        "      [last_Via:]\n"
-        "      [last_From:]\n"
-        f"      {to}\n"
-        "      [last_Call-ID:]\n"
-        f"      {cseq}\n"
-        "      Contact: <sip:callee@[local_ip]:[local_port];transport=[transport]>\n"
-        f"{extra}{tail}{body}"
-    )
-    return _send(lines, next_label=next_label)
-
-
 _CAPTURE_CSEQ = (
     '      <ereg regexp="[0-9]+ INVITE" search_in="hdr" header="CSeq:" assign_to="invite_cseq"/>\n'
 )
 _CAPTURE_FROM = '      <ereg regexp=".*" search_in="hdr" header="From:" assign_to="remote_from"/>\n'
 
-_OUR_BYE = """      BYE [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:callee@[local_ip]:[local_port]>;tag=[pid]SIPpTag01[call_number]
-      To: [$remote_from]
-      Call-ID: [call_id]
-      CSeq: 2 BYE
-      Max-Forwards: 70
-      Content-Length: 0
-"""
 
-
-def _ok_to_request(next_label: str | None = None) -> str:
-    """200 OK to the request just received (CANCEL, BYE, INFO)."""
-    lines = (
-        "      SIP/2.0 200 OK\n"
-        "      [last_Via:]\n"
-        "      [last_From:]\n"
-        "      [last_To:]\n"
-        "      [last_Call-ID:]\n"
-        "      [last_CSeq:]\n"
-        "      Content-Length: 0\n"
-    )
-    return _send(lines, next_label=next_label)
-
-
-def _ok_to_cancel(next_label: str | None = None) -> str:
+def _ok_to_cancel() -> str:
     """200 to a CANCEL: its To gets our tag (the INVITE's To had none)."""
-    return _response(200, next_label=next_label)
+    return sipp.response(200)
 
 
 def callee(
@@ -171,7 +72,7 @@ def callee(
         # Never answer; INVITE retransmissions are absorbed by SIPp. The call ends
         # on our side after ``silent_ms``; a CANCEL cannot come (no 1xx was sent).
         body = '  <recv request="INVITE"/>\n' + f'  <pause milliseconds="{silent_ms}"/>\n'
-        return _scenario(name, body)
+        return sipp.scenario(name, body)
     # SIPp rejects a variable that is set but never used: capture only what is used.
     actions = _CAPTURE_CSEQ
     if final == "answer" and hangup_after_ms is not None:
@@ -180,7 +81,7 @@ def callee(
     body += "  </recv>\n"
     if challenge is not None:
         username, password = challenge
-        body += _response(
+        body += sipp.response(
             401,
             headers={
                 "WWW-Authenticate": (f'Digest realm="{REALM}", nonce="{NONCE}", algorithm=MD5')
@@ -194,18 +95,18 @@ def callee(
             f' password="{password}"/>\n'
             "    </action>\n  </recv>\n"
             '  <nop hide="true" test="authvalid" next="authok"/>\n'
-            + _response(403)
+            + sipp.response(403)
             + '  <recv request="ACK"/>\n'
             # A wrong Authorization fails the scenario: nothing ever answers this recv.
             + '  <recv request="BYE" timeout="50"/>\n'
             + '  <label id="authok"/>\n'
         )
     if trying:
-        body += _response(100, tag=False)
+        body += sipp.response(100, tag=False)
     if provisional == 183:
-        body += _response(183, sdp_port=rtp_port)
+        body += sipp.response(183, sdp_port=rtp_port)
     elif provisional is not None:
-        body += _response(provisional)
+        body += sipp.response(provisional)
     if final == "ring":
         body += '  <recv request="CANCEL" next="cancelled"/>\n'
     elif after_ms > 0:
@@ -214,42 +115,42 @@ def callee(
         )
     body += '  <label id="final"/>\n'
     if final == "answer":
-        body += _response(200, sdp_port=rtp_port, headers=headers_200)
+        body += sipp.response(200, sdp_port=rtp_port, headers=headers_200)
         body += '  <recv request="CANCEL" optional="true" next="crossed"/>\n'
         body += '  <recv request="ACK" next="confirmed"/>\n'
-        body += '  <label id="crossed"/>\n' + _ok_to_request()
+        body += '  <label id="crossed"/>\n' + sipp.ok_to_request()
         body += '  <recv request="ACK"/>\n'
         body += '  <label id="confirmed"/>\n'
         body += _after_answer(hangup_after_ms)
     elif final != "ring":
-        body += _response(int(final)) + '  <recv request="ACK" next="end"/>\n'
+        body += sipp.response(int(final)) + '  <recv request="ACK" next="end"/>\n'
     body += '  <label id="cancelled"/>\n'
     if late_answer:
         # Our 200 "crossed" the CANCEL: answer the INVITE, then the CANCEL.
-        body += _response(200, sdp_port=rtp_port, cseq="CSeq: [$invite_cseq]", headers=headers_200)
+        body += sipp.response(
+            200, sdp_port=rtp_port, cseq="CSeq: [$invite_cseq]", headers=headers_200
+        )
         body += _ok_to_cancel()
         body += '  <recv request="ACK"/>\n'
-        body += '  <recv request="BYE"/>\n' + _ok_to_request(next_label="end")
+        body += sipp.answer_bye(next_label="end")
     else:
         body += _ok_to_cancel()
-        body += _response(487, cseq="CSeq: [$invite_cseq]")
+        body += sipp.response(487, cseq="CSeq: [$invite_cseq]")
         body += '  <recv request="ACK"/>\n'
     body += '  <label id="end"/>\n'
-    return _scenario(name, body)
+    return sipp.scenario(name, body)
 
 
 def _after_answer(hangup_after_ms: int | None) -> str:
     if hangup_after_ms is None:
-        return '  <recv request="BYE"/>\n' + _ok_to_request(next_label="end")
+        return sipp.answer_bye(next_label="end")
     return (
         f'  <recv request="BYE" timeout="{hangup_after_ms}" ontimeout="ourbye"'
         ' next="theirbye"/>\n'
         '  <label id="theirbye"/>\n'
-        + _ok_to_request(next_label="end")
+        + sipp.ok_to_request(next_label="end")
         + '  <label id="ourbye"/>\n'
-        + '  <send retrans="500">\n    <![CDATA[\n'
-        + _OUR_BYE
-        + "    ]]>\n  </send>\n"
+        + sipp.send(sipp.CALLEE_BYE, retrans=True)
         + '  <recv response="200" next="end"/>\n'
     )
 
@@ -260,10 +161,7 @@ def caller_cancel(number: str, rtp_port: int, cancel_after_ms: int, ringing: int
     The switch must not answer meanwhile (``answerOnBridge``): a 200 fails the
     scenario. After the CANCEL: 200 to it, 487 to the INVITE, which we ACK.
     """
-    invite = sipp.caller(number, rtp_port, expect_final=487)
-    start = invite.index("<scenario")
-    start = invite.index("\n", start) + 1
-    invite = invite[start : invite.index("  <recv response=")]
+    invite = sipp.caller_invite(number, rtp_port)
     via = "[last_Via:]"  # our INVITE's Via, as echoed: CANCEL and ACK share its branch
     common = (
         f"      {via}\n"
@@ -283,13 +181,13 @@ def caller_cancel(number: str, rtp_port: int, cancel_after_ms: int, ringing: int
         + f'  <recv response="200" timeout="{cancel_after_ms}" ontimeout="cancel"'
         ' next="answered"/>\n'
         + '  <label id="cancel"/>\n'
-        + _send(
+        + sipp.send(
             f"      CANCEL sip:{number}@[remote_ip]:[remote_port] SIP/2.0\n"
             + common.format(cseq="      CSeq: 1 CANCEL\n")
         )
         + '  <recv response="200"/>\n'
         + '  <recv response="487"/>\n'
-        + _send(
+        + sipp.send(
             f"      ACK sip:{number}@[remote_ip]:[remote_port] SIP/2.0\n"
             + common.format(cseq="      CSeq: 1 ACK\n"),
             next_label="end",
@@ -299,7 +197,7 @@ def caller_cancel(number: str, rtp_port: int, cancel_after_ms: int, ringing: int
         + '  <recv request="NOTIFY" timeout="50"/>\n'
         + '  <label id="end"/>\n'
     )
-    return _scenario("caller-cancel", body)
+    return sipp.scenario("caller-cancel", body)
 
 
 # ---- reading the logs -------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """Registrar tests' helpers: a switch with ``[[clients]]``, and SIPp phones that register.
 
 ``ClientSwitch`` writes a config with clients and a ``[registrar]`` table (the
-integration conftest's ``write_config`` has neither) and starts, stops and
-restarts the real switch process on it; it is a conftest ``SwitchProcess``, so
-the conftest's ``switch`` fixture (app reset, leak check) works with it.
+integration conftest's ``write_config`` has neither); it is a conftest
+``SwitchProcess``, so it starts, stops and restarts the real switch process the
+same way, and the conftest's ``switch`` fixture (app reset, leak check) works with it.
 
 Scenario builders (SIPp XML, one call each):
 
@@ -24,23 +24,15 @@ header, so configs used with it list MD5 first in ``digest_algorithms``.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
 import shutil
-import signal
-import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-
-import aiohttp
 
 from tests.integration.conftest import (
     ACCOUNT_SID,
     AUTH_TOKEN,
     NUMBER,
-    REPO,
     SwitchProcess,
     free_port_pair,
     free_tcp_port,
@@ -149,12 +141,8 @@ def _toml(value: object) -> str:
     raise TypeError(f"no TOML for {value!r}")
 
 
-@dataclass
 class ClientSwitch(SwitchProcess):
     """The real switch with clients configured; `start` and `stop` may be repeated."""
-
-    config: Path | None = None
-    _log: object = field(default=None, repr=False)
 
     @classmethod
     def create(
@@ -177,50 +165,6 @@ class ClientSwitch(SwitchProcess):
         )
         handle.log_path = workdir / "switch.log"
         return handle
-
-    async def start(self, timeout: float = 30) -> None:
-        assert self.config is not None and self.log_path is not None
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self._log = log
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "switch",
-            "--config",
-            str(self.config),
-            cwd=REPO,
-            stdout=log,
-            stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            if self.process.returncode is not None:
-                raise RuntimeError(f"switch exited at start:\n{self.log()[-4000:]}")
-            try:
-                await self.health()
-                return
-            except (aiohttp.ClientError, ValueError):
-                if loop.time() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
-
-    async def stop(self, timeout: float = 20) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        assert self.process is not None
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.wait_for(self.process.wait(), timeout)
-        finally:
-            if self.process.returncode is None:
-                self.process.kill()
-                await self.process.wait()
-            if self._log is not None:
-                self._log.close()  # type: ignore[attr-defined]
-                self._log = None
-        return code
 
 
 # ---- SIPp processes ------------------------------------------------------------------
@@ -249,7 +193,7 @@ class Peer(sipp.Sipp):
         ooc: str | None = None,
         auth: tuple[str, str] | None = None,
     ):
-        super().__init__(workdir, name, scenario, port=port or free_port(ip))
+        super().__init__(workdir, name, scenario, port=port or free_port_pair(ip))
         self.ip = ip
         self.transport = transport
         self.calls = calls
@@ -260,47 +204,15 @@ class Peer(sipp.Sipp):
             self.ooc_file.write_text(ooc)
         self.auth = auth
 
-    async def start(self, target: str | None = None, *, timeout_s: int = 30) -> None:
-        args = [
-            "sipp",
-            "-sf",
-            str(self.scenario),
-            "-i",
-            self.ip,
-            "-p",
-            str(self.port),
-            "-t",
-            self.transport,
-            "-m",
-            str(self.calls),
-            "-nostdin",
-            "-trace_msg",
-            "-message_file",
-            str(self.message_file),
-            "-trace_err",
-            "-error_file",
-            str(self.error_file),
-            "-timeout",
-            f"{timeout_s}s",
-            "-timeout_error",
-            "-max_recv_loops",
-            "1000",
-            "-nd",
-        ]
+    def options(self) -> list[str]:
+        args: list[str] = []
         if self.rate is not None:
             args += ["-r", str(self.rate)]
         if self.ooc_file is not None:
             args += ["-oocsf", str(self.ooc_file)]
         if self.auth is not None:
             args += ["-au", self.auth[0], "-ap", self.auth[1]]
-        if target:
-            args.append(target)
-        self.process = await asyncio.create_subprocess_exec(
-            *args,
-            cwd=self.workdir,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        return args
 
     async def run(self, target: str, timeout: float = 30) -> SippMessages:
         """Start, wait, and insist the scenario passed; returns what the peer saw."""
@@ -316,37 +228,15 @@ class Peer(sipp.Sipp):
         )
 
 
-def free_port(ip: str = "127.0.0.1") -> int:
-    """A UDP port free on ``ip`` that is free for TCP too (SIPp may open both)."""
-    import socket
-
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((ip, 0))
-            port = int(udp.getsockname()[1])
-        try:
-            with socket.socket() as tcp:
-                tcp.bind((ip, port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port")
-
-
 # ---- scenarios -----------------------------------------------------------------------
 
 
-def _scenario(name: str, body: str) -> str:
-    head = '<?xml version="1.0" encoding="ISO-8859-1" ?>'
-    return f'{head}\n<scenario name="{name}">\n{body}</scenario>\n'
-
-
 def _send(lines: Sequence[str], *, retrans: bool = True, body: str = "") -> str:
+    """`sipp.send` of a message given as header lines (and a body, indented)."""
     text = "".join(f"      {line}\n" for line in lines)
-    attr = ' retrans="500"' if retrans else ""
     if body:
         text += "\n" + body
-    return f"  <send{attr}>\n    <![CDATA[\n{text}    ]]>\n  </send>\n"
+    return sipp.send(text, retrans=retrans)
 
 
 def _register_lines(
@@ -426,17 +316,17 @@ def register(
     body = request(1, None) + '  <recv response="100" optional="true"/>\n'
     if first != 401:
         body += f'  <recv response="{first}"/>\n'
-        return _scenario("register-refused", body)
+        return sipp.scenario("register-refused", body)
     if password is None and not attempts:
         body += '  <recv response="401"/>\n'
-        return _scenario("register-challenge", body)
+        return sipp.scenario("register-challenge", body)
     body += '  <recv response="401" auth="true"/>\n'
     tries = list(attempts) or [(password or "", expect)]
     wait = f' timeout="{final_timeout_ms}"' if final_timeout_ms else ""
     for cseq, (secret, status) in enumerate(tries, start=2):
         body += request(cseq, secret) + '  <recv response="100" optional="true"/>\n'
         body += f'  <recv response="{status}"{wait if cseq == len(tries) + 1 else ""}/>\n'
-    return _scenario("register", body)
+    return sipp.scenario("register", body)
 
 
 def registered_uas(main: str, answer: str) -> tuple[str, str]:
@@ -490,7 +380,7 @@ def register_flood(user: str) -> str:
     body += '  <recv response="403" optional="true" next="end"/>\n'
     body += '  <recv response="503" timeout="3000" ontimeout="end"/>\n'
     body += '  <label id="end"/>\n'
-    return _scenario("register-flood", body)
+    return sipp.scenario("register-flood", body)
 
 
 _INVITE_SDP = """v=0
@@ -561,22 +451,10 @@ def client_call(
     body += '  <recv response="183" optional="true"/>\n'
     if expect != 200:
         body += f'  <recv response="{expect}"/>\n' + ack(2, to_last=True)
-        return _scenario("client-call-refused", body)
+        return sipp.scenario("client-call-refused", body)
     body += '  <recv response="200" rtd="true"/>\n' + ack(2, to_last=True)
-    body += """  <recv request="BYE"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-    ]]>
-  </send>
-"""
-    return _scenario("client-call", body)
+    body += sipp.answer_bye()
+    return sipp.scenario("client-call", body)
 
 
 def offerless_invite(user: str, dialled: str, refusals: Sequence[int]) -> str:
@@ -613,7 +491,7 @@ def offerless_invite(user: str, dialled: str, refusals: Sequence[int]) -> str:
     body += "".join(f'  <recv response="{code}" optional="true" next="ack"/>\n' for code in others)
     body += f'  <recv response="{last}" timeout="5000"/>\n'
     body += '  <label id="ack"/>\n' + ack
-    return _scenario("offerless-invite", body)
+    return sipp.scenario("offerless-invite", body)
 
 
 # ---- reading what peers saw ----------------------------------------------------------
