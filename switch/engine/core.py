@@ -198,6 +198,8 @@ class Recorder:
             self.engine._silence().stopTransmit(recorder)
         del recorder
         self.engine._recorders.discard(self)
+        if not self.engine._recorders:
+            self.engine._silent_player = None  # its bridge port goes with the last recorder
 
 
 class Engine:
@@ -461,7 +463,7 @@ class Engine:
             raise EngineError(error.info()) from None
 
     def _silence(self) -> pj.AudioMediaPlayer:
-        """One looping silent player shared by every recorder (see Recorder)."""
+        """One looping silent player shared by the live recorders (see Recorder)."""
         if self._silent_player is None:
             path = self.settings.media_dir / "silence.wav"
             if not path.exists():

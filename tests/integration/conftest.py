@@ -33,6 +33,9 @@ REPO = Path(__file__).resolve().parents[2]
 ACCOUNT_SID = "AC" + "0" * 31 + "1"
 AUTH_TOKEN = "integration-test-auth-token-0123456789"
 
+# The conference bridge's own port: all that remains when no call or media is up.
+IDLE_MEDIA_PORTS = 1
+
 # The numbers the switch owns in these tests, and the app path each one runs.
 NUMBER = "+15005550100"
 FALLBACK_NUMBER = "+15005550101"
@@ -179,11 +182,13 @@ class SwitchProcess:
             return dict(await response.json())
 
     async def wait_idle(self, timeout: float = 10.0) -> dict[str, object]:
-        """Wait for zero live calls, players and recorders; fail the test if they stay."""
+        """Wait for zero live calls, players and recorders, and the conference bridge
+        back to its one idle port; fail the test if anything stays."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             health = await self.health()
-            if all(health.get(kind) == 0 for kind in ("calls", "players", "recorders")):
+            idle = all(health.get(kind) == 0 for kind in ("calls", "players", "recorders"))
+            if idle and health.get("media_ports") == IDLE_MEDIA_PORTS:
                 return health
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"leaked call objects: {health}")
