@@ -173,33 +173,27 @@ async def test_register_only_contact_removed_lists_none(switch: ClientSwitch, wo
     assert final.startswith("SIP/2.0 200 ") and contacts(final) == []
 
 
-UNPARSEABLE = "pjsip drops a request whose Contact it cannot parse: the phone gets no 400"
-
-
 @pytest.mark.parametrize(
-    "contact,expires,status",
+    "contact,expires,status,first",
     [
-        ("<sip:dave@127.0.0.1:5996>", 10, 423),
-        ("<tel:+15551234567>", 3600, 416),
-        ("<sip:dave@127.0.0.1:5996>;q=7", 3600, 400),
-        ("<sip:dave@127.0.0.1:5996>;expires=soon", 3600, 400),
-        ("*", 3600, 400),
-        pytest.param(
-            "<sip:dave@127.0.0.1:5996",
-            3600,
-            400,
-            marks=pytest.mark.xfail(strict=True, reason=UNPARSEABLE),
-        ),
+        ("<sip:dave@127.0.0.1:5996>", 10, 423, 401),
+        ("<tel:+15551234567>", 3600, 416, 401),
+        ("<sip:dave@127.0.0.1:5996>;q=7", 3600, 400, 401),
+        ("<sip:dave@127.0.0.1:5996>;expires=soon", 3600, 400, 401),
+        ("*", 3600, 400, 401),
+        # A Contact the SIP parser cannot read: 400 at once, before any challenge.
+        ("<sip:dave@127.0.0.1:5996", 3600, 400, 400),
     ],
     ids=["too-brief", "tel-uri", "bad-q", "bad-expires", "wildcard-no-expires-0", "garbage"],
 )
-async def test_register_refusals(switch, workdir, contact, expires, status):
+async def test_register_refusals(switch, workdir, contact, expires, status, first):
     scenario = register(
         "dave",
         password=CLIENTS["dave"],
         contact=contact,
         expires=expires,
         expect=status,
+        first=first,
         final_timeout_ms=5000,
     )
     final = last_final(await reg(switch, workdir, "refused", scenario, timeout=10))
