@@ -35,10 +35,10 @@ from switch.recordings import (
     mp3_path,
     recording_url,
     recordings_dir,
-    rfc2822,
     side_paths,
 )
 from switch.store import RecordingRecord, Store
+from switch.timestamps import rfc2822
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 
 from switch.rcml.model import CallEvent
-from switch.script import rfc2822
+from switch.timestamps import rfc2822
 from switch.webhook import WebhookClient
 
 

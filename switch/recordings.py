@@ -18,11 +18,11 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import format_datetime
 from pathlib import Path
 
 from media.recfiles import FinalRecording, RecordingFileError, finalize
 from switch.store import RecordingRecord, RecordingStatus, Store, StoreError
+from switch.timestamps import rfc2822
 
 API_VERSION = "2010-04-01"
 RECORDINGS_DIR = "recordings"
@@ -43,11 +43,6 @@ def new_recording_sid() -> str:
 def recording_url(public_url: str, account_sid: str, sid: str) -> str:
     """Twilio's ``RecordingUrl``: the media URL without an extension (WAV by default)."""
     return f"{public_url.rstrip('/')}/{API_VERSION}/Accounts/{account_sid}/Recordings/{sid}"
-
-
-def rfc2822(value: datetime) -> str:
-    """A time as Twilio writes it in webhooks and JSON: ``Tue, 04 Mar 2025 12:00:00 +0000``."""
-    return format_datetime(value.astimezone(UTC))
 
 
 def recordings_dir(storage_path: Path) -> Path:

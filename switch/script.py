@@ -14,7 +14,6 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import format_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
@@ -312,8 +311,3 @@ def _digit_runs(digits: str) -> list[str]:
         else:
             runs[-1] += ch
     return runs
-
-
-def rfc2822(moment: datetime) -> str:
-    """Twilio's ``Timestamp`` format: RFC 2822 in UTC."""
-    return format_datetime(moment.astimezone(UTC), usegmt=False).replace("-0000", "+0000")

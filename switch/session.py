@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 
 from switch.engine import Leg
 from switch.rcml import model as rcml
-from switch.script import CallGone, Continue, Fallback, LegScript, rfc2822
+from switch.script import CallGone, Continue, Fallback, LegScript
 from switch.sipmsg import display_name, uri_user
+from switch.timestamps import rfc2822
 
 if TYPE_CHECKING:
     from switch.services import NumberApp, Services

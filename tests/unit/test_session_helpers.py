@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("pjsua2")
 
 from switch.script import _digit_runs  # noqa: E402
-from switch.script import rfc2822 as _rfc2822
+from switch.timestamps import rfc2822 as _rfc2822
 
 
 @pytest.mark.parametrize(
