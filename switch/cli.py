@@ -8,9 +8,13 @@ import logging
 import sys
 from pathlib import Path
 
-from switch.config import ConfigError, check_config, format_problems, load_config
-
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "dialswitch.toml"
+from switch.config import (
+    DEFAULT_PATH,
+    ConfigError,
+    check_config,
+    format_problems,
+    load_config,
+)
 
 
 class _TextFormatter(logging.Formatter):
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="dialswitch", description="Self-hosted programmable voice."
     )
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TOML config file")
+    parser.add_argument("--config", type=Path, default=DEFAULT_PATH, help="TOML config file")
     parser.add_argument(
         "--check-config",
         action="store_true",

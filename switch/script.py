@@ -46,6 +46,14 @@ class Continue:
 
 
 @dataclass(frozen=True)
+class FailedFetch:
+    """What the fallback URL is told: the failure's code and the URL that failed."""
+
+    code: int
+    url: str
+
+
+@dataclass(frozen=True)
 class Fallback:
     url: str
     method: str
@@ -113,10 +121,9 @@ class LegScript:
             failed = error
         fallback = self.fallback
         if fallback is not None:
-            params = self.params() | extra | {"ErrorCode": str(failed.code), "ErrorUrl": url}
             try:
-                fetched = await self.services.webhooks.fetch_document(
-                    fallback.url, fallback.method, params
+                fetched = await self.services.webhooks.fetch_fallback(
+                    (fallback.url, fallback.method), params, FailedFetch(failed.code, url)
                 )
                 return self._parse(fetched)
             except (WebhookError, rcml.RcmlError) as error:

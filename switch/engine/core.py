@@ -446,12 +446,6 @@ class Engine:
         a.startTransmit(b)
         return True
 
-    def disconnect(self, source: Leg, sink: Leg) -> None:
-        a, b = source.audio(), sink.audio()
-        if a is not None and b is not None:
-            with contextlib.suppress(pj.Error):
-                a.stopTransmit(b)
-
     def player(self, path: Path, loop: bool) -> Player:
         return Player(self, path, loop)
 
