@@ -39,6 +39,7 @@ from switch.recordings import (
 )
 from switch.store import RecordingRecord, Store
 from switch.timestamps import rfc2822
+from switch.workers import WorkerPool
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -104,8 +105,9 @@ def recording_json(record: RecordingRecord, public_url: str) -> dict[str, Any]:
 
 
 class _RecordingsApi:
-    def __init__(self, store: Store, config: Config) -> None:
+    def __init__(self, store: Store, config: Config, workers: WorkerPool) -> None:
         self.store = store
+        self.workers = workers
         self.account_sid = config.account.sid
         self.auth_token = config.account.auth_token
         self.public_url = config.http.public_url
@@ -216,7 +218,7 @@ class _RecordingsApi:
             lock = self.encoding.setdefault(record.sid, asyncio.Lock())
             async with lock:
                 try:
-                    await asyncio.to_thread(encode_mp3, wav, path)
+                    await self.workers.run(encode_mp3, wav, path)
                 except RecordingFileError as e:
                     log.error("recording %s: %s", record.sid, e)
                     return twilio_error(500, ERROR_INTERNAL, "Internal Server Error")
@@ -274,9 +276,14 @@ def _int(text: str | None, default: int, low: int, high: int) -> int:
     return max(low, min(high, int(text)))
 
 
-def add_api_routes(app: web.Application, store: Store, config: Config) -> None:
-    """Serve the Recordings resources of the configured account on `app`."""
-    api = _RecordingsApi(store, config)
+def add_api_routes(
+    app: web.Application, store: Store, config: Config, workers: WorkerPool | None = None
+) -> None:
+    """Serve the Recordings resources of the configured account on `app`.
+
+    MP3 encoding runs on `workers` (threads of this process when none is given).
+    """
+    api = _RecordingsApi(store, config, workers or WorkerPool())
     account = f"/{API_VERSION}/Accounts/{{account_sid}}"
     call = f"{account}/Calls/{{call_sid}}"
     guarded = api.guarded

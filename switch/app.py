@@ -25,6 +25,7 @@ from switch.session import CallSession
 from switch.sipmsg import uri_user
 from switch.store import Store
 from switch.webhook import WebhookClient, WebhookSettings
+from switch.workers import WorkerPool
 
 log = logging.getLogger("dialswitch")
 
@@ -61,12 +62,14 @@ class Switch:
         http_client = aiohttp.ClientSession()
         self.registrar = Registrar(config.registrar, config.sip.domain, config.clients, store)
         engine = Engine(self._engine_settings(), self._incoming, self._register)
-        self.services = Services(config, store, webhooks, engine, http_client)
+        workers = WorkerPool()
+        await workers.start()
+        self.services = Services(config, store, webhooks, engine, http_client, workers)
         self.services.registrar = self.registrar
         engine.start(new_call_sid)
         self._resend_recording_callbacks(store, webhooks)
         http_app = build_app(engine.counts, lambda: self.ready)
-        add_api_routes(http_app, store, config)
+        add_api_routes(http_app, store, config, workers)
         runner = web.AppRunner(http_app)
         await runner.setup()
         site = web.TCPSite(runner, config.http.host, config.http.port)
@@ -90,6 +93,7 @@ class Switch:
         await engine.shutdown()
         if self.sessions:
             await asyncio.wait(self.sessions, timeout=10)
+        await workers.close()
         await webhooks.drain(5)
         await webhooks.close()
         await http_client.close()

@@ -4,7 +4,7 @@ The parent side records what the caller says; the child side records what
 the caller hears (ringback and early media when recording from ringing, then
 the called party). Both recorders start in the same tick, so a dual file puts
 them sample-aligned on channels 1 and 2. When the dial ends the side files are
-merged (switch/recordings.py, in a worker thread), the row is completed and
+merged (switch/recordings.py, in a worker process), the row is completed and
 ``recordingStatusCallback`` gets the events it asked for. A recording that
 never started (record-from-answer and nobody answered) is reported ``absent``.
 A recorder that cannot start (disk full) never affects the call.
@@ -12,7 +12,6 @@ A recorder that cannot start (disk full) never affects the call.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -129,7 +128,7 @@ class DialRecording:
             return {}
         self._close()
         storage = services.config.storage.path
-        outcome = await asyncio.to_thread(finish_files, storage, record)
+        outcome = await services.workers.run(finish_files, storage, record)
         record = store_outcome(services.store, record, outcome)
         self._final_callback(record)
         if record.status != "completed":

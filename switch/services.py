@@ -24,6 +24,7 @@ from switch.numbers import InvalidNumber, to_e164
 from switch.registrar.service import Registrar
 from switch.store import LegRecord, Store
 from switch.webhook import WebhookClient
+from switch.workers import WorkerPool
 
 DEMO_SCHEME = "demo:"
 
@@ -82,12 +83,14 @@ class Services:
         webhooks: WebhookClient,
         engine: Engine,
         http: aiohttp.ClientSession,
+        workers: WorkerPool | None = None,
     ):
         self.config = config
         self.store = store
         self.webhooks = webhooks
         self.engine = engine
         self.http = http
+        self.workers = workers or WorkerPool()
         self.account_sid = config.account.sid
         self.trunks = config.trunks
         self.default_region = "US"

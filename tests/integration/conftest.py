@@ -243,6 +243,15 @@ class SwitchProcess:
                 await process.wait()
         return process.returncode
 
+    def children(self) -> list[int]:
+        """PIDs of the processes the switch started (its recording workers)."""
+        assert self.process is not None
+        pids: list[int] = []
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                pids += [int(pid) for pid in (task / "children").read_text().split()]
+        return pids
+
     @property
     def database(self) -> Path:
         return self.workdir / "var" / "dialswitch.sqlite3"
@@ -267,6 +276,24 @@ class SwitchProcess:
 
 
 Switch = TypeVar("Switch", bound=SwitchProcess)
+
+
+async def wait_gone(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` (not necessarily our child) exits within ``timeout`` s."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    loop = asyncio.get_running_loop()
+    gone = loop.create_future()
+    loop.add_reader(pidfd, lambda: gone.done() or gone.set_result(True))
+    try:
+        return await asyncio.wait_for(gone, timeout)
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
 
 
 def new_switch(workdir: Path, app: str) -> SwitchProcess:

@@ -25,6 +25,7 @@ from tests.integration.conftest import (
     SwitchProcess,
     bounded,
     new_switch,
+    wait_gone,
 )
 from tests.support import sipp
 from tests.support.recording_checks import (
@@ -542,9 +543,13 @@ async def test_recording_of_a_crashed_switch_is_finished_at_restart(
         await callee_audio.wait_for_audio(2.0, timeout=20)
         await caller_audio.wait_for_audio(0.5, since=callee_audio.chunks[0][0], timeout=10)
         bridged_at = callee_audio.chunks[0][0]
+        workers = handle.children()
+        assert workers, "the switch runs its recording workers as child processes"
         os.kill(handle.process.pid, signal.SIGKILL)
         killed = loop.time()
         assert await asyncio.wait_for(handle.process.wait(), 10) == -signal.SIGKILL
+        for worker in workers:  # they go with the switch, however it died
+            assert await wait_gone(worker, 10), f"worker {worker} outlived the switch"
     finally:
         # The peers of the killed call would only time out: stop them (by their PIDs).
         await caller.stop()
