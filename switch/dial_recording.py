@@ -65,7 +65,8 @@ class DialRecording:
         services = self.services
         storage = services.config.storage.path
         parent_path, child_path = side_paths(storage, self.sid)
-        parent_path.parent.mkdir(parents=True, exist_ok=True)
+        if not parent_path.parent.is_dir():  # a stat: mkdir would lock the parent directory
+            parent_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.parent = services.engine.recorder(parent_path)
             self.child = services.engine.recorder(child_path)

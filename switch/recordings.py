@@ -2,10 +2,15 @@
 
 Shared by the call engine, which records, and the REST API, which serves the result.
 Files live under ``<storage>/recordings/``: the engine writes one side file per
-direction (`side_paths`) and `finish_files` turns them into ``<sid>.wav`` (and the API
-into ``<sid>.mp3`` on demand). The database row holds everything finishing needs
-(channels, track, trim), so a recording cut short by a crash is finished the same way
-at the next start (`repair_at_startup`).
+direction into ``partial/`` (`side_paths`) and `finish_files` turns them into
+``<sid>.wav`` (and the API into ``<sid>.mp3`` on demand). The two directories are kept
+apart because finishing fsyncs each new file, and on ext4 an fsync in a directory stalls
+file creation in that same directory for up to milliseconds: side files are created on
+the event-loop thread, which must never wait on the disk.
+
+The database row holds everything finishing needs (channels, track, trim), so a
+recording cut short by a crash is finished the same way at the next start
+(`repair_at_startup`).
 
 Twilio's ``absent`` status is used for a recording with no audio: error 16101 when
 nothing was recorded, 16102 when trimming silence left nothing.
@@ -26,6 +31,7 @@ from switch.timestamps import rfc2822
 
 API_VERSION = "2010-04-01"
 RECORDINGS_DIR = "recordings"
+PARTIAL_DIR = "partial"
 SOURCE = "DialVerb"
 ERROR_TOO_SHORT = 16101
 """Twilio: the recording was too short to be processed (nothing was recorded)."""
@@ -49,10 +55,24 @@ def recordings_dir(storage_path: Path) -> Path:
     return storage_path / RECORDINGS_DIR
 
 
+def partial_dir(storage_path: Path) -> Path:
+    """Where the engine writes side files while recordings are in progress."""
+    return recordings_dir(storage_path) / PARTIAL_DIR
+
+
 def side_paths(storage_path: Path, sid: str) -> tuple[Path, Path]:
     """The side files the engine writes: parent (caller's voice), child (what it heard)."""
-    directory = recordings_dir(storage_path)
+    directory = partial_dir(storage_path)
     return directory / f"{sid}.parent.wav", directory / f"{sid}.child.wav"
+
+
+def _adopt_old_side_files(storage_path: Path, sid: str) -> None:
+    """Move side files a dialswitch from before `PARTIAL_DIR` left next to the WAVs."""
+    for side in side_paths(storage_path, sid):
+        old = recordings_dir(storage_path) / side.name
+        if old.exists() and not side.exists():
+            side.parent.mkdir(parents=True, exist_ok=True)
+            old.replace(side)
 
 
 def wav_relpath(sid: str) -> str:
@@ -169,6 +189,7 @@ def repair_at_startup(store: Store, storage_path: Path) -> list[RecordingRecord]
     those just finished and any whose callback an earlier run could not send.
     """
     for record in store.recordings_in_progress():
+        _adopt_old_side_files(storage_path, record.sid)
         try:
             complete_recording(store, storage_path, record)
         except StoreError as e:

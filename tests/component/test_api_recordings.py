@@ -294,11 +294,11 @@ async def test_delete(api: Api) -> None:
     api.record(1, 0.5)
     async with api.http.get(api.url(f"Recordings/{sid(1)}.mp3")) as response:
         assert response.status == 200
-    files = sorted(p.name for p in (api.storage / "recordings").iterdir())
+    files = sorted(p.name for p in (api.storage / "recordings").iterdir() if p.is_file())
     assert files == [f"{sid(1)}.mp3", f"{sid(1)}.wav"]
     async with api.http.delete(api.url(f"Recordings/{sid(1)}.json")) as response:
         assert response.status == 204
-    assert list((api.storage / "recordings").iterdir()) == []
+    assert [p for p in (api.storage / "recordings").rglob("*") if p.is_file()] == []
     for suffix in (".json", "", ".wav", ".mp3"):
         async with api.http.get(api.url(f"Recordings/{sid(1)}{suffix}")) as response:
             assert response.status == 404

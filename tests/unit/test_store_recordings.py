@@ -307,3 +307,28 @@ def test_complete_recording_in_normal_operation(store: Store, tmp_path: Path) ->
     assert done.callback_pending is True
     assert done.date_updated == now
     assert recordings.callback_params(done, "http://h")["RecordingDuration"] == "2"
+
+
+def test_side_files_are_written_apart_from_finished_recordings(tmp_path: Path) -> None:
+    # Finishing fsyncs in recordings/; creating side files there would wait on it.
+    parent, child = side_paths(tmp_path, "RE" + "0" * 32)
+    assert parent.parent == child.parent != recordings.recordings_dir(tmp_path)
+    assert parent.parent.parent == recordings.recordings_dir(tmp_path)
+
+
+def test_repair_finds_side_files_left_where_older_versions_wrote_them(
+    store: Store, tmp_path: Path
+) -> None:
+    rec = create(store, 1, channels=1)
+    parent, child = side_paths(tmp_path, rec.sid)
+    old_dir = recordings.recordings_dir(tmp_path)
+    old_dir.mkdir(parents=True)
+    for side in (parent, child):
+        with wave.open(str(old_dir / side.name), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(RATE)
+            w.writeframes(tone(1.6).tobytes())
+    (done,) = repair_at_startup(store, tmp_path)
+    assert (done.status, done.duration) == ("completed", 2)
+    assert not any((old_dir / side.name).exists() for side in (parent, child))
