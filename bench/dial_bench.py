@@ -137,6 +137,24 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
     return found
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes a process started (the switch's recording workers)."""
+    pids: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                pids += [
+                    int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+                ]
+    return pids
+
+
+def workers_usage(pid: int) -> tuple[float, int]:
+    """CPU seconds and bytes written to storage by the child processes of ``pid``."""
+    children = child_pids(pid)
+    return sum(cpu_seconds(c) for c in children), sum(write_bytes(c) for c in children)
+
+
 def write_bytes(pid: int) -> int:
     """Bytes the process has caused to be written to storage (/proc/<pid>/io)."""
     try:
@@ -557,7 +575,8 @@ class StepResult:
     pdd_ms_p50: float | None = None
     pdd_ms_p99: float | None = None
     cpu_pct: float = 0.0
-    disk_write_kbps: float = 0.0  # storage writes of the switch (recordings, SQLite)
+    disk_write_kbps: float = 0.0  # storage writes of the switch and its workers
+    workers_cpu_pct: float = 0.0  # the switch's worker processes (finishing recordings)
     cpu_pct_peak_1s: float = 0.0
     thread_cpu_pct: dict[str, float] = field(default_factory=dict)  # switch threads, % of a core
     sipp_cpu_pct: dict[str, float] = field(default_factory=dict)
@@ -661,6 +680,7 @@ class Bench:
         result.rss_kb_start = rss_kb(pid)
         cpu0 = cpu_seconds(pid)
         written0 = write_bytes(pid)
+        workers_cpu0, workers_written0 = workers_usage(pid)
         threads0 = thread_cpu_seconds(pid)
         bench_cpu0 = time.process_time()
         t0 = time.monotonic()
@@ -751,8 +771,11 @@ class Bench:
         wall = t1 - t0
         result.wall_s = round(wall, 2)
         result.cpu_pct = round(100 * (cpu1 - cpu0) / wall, 1) if wall > 0 else 0.0
-        written = write_bytes(pid) - written0
+        # Measured once the switch is idle again, so every recording has been finished.
+        workers_cpu1, workers_written1 = workers_usage(pid)
+        written = write_bytes(pid) - written0 + workers_written1 - workers_written0
         result.disk_write_kbps = round(written / 1024 / wall, 1) if wall > 0 else 0.0
+        result.workers_cpu_pct = round(100 * (workers_cpu1 - workers_cpu0) / wall, 1)
         result.bench_cpu_pct = round(100 * (bench_cpu1 - bench_cpu0) / wall, 1)
         for sipp in (caller, *callees):
             spent = max(0.0, sipp.cpu_end - sipp.cpu_start)
@@ -925,7 +948,8 @@ def _print_step(s: StepResult) -> None:
         threads = ", ".join(f"{k.split('/')[0]} {v:.0f}%" for k, v in s.thread_cpu_pct.items())
         peers = ", ".join(f"{k} {v:.0f}%" for k, v in s.sipp_cpu_pct.items())
         app = f"webhook app {s.bench_cpu_pct:.0f}%"
-        print(f"       switch threads: {threads}; sipp: {peers}; {app}")
+        workers = f"workers {s.workers_cpu_pct:.0f}%"
+        print(f"       switch threads: {threads}; {workers}; sipp: {peers}; {app}")
         print(f"       switch disk writes: {s.disk_write_kbps:.0f} KiB/s")
     if s.failures or s.sipp_errors:
         print(f"       failures {s.failures} callee_failed={s.callee_failed}")
