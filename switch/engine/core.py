@@ -125,7 +125,6 @@ class Player:
         self.path = path
         self._player: pj.AudioMediaPlayer | None = pj.AudioMediaPlayer()
         self._player.createPlayer(str(path), 0 if loop else pj.PJMEDIA_FILE_NO_LOOP)
-        self._sinks: list[Leg] = []
         engine._players.add(self)
 
     def start(self, leg: Leg) -> bool:
@@ -133,7 +132,6 @@ class Player:
         if self._player is None or media is None:
             return False
         self._player.startTransmit(media)
-        self._sinks.append(leg)
         return True
 
     def close(self) -> None:
@@ -141,13 +139,7 @@ class Player:
         player, self._player = self._player, None
         if player is None:
             return
-        for leg in self._sinks:
-            media = leg.audio()
-            if media is not None:
-                with contextlib.suppress(pj.Error):
-                    player.stopTransmit(media)
-        self._sinks.clear()
-        del player
+        del player  # its bridge port goes, with every connection to it (see Recorder.close)
         self.engine._players.discard(self)
 
 
@@ -188,14 +180,10 @@ class Recorder:
         recorder, self._recorder = self._recorder, None
         if recorder is None:
             return
-        for leg in self._legs:
-            media = leg.audio()
-            if media is not None:
-                with contextlib.suppress(pj.Error):
-                    media.stopTransmit(recorder)
         self._legs.clear()
-        with contextlib.suppress(pj.Error):
-            self.engine._silence().stopTransmit(recorder)
+        # Destroying the recorder removes its bridge port, and with it every connection
+        # to it, in one bridge operation: each stopTransmit would be one more wait for
+        # the bridge's lock, which the media clock holds while it mixes.
         del recorder
         self.engine._recorders.discard(self)
         if not self.engine._recorders:
