@@ -339,7 +339,9 @@ class DialRunner:
                 return []
             case LegEnded(sip_code=code):
                 if callbacks is not None:
-                    callbacks.completed(branch.final_status(), self._duration(branch))
+                    callbacks.completed(
+                        branch.final_status(), self._duration(branch), self._recording_params()
+                    )
                 if self.winner is branch:
                     return group.bridge_ended()
                 return group.failed(branch.key, code)
@@ -484,6 +486,9 @@ class DialRunner:
             return 0
         return int((datetime.now(UTC) - branch.answered).total_seconds())
 
+    def _recording_params(self) -> dict[str, str]:
+        return self.recording.progress_params() if self.recording is not None else {}
+
     # ---- the end ---------------------------------------------------------------------
 
     async def _end_children(self) -> None:
@@ -500,7 +505,9 @@ class DialRunner:
             # Legs ended by the end of the fork: the race no longer reads their
             # LegEnded, so their completed callback goes out here (never twice).
             if branch.callbacks is not None and branch.leg is not None:
-                branch.callbacks.completed(branch.final_status(), self._duration(branch))
+                branch.callbacks.completed(
+                    branch.final_status(), self._duration(branch), self._recording_params()
+                )
         ended = datetime.now(UTC)
         for branch in self.branches.values():
             if branch.leg is not None:

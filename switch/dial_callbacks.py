@@ -2,7 +2,8 @@
 
 Twilio's call-progress events: ``initiated`` (INVITE sent), ``ringing`` (first
 18x), ``answered`` (2xx) and ``completed`` (the leg ended, with its final
-CallStatus and CallDuration). Only the events named in
+CallStatus and CallDuration, and RecordingUrl, RecordingSid and RecordingDuration
+when the ``<Dial>`` records). Only the events named in
 ``statusCallbackEvent`` are sent; with none named, only ``completed``.
 ``SequenceNumber`` counts the callbacks actually sent for the leg, from 0.
 Each event is sent at most once. Delivery is the webhook client's queue, off
@@ -11,7 +12,7 @@ the call path.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 
 from switch.rcml.model import CallEvent
@@ -63,5 +64,10 @@ class BranchCallbacks:
     def answered(self) -> None:
         self._send(CallEvent.ANSWERED, "in-progress")
 
-    def completed(self, status: str, duration: int) -> None:
-        self._send(CallEvent.COMPLETED, status, {"CallDuration": str(duration)})
+    def completed(
+        self, status: str, duration: int, recording: Mapping[str, str] | None = None
+    ) -> None:
+        """The leg ended; `recording` is the Dial's RecordingUrl/Sid/Duration, if any."""
+        self._send(
+            CallEvent.COMPLETED, status, {"CallDuration": str(duration), **(recording or {})}
+        )

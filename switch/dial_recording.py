@@ -134,12 +134,28 @@ class DialRecording:
         self._final_callback(record)
         if record.status != "completed":
             return {}
+        return self._params(record.duration)
+
+    def progress_params(self) -> dict[str, str]:
+        """RecordingUrl/Sid/Duration for a child leg's ``completed`` status callback.
+
+        That event comes as the leg ends, while the recording may still be finishing, so
+        the duration is the time recorded so far, untrimmed; as Twilio says, the exact
+        figure comes with ``recordingStatusCallback``. Nothing before the recording starts.
+        """
+        if self.record is None:
+            return {}
+        elapsed = (datetime.now(UTC) - self.record.start_time).total_seconds()
+        return self._params(int(elapsed + 0.5))
+
+    def _params(self, duration: int) -> dict[str, str]:
+        services = self.services
         return {
             "RecordingUrl": recording_url(
-                services.config.http.public_url, services.account_sid, record.sid
+                services.config.http.public_url, services.account_sid, self.sid
             ),
-            "RecordingSid": record.sid,
-            "RecordingDuration": str(record.duration),
+            "RecordingSid": self.sid,
+            "RecordingDuration": str(duration),
         }
 
     def _close(self) -> None:

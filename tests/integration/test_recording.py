@@ -69,9 +69,10 @@ def print_figures():
         print("\nrecording figures:\n  " + "\n  ".join(FIGURES))
 
 
-def dial(**attrs: str) -> str:
+def dial(number_attrs: str = "", **attrs: str) -> str:
     attributes = " ".join(f'{k}="{v}"' for k, v in attrs.items())
-    return f"<Response><Dial {attributes}><Number>{CALLEE}</Number></Dial></Response>"
+    number = f"<Number {number_attrs}>" if number_attrs else "<Number>"
+    return f"<Response><Dial {attributes}>{number}{CALLEE}</Number></Dial></Response>"
 
 
 def api(switch: SwitchProcess) -> RecordingsClient:
@@ -108,13 +109,14 @@ async def place_call(
     behaviour: str = "answer",
     ring_ms: int = 0,
     hangup_after_ms: int | None = 3000,
+    number_attrs: str = "",
     **attrs: str,
 ) -> Call:
     """One call through the ``<Dial record...>`` of ``attrs``; the action hangs up.
 
     The callee hangs up after ``hangup_after_ms``; the caller waits for the switch's BYE.
     """
-    app_server.routes["/voice"] = dial(action="/action", **attrs)
+    app_server.routes["/voice"] = dial(number_attrs, action="/action", **attrs)
     app_server.routes["/action"] = HANGUP
     app_server.routes.setdefault("/rec", "")
     caller_audio = caller_audio or RtpPeer(CALLER_HZ)
@@ -400,6 +402,32 @@ async def test_busy_callee_gives_an_absent_recording(
     assert RECORDING_SID.match(params["RecordingSid"])
     assert params["RecordingSource"] == "DialVerb"
     assert len(app_server.hits("/rec")) == 1  # no in-progress, no completed
+
+
+@bounded(60)
+async def test_child_completed_status_callback_carries_the_recording(
+    switch: SwitchProcess, app_server: AppServer, workdir
+):
+    app_server.routes["/child"] = ""
+    call = await place_call(
+        switch,
+        app_server,
+        workdir,
+        number_attrs='statusCallback="/child" statusCallbackEvent="answered completed"',
+        record="record-from-answer-dual",
+        recordingStatusCallback=app_server.url("/rec"),
+    )
+    (final,) = await app_server.wait_for("/rec", 1, timeout=10)
+    answered, completed = await app_server.wait_for("/child", 2, timeout=10)
+    assert completed.params["CallStatus"] == "completed"
+    assert completed.params["RecordingSid"] == final.params["RecordingSid"]
+    assert completed.params["RecordingUrl"] == final.params["RecordingUrl"]
+    # Sent as the leg ends, before any trimming: within a second of the final figure.
+    duration = int(completed.params["RecordingDuration"])
+    assert abs(duration - int(final.params["RecordingDuration"])) <= 1
+    assert call.action["RecordingSid"] == final.params["RecordingSid"]
+    # Only the completed event names the recording (Twilio's <Number> statusCallback).
+    assert not {"RecordingUrl", "RecordingSid", "RecordingDuration"} & answered.params.keys()
 
 
 # ---- 7. an unknown record value ------------------------------------------------------------
