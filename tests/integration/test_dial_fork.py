@@ -457,8 +457,10 @@ async def test_a_200_crossing_the_cancel_is_acked_then_byed(
     mine = await peers.audio(500)
     await peers.call(sipp.caller(NUMBER, mine.port))
     await peers.done(winner, late)
-    received = sipp_fork.starts(late, "received")
-    assert [s.split()[0] for s in received] == ["INVITE", "CANCEL", "ACK", "BYE"]
+    received = [s.split()[0] for s in sipp_fork.starts(late, "received")]
+    # UDP retransmissions of a request (a loaded machine) repeat it, nothing more.
+    distinct = [m for i, m in enumerate(received) if i == 0 or m != received[i - 1]]
+    assert distinct == ["INVITE", "CANCEL", "ACK", "BYE"], received
     late_ok, _ = sipp_fork.first(late, "sent", "SIP/2.0 200")
     late_bye, _ = sipp_fork.first(late, "received", "BYE ")
     assert seconds(late_ok, late_bye) < 1.0
