@@ -51,6 +51,26 @@
  */
 #define PJMEDIA_MAX_SDP_MEDIA           4
 
+/* Growth step of a SIP message's (tdata's) memory pool. Printing a message
+ * for sending takes one PJSIP_MAX_PKT_LEN (4000 byte) buffer from its pool;
+ * with the stock step of 4000 that buffer does not fit in one step (the
+ * block header needs room too) and the pool grows by 8000 bytes instead.
+ * Each call leg keeps some of its messages for the whole call (an outgoing
+ * leg its INVITE and ACK, for retransmissions and redirects), so 4096 saves
+ * about 4 KB per kept message. Must be at least PJSIP_MAX_PKT_LEN + 48.
+ */
+#define PJSIP_POOL_INC_TDATA            4096
+
+/* Send buffers per UDP media transport (one per call leg) for RTP packets
+ * whose send is still pending because the socket's kernel buffer is full;
+ * each is PJMEDIA_MAX_MTU bytes plus an ioqueue operation key. The stock 4
+ * cost about 7 KB per leg. A leg sends one packet per ptime (20 ms) and a
+ * UDP send practically never waits, so 2 are plenty; when both are busy the
+ * packet is dropped, as it would be with 4. (Setting added by
+ * patches/0008-udp-media-transport-pending-writes-setting.patch.)
+ */
+#define PJMEDIA_TRANSPORT_UDP_MAX_PENDING 2
+
 /* 4 MB kernel buffers on the SIP UDP socket, so bursts of INVITEs are not
  * dropped while the event loop is busy.
  */
