@@ -126,11 +126,13 @@ def callee(
         body += sipp.response(int(final)) + '  <recv request="ACK" next="end"/>\n'
     body += '  <label id="cancelled"/>\n'
     if late_answer:
-        # Our 200 "crossed" the CANCEL: answer the INVITE, then the CANCEL.
+        # Our 200 "crossed" the CANCEL: the switch gets a 2xx for the INVITE it
+        # cancelled. The CANCEL is answered first: the switch ACKs the INVITE's 200 at
+        # once, and SIPp drops an ACK that lands between two of its sends.
+        body += _ok_to_cancel()
         body += sipp.response(
             200, sdp_port=rtp_port, cseq="CSeq: [$invite_cseq]", headers=headers_200
         )
-        body += _ok_to_cancel()
         body += '  <recv request="ACK"/>\n'
         body += sipp.answer_bye(next_label="end")
     else:
