@@ -17,7 +17,7 @@ from switch.engine import Engine, EngineSettings, Leg, Listener, TrunkAccount
 from switch.engine.core import RegisterRequest
 from switch.http import build_app
 from switch.numbers import InvalidNumber, request_uri_user_to_e164
-from switch.recordings import callback_params, partial_dir, repair_at_startup
+from switch.recordings import callback_params, make_partial_dirs, repair_at_startup
 from switch.registrar.bindings import Source
 from switch.registrar.service import Registrar
 from switch.services import Services, new_call_sid
@@ -46,7 +46,7 @@ class Switch:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         config.storage.path.mkdir(parents=True, exist_ok=True)
-        partial_dir(config.storage.path).mkdir(parents=True, exist_ok=True)
+        make_partial_dirs(config.storage.path)
         store = Store.open(config.storage.path)
         hooks = config.webhooks
         webhooks = WebhookClient(

@@ -310,10 +310,15 @@ def test_complete_recording_in_normal_operation(store: Store, tmp_path: Path) ->
 
 
 def test_side_files_are_written_apart_from_finished_recordings(tmp_path: Path) -> None:
-    # Finishing fsyncs in recordings/; creating side files there would wait on it.
-    parent, child = side_paths(tmp_path, "RE" + "0" * 32)
-    assert parent.parent == child.parent != recordings.recordings_dir(tmp_path)
-    assert parent.parent.parent == recordings.recordings_dir(tmp_path)
+    # Finishing fsyncs in recordings/ and deletes side files: creating side files where
+    # that happens would wait on it.
+    parent, child = side_paths(tmp_path, "RE" + "0" * 30 + "A7")
+    assert parent.parent == child.parent == recordings.partial_dir(tmp_path) / "a7"
+    assert recordings.partial_dir(tmp_path).parent == recordings.recordings_dir(tmp_path)
+    recordings.make_partial_dirs(tmp_path)
+    shards = sorted(p.name for p in recordings.partial_dir(tmp_path).iterdir())
+    assert len(shards) == recordings.PARTIAL_SHARDS
+    assert shards[0] == "00" and shards[-1] == "ff"
 
 
 def test_repair_finds_side_files_left_where_older_versions_wrote_them(
