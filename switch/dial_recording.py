@@ -12,6 +12,7 @@ A recorder that cannot start (disk full) never affects the call.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -20,9 +21,11 @@ from switch.engine import EngineError, Leg, Player, Recorder
 from switch.rcml import model as rcml
 from switch.recordings import (
     callback_params,
+    create_side_files,
     finish_files,
     new_recording_sid,
     recording_url,
+    remove_files,
     side_paths,
     store_outcome,
 )
@@ -43,6 +46,11 @@ class DialRecording:
         self.parent: Recorder | None = None
         self.child: Recorder | None = None
         self.record: RecordingRecord | None = None
+        # The side files are created now, off the loop; the recorders open them later.
+        self._sides = side_paths(self.services.config.storage.path, self.sid)
+        self._prepared = asyncio.get_running_loop().run_in_executor(
+            None, create_side_files, self._sides
+        )
 
     @property
     def from_ringing(self) -> bool:
@@ -63,8 +71,7 @@ class DialRecording:
         if self.started:
             return
         services = self.services
-        storage = services.config.storage.path
-        parent_path, child_path = side_paths(storage, self.sid)
+        parent_path, child_path = self._sides
         if not parent_path.parent.is_dir():  # a stat: mkdir would lock the parent directory
             parent_path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -126,6 +133,8 @@ class DialRecording:
             )
             record = services.store.update_recording(record.sid, status="absent", error_code=16101)
             self._final_callback(record)
+            await self._prepared
+            await services.workers.run(remove_files, self._sides)
             return {}
         self._close()
         storage = services.config.storage.path

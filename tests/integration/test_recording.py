@@ -402,6 +402,8 @@ async def test_busy_callee_gives_an_absent_recording(
     assert RECORDING_SID.match(params["RecordingSid"])
     assert params["RecordingSource"] == "DialVerb"
     assert len(app_server.hits("/rec")) == 1  # no in-progress, no completed
+    # The side files made ready when the <Dial> started are gone with the call.
+    assert list((switch.workdir / "var" / "recordings" / "partial").glob("*/*")) == []
 
 
 @bounded(60)

@@ -337,3 +337,27 @@ def test_repair_finds_side_files_left_where_older_versions_wrote_them(
     (done,) = repair_at_startup(store, tmp_path)
     assert (done.status, done.duration) == ("completed", 2)
     assert not any((old_dir / side.name).exists() for side in (parent, child))
+
+
+def test_side_files_created_ahead_never_truncate_the_recorders_file(tmp_path: Path) -> None:
+    recordings.make_partial_dirs(tmp_path)
+    parent, child = side_paths(tmp_path, "RE" + "0" * 30 + "b1")
+    parent.write_bytes(b"RIFF already being recorded")
+    recordings.create_side_files((parent, child))
+    assert parent.read_bytes() == b"RIFF already being recorded"
+    assert child.exists() and child.stat().st_size == 0
+    recordings.remove_files((parent, child))
+    recordings.remove_files((parent, child))  # twice is fine
+    assert not parent.exists() and not child.exists()
+
+
+def test_start_up_removes_side_files_no_recording_claims(store: Store, tmp_path: Path) -> None:
+    recordings.make_partial_dirs(tmp_path)
+    failed = create(store, 1, callback_events=("completed", "failed"))
+    kept, _ = side_paths(tmp_path, failed.sid)
+    kept.write_bytes(b"garbage that is no WAV file, and longer than a header.......")
+    orphans = side_paths(tmp_path, "RE" + "f" * 32)
+    recordings.create_side_files(orphans)
+    repair_at_startup(store, tmp_path)
+    assert kept.exists()  # a failed recording's sides stay for a later attempt
+    assert not any(p.exists() for p in orphans)
