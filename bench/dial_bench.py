@@ -1115,6 +1115,9 @@ async def run(args: argparse.Namespace) -> int:
                 kept.append(str(workdir))
             else:
                 shutil.rmtree(workdir, ignore_errors=True)
+            # Write back what this run left (and the deletions) before the next run,
+            # so one run's disk work does not land in the next one's figures.
+            os.sync()
         print(f"  switch log {outcome['switch_log']}, exit {outcome['switch_exit']}", flush=True)
         runs.append(outcome)
     summary = summarize(mode, runs)
