@@ -139,6 +139,10 @@ class DialRecording:
         self._close()
         storage = services.config.storage.path
         outcome = await services.workers.run(finish_files, storage, record)
+        if outcome.problem is not None:
+            self.runner.session.notify(
+                outcome.error_code or 16101, f"nothing recorded: {outcome.problem}"
+            )
         record = store_outcome(services.store, record, outcome)
         self._final_callback(record)
         if record.status != "completed":

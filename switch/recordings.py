@@ -28,6 +28,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -161,6 +162,8 @@ class RecordingOutcome:
     length: float
     path: str | None
     error_code: int | None
+    problem: str | None = None
+    """Why nothing could be kept, for the call's log and notifications (a full disk)."""
 
 
 def finish_files(storage_path: Path, record: RecordingRecord) -> RecordingOutcome:
@@ -172,6 +175,11 @@ def finish_files(storage_path: Path, record: RecordingRecord) -> RecordingOutcom
     parent, child = side_paths(storage_path, record.sid)
     out = storage_path / wav_relpath(record.sid)
     had_audio = any(_holds_audio(side) for side in (parent, child))
+    if not had_audio:  # nothing recorded: nothing to write either
+        problem = _unwritten(parent, child)
+        for side in (parent, child):
+            side.unlink(missing_ok=True)
+        return RecordingOutcome("absent", 0, 0.0, None, ERROR_TOO_SHORT, problem)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         final: FinalRecording = finalize(
@@ -194,6 +202,22 @@ def finish_files(storage_path: Path, record: RecordingRecord) -> RecordingOutcom
     return RecordingOutcome(
         "completed", int(final.duration + 0.5), final.duration, wav_relpath(record.sid), None
     )
+
+
+def _unwritten(*sides: Path) -> str | None:
+    """Why the recorder wrote not even a WAV header, if that is what happened.
+
+    A recorder that ran writes at least its 44-byte header; side files that stayed
+    empty mean its writes failed (``ENOSPC``, ``EIO``, no permission).
+    """
+    sizes = []
+    for side in sides:
+        with contextlib.suppress(OSError):
+            sizes.append(side.stat().st_size)
+    if not sizes or any(sizes):
+        return None
+    free = shutil.disk_usage(sides[0].parent).free
+    return f"the recorder could not write its files ({free} bytes free on their disk)"
 
 
 def _holds_audio(path: Path) -> bool:

@@ -7,9 +7,13 @@ RecordingUrl the action received, decodes it and checks it by frequency analysis
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 import re
 import signal
+import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -25,6 +29,7 @@ from tests.integration.conftest import (
     SwitchProcess,
     bounded,
     new_switch,
+    running,
     wait_gone,
 )
 from tests.support import sipp
@@ -538,6 +543,73 @@ async def test_rest_api_lists_serves_and_deletes(
         assert {"message", "more_info"} <= error.keys()
     listed = await client.get(f"Calls/{call.call_sid}/Recordings.json")
     assert listed.json()["recordings"] == []
+
+
+# ---- 9b. a full disk -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def full_filesystem(path: Path) -> Iterator[None]:
+    """A 256 kB tmpfs at ``path``, filled to ENOSPC; skips the test where mounting is denied."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(path: Path) -> None:
+    """Fill the filesystem holding ``path`` until a write fails with ENOSPC."""
+    fd = os.open(path / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+    finally:
+        os.close(fd)
+
+
+@bounded(90)
+async def test_a_full_disk_never_affects_the_call(app_server: AppServer, workdir: Path):
+    app_server.reset()
+    handle = new_switch(workdir, app_server.base)
+    recordings = workdir / "var" / "recordings"
+    with full_filesystem(recordings):
+        async with running(handle):
+            fill(recordings)
+            call = await place_call(
+                handle,
+                app_server,
+                workdir,
+                record="record-from-answer-dual",
+                recordingStatusCallback=app_server.url("/rec"),
+                recordingStatusCallbackEvent="completed absent",
+            )
+            # The call itself went on as if nothing were recorded: bridged both ways.
+            assert call.action["DialCallStatus"] == "completed"
+            assert int(call.action["DialCallDuration"]) >= 2
+            assert tone_share(call.callee_audio.audio(), CALLER_HZ) > 0.5
+            assert tone_share(call.caller_audio.audio(), CALLEE_HZ) > 0.5
+            assert "RecordingUrl" not in call.action
+            (absent,) = await app_server.wait_for("/rec", 1, timeout=10)
+            assert absent.params["RecordingStatus"] == "absent"
+            assert absent.params["ErrorCode"] == "16101"
+            listed = await api(handle).get("Recordings.json")
+            (resource,) = listed.json()["recordings"]
+            assert resource["status"] == "absent"
+            # The call's notifications say why, with Twilio's code.
+            problems = [n for n in handle.notifications(call.call_sid) if n["code"] == 16101]
+            assert [n["level"] for n in problems] == ["error"]
+            assert "could not write" in problems[0]["message"]
+            await handle.wait_idle()
 
 
 # ---- 10. crash repair ----------------------------------------------------------------------

@@ -361,3 +361,23 @@ def test_start_up_removes_side_files_no_recording_claims(store: Store, tmp_path:
     repair_at_startup(store, tmp_path)
     assert kept.exists()  # a failed recording's sides stay for a later attempt
     assert not any(p.exists() for p in orphans)
+
+
+def test_sides_left_empty_mean_the_recorder_could_not_write(store: Store, tmp_path: Path) -> None:
+    recordings.make_partial_dirs(tmp_path)
+    unwritten = create(store, 1)
+    recordings.create_side_files(side_paths(tmp_path, unwritten.sid))  # and nothing more
+    outcome = recordings.finish_files(tmp_path, unwritten)
+    assert (outcome.status, outcome.error_code) == ("absent", ERROR_TOO_SHORT)
+    assert outcome.problem is not None and "could not write" in outcome.problem
+    assert not any(p.exists() for p in side_paths(tmp_path, unwritten.sid))
+
+    silent = create(store, 2)
+    for side in side_paths(tmp_path, silent.sid):  # headers only: it ran, heard nothing
+        with wave.open(str(side), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(RATE)
+    outcome = recordings.finish_files(tmp_path, silent)
+    assert (outcome.status, outcome.problem) == ("absent", None)
+    assert not (tmp_path / recordings.wav_relpath(silent.sid)).exists()
