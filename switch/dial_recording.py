@@ -116,6 +116,7 @@ class DialRecording:
 
     async def finish(self) -> dict[str, str]:
         """Close, merge and report; the action's RecordingUrl/Sid/Duration params."""
+        await self._prepared  # never remove or merge side files still being created
         services = self.services
         record = self.record
         if record is None:
@@ -133,7 +134,6 @@ class DialRecording:
             )
             record = services.store.update_recording(record.sid, status="absent", error_code=16101)
             self._final_callback(record)
-            await self._prepared
             await services.workers.run(remove_files, self._sides)
             return {}
         self._close()
