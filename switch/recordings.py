@@ -177,8 +177,7 @@ def finish_files(storage_path: Path, record: RecordingRecord) -> RecordingOutcom
     had_audio = any(_holds_audio(side) for side in (parent, child))
     if not had_audio:  # nothing recorded: nothing to write either
         problem = _unwritten(parent, child)
-        for side in (parent, child):
-            side.unlink(missing_ok=True)
+        remove_files((parent, child))
         return RecordingOutcome("absent", 0, 0.0, None, ERROR_TOO_SHORT, problem)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
