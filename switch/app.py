@@ -17,7 +17,13 @@ from switch.engine import Engine, EngineSettings, Leg, Listener, TrunkAccount
 from switch.engine.core import RegisterRequest
 from switch.http import build_app
 from switch.numbers import InvalidNumber, request_uri_user_to_e164
-from switch.recordings import callback_params, make_partial_dirs, repair_at_startup
+from switch.recordings import (
+    SpareSides,
+    callback_params,
+    make_partial_dirs,
+    repair_at_startup,
+    sweep_side_files,
+)
 from switch.registrar.bindings import Source
 from switch.registrar.service import Registrar
 from switch.services import Services, new_call_sid
@@ -69,6 +75,7 @@ class Switch:
         self.services.registrar = self.registrar
         engine.start(new_call_sid)
         self._resend_recording_callbacks(store, webhooks)
+        self.services.spares = SpareSides(sweep_side_files(store, config.storage.path))
         http_app = build_app(engine.counts, lambda: self.ready)
         add_api_routes(http_app, store, config, workers)
         runner = web.AppRunner(http_app)

@@ -25,7 +25,7 @@ from switch.recordings import (
     finish_files,
     new_recording_sid,
     recording_url,
-    remove_files,
+    release_side_files,
     side_paths,
     store_outcome,
 )
@@ -42,15 +42,19 @@ class DialRecording:
         self.runner = runner
         self.services = runner.services
         self.dial = runner.dial
-        self.sid = new_recording_sid()
         self.parent: Recorder | None = None
         self.child: Recorder | None = None
         self.record: RecordingRecord | None = None
-        # The side files are created now, off the loop; the recorders open them later.
+        # Side files that a finished recording left empty, or new ones created now, off
+        # the loop; either way the recorders open existing files later.
+        spare = self.services.spares.take()
+        self.sid = spare or new_recording_sid()
         self._sides = side_paths(self.services.config.storage.path, self.sid)
-        self._prepared = asyncio.get_running_loop().run_in_executor(
-            None, create_side_files, self._sides
-        )
+        self._prepared: asyncio.Future[None] | None = None
+        if spare is None:
+            self._prepared = asyncio.get_running_loop().run_in_executor(
+                None, create_side_files, self._sides
+            )
 
     @property
     def from_ringing(self) -> bool:
@@ -116,8 +120,10 @@ class DialRecording:
 
     async def finish(self) -> dict[str, str]:
         """Close, merge and report; the action's RecordingUrl/Sid/Duration params."""
-        await self._prepared  # never remove or merge side files still being created
+        if self._prepared is not None:
+            await self._prepared  # never reuse or merge side files still being created
         services = self.services
+        storage = services.config.storage.path
         record = self.record
         if record is None:
             record = services.store.create_recording(
@@ -133,12 +139,15 @@ class DialRecording:
                 callback_events=tuple(e.value for e in self.dial.recording_status_callback_event),
             )
             record = services.store.update_recording(record.sid, status="absent", error_code=16101)
+            spare = await services.workers.run(
+                release_side_files, storage, self._sides, services.spares.wanted
+            )
+            services.spares.add(spare)
             self._final_callback(record)
-            await services.workers.run(remove_files, self._sides)
             return {}
         self._close()
-        storage = services.config.storage.path
-        outcome = await services.workers.run(finish_files, storage, record)
+        outcome = await services.workers.run(finish_files, storage, record, services.spares.wanted)
+        services.spares.add(outcome.spare)
         if outcome.problem is not None:
             self.runner.session.notify(
                 outcome.error_code or 16101, f"nothing recorded: {outcome.problem}"

@@ -11,7 +11,14 @@ files go to another directory (an fsync there stalls file creation in the same
 directory for milliseconds on ext4), and ``partial/`` is split into `PARTIAL_SHARDS`
 subdirectories by the RecordingSid's last two hex digits (a worker deleting one
 recording's side files holds that directory's lock, for milliseconds when the disk is
-busy or the worker is descheduled). The side files are even created ahead, by a thread,
+busy or the worker is descheduled).
+
+Side files are recycled rather than created for each recording: creating a file costs
+ext4 an inode allocation, which scans recently deleted inodes and took 0.5 ms of CPU per
+file on the development VM, against 0.05 ms to truncate and rename one. So the worker
+that finishes a recording empties its two side files and renames them to a fresh
+RecordingSid (`recycle_side_files`), and the next ``<Dial record>`` takes that SID from
+`SpareSides`. Only when no spare is left are new side files created, ahead, by a thread,
 when the ``<Dial>`` starts (`create_side_files`), so the recorder opens an existing file.
 
 The database row holds everything finishing needs (channels, track, trim), so a
@@ -29,6 +36,8 @@ import logging
 import os
 import secrets
 import shutil
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +51,8 @@ RECORDINGS_DIR = "recordings"
 PARTIAL_DIR = "partial"
 PARTIAL_SHARDS = 256
 """Subdirectories of ``partial/``: ``00`` to ``ff``, the RecordingSid's last two digits."""
+SPARE_LIMIT = 256
+"""Spare side-file pairs kept for recordings to come; more are deleted."""
 SOURCE = "DialVerb"
 ERROR_TOO_SHORT = 16101
 """Twilio: the recording was too short to be processed (nothing was recorded)."""
@@ -100,16 +111,86 @@ def remove_files(paths: tuple[Path, ...]) -> None:
             path.unlink(missing_ok=True)
 
 
-def remove_orphan_side_files(store: Store, storage_path: Path) -> int:
-    """Delete side files no recording row claims (prepared for a call that died first)."""
-    removed = 0
-    for side in partial_dir(storage_path).glob("*/*.wav"):
-        sid = side.name.split(".", 1)[0]
-        if store.recording(sid) is None:
-            with contextlib.suppress(OSError):
-                side.unlink()
-                removed += 1
-    return removed
+def recycle_side_files(storage_path: Path, paths: tuple[Path, ...]) -> str | None:
+    """Empty a finished recording's side files and rename them to a fresh RecordingSid.
+
+    Blocking (a worker runs it). Returns the new SID, whose side files now exist and are
+    empty, or None when that failed; whatever is left of either name is then removed.
+    """
+    sid = new_recording_sid()
+    spares = side_paths(storage_path, sid)
+    try:
+        for old, new in zip(paths, spares, strict=True):
+            os.replace(old, new)
+            os.truncate(new, 0)
+    except OSError as e:
+        log.warning("side files %s cannot be reused: %s", paths[0].name, e)
+        remove_files(paths + spares)
+        return None
+    return sid
+
+
+class SpareSides:
+    """RecordingSids whose side files exist, empty, ready for the next recordings.
+
+    Filled by the workers that finish recordings (`recycle_side_files`) and, at start,
+    by the empty side files a previous run left (`sweep_side_files`); at most
+    `SPARE_LIMIT`. Lives on the event-loop thread.
+    """
+
+    def __init__(self, sids: Iterable[str] = (), limit: int = SPARE_LIMIT):
+        self.limit = limit
+        self._sids: deque[str] = deque(sids, maxlen=limit)
+
+    def __len__(self) -> int:
+        return len(self._sids)
+
+    @property
+    def wanted(self) -> bool:
+        """Whether a finished recording's side files should be kept for reuse."""
+        return len(self._sids) < self.limit
+
+    def take(self) -> str | None:
+        return self._sids.popleft() if self._sids else None
+
+    def add(self, sid: str | None) -> None:
+        if sid is not None and self.wanted:
+            self._sids.append(sid)
+
+
+def sweep_side_files(store: Store, storage_path: Path, limit: int = SPARE_LIMIT) -> list[str]:
+    """At start, after the repair: keep empty unclaimed side-file pairs, delete the rest.
+
+    A side file no recording row claims was prepared for a call that died first; an
+    empty pair of them is as good as a recycled one and is returned as a spare (up to
+    `limit`). Side files of finished recordings are leftovers of an interrupted reuse.
+    A failed recording's side files stay for a later attempt.
+    """
+    spares: list[str] = []
+    for parent in sorted(partial_dir(storage_path).glob("*/*.parent.wav")):
+        sid = parent.name.split(".", 1)[0]
+        record = store.recording(sid)
+        if record is not None and record.status in ("failed", "in-progress"):
+            continue
+        pair = side_paths(storage_path, sid)
+        if record is None and len(spares) < limit and all(_is_empty(p) for p in pair):
+            spares.append(sid)
+        else:
+            remove_files(pair)
+    for child in partial_dir(storage_path).glob("*/*.child.wav"):  # without a parent
+        sid = child.name.split(".", 1)[0]
+        if not side_paths(storage_path, sid)[0].exists():
+            record = store.recording(sid)
+            if record is None or record.status not in ("failed", "in-progress"):
+                remove_files((child,))
+    return spares
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def _adopt_old_side_files(storage_path: Path, sid: str) -> None:
@@ -164,21 +245,26 @@ class RecordingOutcome:
     error_code: int | None
     problem: str | None = None
     """Why nothing could be kept, for the call's log and notifications (a full disk)."""
+    spare: str | None = None
+    """The RecordingSid the side files were recycled to (`recycle_side_files`)."""
 
 
-def finish_files(storage_path: Path, record: RecordingRecord) -> RecordingOutcome:
+def finish_files(
+    storage_path: Path, record: RecordingRecord, recycle: bool = False
+) -> RecordingOutcome:
     """Turn a recording's side files into its finished WAV; file work only.
 
-    Blocking and free of the database, so it can run in a worker thread. On success
-    the side files are removed; on failure they are kept for a later attempt.
+    Blocking and free of the database, so it can run in a worker process. On success
+    the side files are recycled for another recording (``recycle``) or removed; on
+    failure they are kept for a later attempt.
     """
     parent, child = side_paths(storage_path, record.sid)
     out = storage_path / wav_relpath(record.sid)
     had_audio = any(_holds_audio(side) for side in (parent, child))
     if not had_audio:  # nothing recorded: nothing to write either
         problem = _unwritten(parent, child)
-        remove_files((parent, child))
-        return RecordingOutcome("absent", 0, 0.0, None, ERROR_TOO_SHORT, problem)
+        spare = release_side_files(storage_path, (parent, child), recycle)
+        return RecordingOutcome("absent", 0, 0.0, None, ERROR_TOO_SHORT, problem, spare)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         final: FinalRecording = finalize(
@@ -192,15 +278,27 @@ def finish_files(storage_path: Path, record: RecordingRecord) -> RecordingOutcom
     except (RecordingFileError, OSError) as e:
         log.error("recording %s cannot be finished: %s", record.sid, e)
         return RecordingOutcome("failed", 0, 0.0, None, None)
-    for side in (parent, child):
-        side.unlink(missing_ok=True)
+    spare = release_side_files(storage_path, (parent, child), recycle)
     if final.samples == 0:
         out.unlink(missing_ok=True)
         code = ERROR_SILENT if had_audio else ERROR_TOO_SHORT
-        return RecordingOutcome("absent", 0, 0.0, None, code)
+        return RecordingOutcome("absent", 0, 0.0, None, code, spare=spare)
     return RecordingOutcome(
-        "completed", int(final.duration + 0.5), final.duration, wav_relpath(record.sid), None
+        "completed",
+        int(final.duration + 0.5),
+        final.duration,
+        wav_relpath(record.sid),
+        None,
+        spare=spare,
     )
+
+
+def release_side_files(storage_path: Path, paths: tuple[Path, ...], recycle: bool) -> str | None:
+    """Side files a recording no longer needs: recycled (the spare's SID) or removed."""
+    if recycle:
+        return recycle_side_files(storage_path, paths)
+    remove_files(paths)
+    return None
 
 
 def _unwritten(*sides: Path) -> str | None:
@@ -262,5 +360,4 @@ def repair_at_startup(store: Store, storage_path: Path) -> list[RecordingRecord]
             complete_recording(store, storage_path, record)
         except StoreError as e:
             log.error("recording %s cannot be stored: %s", record.sid, e)
-    remove_orphan_side_files(store, storage_path)
     return store.recordings_callback_pending()

@@ -21,6 +21,7 @@ from switch.config_clients import ClientConfig
 from switch.engine import Engine, Leg
 from switch.leg import final_call_status
 from switch.numbers import InvalidNumber, to_e164
+from switch.recordings import SpareSides
 from switch.registrar.service import Registrar
 from switch.store import LegRecord, Store
 from switch.webhook import WebhookClient
@@ -108,6 +109,7 @@ class Services:
             if (app := NumberApp.of_client(c, demo_url)) is not None
         }
         self.registrar: Registrar | None = None  # set by the switch once created
+        self.spares = SpareSides()  # filled at start from what a previous run left
 
     # ---- numbers and addresses -------------------------------------------------------
 

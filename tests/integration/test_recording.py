@@ -407,8 +407,40 @@ async def test_busy_callee_gives_an_absent_recording(
     assert RECORDING_SID.match(params["RecordingSid"])
     assert params["RecordingSource"] == "DialVerb"
     assert len(app_server.hits("/rec")) == 1  # no in-progress, no completed
-    # The side files made ready when the <Dial> started are gone with the call.
-    assert list((switch.workdir / "var" / "recordings" / "partial").glob("*/*")) == []
+    # The side files made ready when the <Dial> started were emptied for the next one.
+    sides = side_files(switch)
+    assert not [name for name in sides if name.startswith(params["RecordingSid"])]
+    assert all(size == 0 for _, size in sides.values())
+
+
+def side_files(switch: SwitchProcess) -> dict[str, tuple[int, int]]:
+    """The side files on the switch's disk: name -> (inode, size)."""
+    partial = switch.workdir / "var" / "recordings" / "partial"
+    return {p.name: (p.stat().st_ino, p.stat().st_size) for p in partial.glob("*/*")}
+
+
+@bounded(90)
+async def test_the_next_recording_reuses_the_side_files(
+    switch: SwitchProcess, app_server: AppServer, workdir
+):
+    """A finished recording's side files are renamed for the next one, not deleted."""
+    attrs = {"record": "record-from-answer-dual", "recordingStatusCallback": app_server.url("/rec")}
+    first = await place_call(switch, app_server, workdir, **attrs)
+    await app_server.wait_for("/rec", 1, timeout=10)
+    spares = side_files(switch)
+    assert spares and all(size == 0 for _, size in spares.values())
+    assert not [name for name in spares if name.startswith(first.action["RecordingSid"])]
+
+    app_server.reset()
+    second = await place_call(switch, app_server, workdir, **attrs)
+    await app_server.wait_for("/rec", 1, timeout=10)
+    sid = second.action["RecordingSid"]
+    assert f"{sid}.parent.wav" in spares and f"{sid}.child.wav" in spares
+    after = side_files(switch)
+    assert {inode for inode, _ in after.values()} == {inode for inode, _ in spares.values()}
+    wav = await recording_of(switch, second)
+    check_holds(wav.channel(1), [CALLER_HZ], [CALLEE_HZ], share=0.5)
+    check_holds(wav.channel(2), [CALLEE_HZ], [CALLER_HZ], share=0.5)
 
 
 @bounded(60)

@@ -232,6 +232,14 @@ def tone(seconds: float) -> np.ndarray:
     return (6000 * np.sin(2 * np.pi * 300 * t)).astype(np.int16)
 
 
+def write_wav(path: Path, seconds: float) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(tone(seconds).tobytes())
+
+
 def test_repair_at_startup_finishes_what_a_crash_left(store: Store, tmp_path: Path) -> None:
     storage = tmp_path
     dual = create(store, 1)
@@ -329,11 +337,7 @@ def test_repair_finds_side_files_left_where_older_versions_wrote_them(
     old_dir = recordings.recordings_dir(tmp_path)
     old_dir.mkdir(parents=True)
     for side in (parent, child):
-        with wave.open(str(old_dir / side.name), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(RATE)
-            w.writeframes(tone(1.6).tobytes())
+        write_wav(old_dir / side.name, 1.6)
     (done,) = repair_at_startup(store, tmp_path)
     assert (done.status, done.duration) == ("completed", 2)
     assert not any((old_dir / side.name).exists() for side in (parent, child))
@@ -351,16 +355,75 @@ def test_side_files_created_ahead_never_truncate_the_recorders_file(tmp_path: Pa
     assert not parent.exists() and not child.exists()
 
 
-def test_start_up_removes_side_files_no_recording_claims(store: Store, tmp_path: Path) -> None:
+def test_start_up_keeps_empty_unclaimed_side_files_as_spares(store: Store, tmp_path: Path) -> None:
     recordings.make_partial_dirs(tmp_path)
     failed = create(store, 1, callback_events=("completed", "failed"))
     kept, _ = side_paths(tmp_path, failed.sid)
     kept.write_bytes(b"garbage that is no WAV file, and longer than a header.......")
-    orphans = side_paths(tmp_path, "RE" + "f" * 32)
-    recordings.create_side_files(orphans)
+    done = create(store, 2)
+    store.update_recording(done.sid, status="completed", duration=1)
+    leftovers = side_paths(tmp_path, done.sid)  # a reuse cut short
+    recordings.create_side_files(leftovers)
+    empty = side_paths(tmp_path, "RE" + "e" * 32)  # prepared for a call that died
+    recordings.create_side_files(empty)
+    with_audio = side_paths(tmp_path, "RE" + "f" * 32)
+    recordings.create_side_files(with_audio)
+    write_wav(with_audio[0], 0.5)
+    lone_child = side_paths(tmp_path, "RE" + "d" * 32)[1]
+    lone_child.touch()
+
     repair_at_startup(store, tmp_path)
+    assert recordings.sweep_side_files(store, tmp_path) == ["RE" + "e" * 32]
+
     assert kept.exists()  # a failed recording's sides stay for a later attempt
-    assert not any(p.exists() for p in orphans)
+    assert all(p.exists() and p.stat().st_size == 0 for p in empty)
+    assert not any(p.exists() for p in (*leftovers, *with_audio, lone_child))
+    assert recordings.sweep_side_files(store, tmp_path, limit=0) == []
+    assert not any(p.exists() for p in empty)  # spares beyond the limit are deleted
+
+
+def test_finished_side_files_are_recycled_to_a_fresh_sid(store: Store, tmp_path: Path) -> None:
+    recordings.make_partial_dirs(tmp_path)
+    rec = create(store, 1, channels=1)
+    sides = side_paths(tmp_path, rec.sid)
+    for side in sides:
+        write_wav(side, 1.2)
+    inodes = [side.stat().st_ino for side in sides]
+
+    outcome = recordings.finish_files(tmp_path, rec, recycle=True)
+    assert (outcome.status, outcome.duration) == ("completed", 1)
+    assert outcome.spare is not None and re.fullmatch(r"RE[0-9a-f]{32}", outcome.spare)
+    assert outcome.spare != rec.sid
+    spares = side_paths(tmp_path, outcome.spare)
+    assert [p.stat().st_ino for p in spares] == inodes  # the same files, renamed
+    assert all(p.stat().st_size == 0 for p in spares)
+    assert not any(p.exists() for p in sides)
+    assert (tmp_path / recordings.wav_relpath(rec.sid)).exists()
+
+    nothing = create(store, 2, channels=1)  # nothing recorded: reused as well
+    recordings.create_side_files(side_paths(tmp_path, nothing.sid))
+    absent = recordings.finish_files(tmp_path, nothing, recycle=True)
+    assert absent.status == "absent" and absent.spare is not None
+    assert all(p.exists() for p in side_paths(tmp_path, absent.spare))
+
+
+def test_side_files_that_cannot_be_recycled_are_removed(tmp_path: Path) -> None:
+    recordings.make_partial_dirs(tmp_path)
+    parent, child = side_paths(tmp_path, sid(1))
+    parent.write_bytes(b"x" * 100)  # its child is missing
+    assert recordings.recycle_side_files(tmp_path, (parent, child)) is None
+    assert list(recordings.partial_dir(tmp_path).glob("*/*")) == []
+
+
+def test_spare_sides_hand_out_each_sid_once_up_to_a_limit() -> None:
+    spares = recordings.SpareSides(["RE1", "RE2"], limit=3)
+    assert spares.wanted
+    spares.add("RE3")
+    spares.add(None)
+    assert not spares.wanted and len(spares) == 3
+    spares.add("RE4")  # over the limit: not kept
+    assert [spares.take() for _ in range(4)] == ["RE1", "RE2", "RE3", None]
+    assert spares.wanted
 
 
 def test_sides_left_empty_mean_the_recorder_could_not_write(store: Store, tmp_path: Path) -> None:
