@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import wave
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,9 +146,10 @@ class Recorder:
     """A mono WAV recorder on the bridge, fed by any number of sources.
 
     pjsua2 fixes the WAV header only when the recorder is destroyed (close);
-    a crash leaves a file the start-up repair fixes. Every recorder also hears
-    the engine's silent player from its first tick, so recorders started
-    together stay sample-aligned whatever their real sources do.
+    a crash leaves a file the start-up repair fixes. The recorder writes a frame
+    of silence for every bridge tick in which nothing reaches it (patch 0009 of
+    deploy/pjsua2), so recorders started together stay sample-aligned whatever
+    their sources do.
     """
 
     def __init__(self, engine: Engine, path: Path):
@@ -160,7 +160,6 @@ class Recorder:
         self._recorder: pj.AudioMediaRecorder | None = recorder
         self._legs: list[Leg] = []
         engine._recorders.add(self)
-        engine._silence().startTransmit(recorder)
 
     def hear(self, leg: Leg) -> bool:
         """Record what ``leg``'s peer sends (once its media is up)."""
@@ -186,8 +185,6 @@ class Recorder:
         # the bridge's lock, which the media clock holds while it mixes.
         del recorder
         self.engine._recorders.discard(self)
-        if not self.engine._recorders:
-            self.engine._silent_player = None  # its bridge port goes with the last recorder
 
 
 class Engine:
@@ -211,7 +208,6 @@ class Engine:
         self._calls: dict[int, _PjCall] = {}
         self._players: set[Player] = set()
         self._recorders: set[Recorder] = set()
-        self._silent_player: pj.AudioMediaPlayer | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._sid_factory: Callable[[], str] | None = None
 
@@ -326,7 +322,6 @@ class Engine:
             player.close()
         for recorder in list(self._recorders):
             recorder.close()
-        self._silent_player = None
         self._credential_accounts.clear()
         self._trunk_accounts.clear()
         self._default_account = None
@@ -443,22 +438,6 @@ class Engine:
             return Recorder(self, path)
         except pj.Error as error:
             raise EngineError(error.info()) from None
-
-    def _silence(self) -> pj.AudioMediaPlayer:
-        """One looping silent player shared by the live recorders (see Recorder)."""
-        if self._silent_player is None:
-            path = self.settings.media_dir / "silence.wav"
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with wave.open(str(path), "wb") as wav:
-                    wav.setnchannels(1)
-                    wav.setsampwidth(2)
-                    wav.setframerate(8000)
-                    wav.writeframes(bytes(1600))
-            player = pj.AudioMediaPlayer()
-            player.createPlayer(str(path), 0)
-            self._silent_player = player
-        return self._silent_player
 
     def counts(self) -> dict[str, int]:
         """Live objects, for /healthz and the leak checks of the tests."""
