@@ -136,7 +136,6 @@ class Switch:
                 if t.username and t.password
             ],
             log_level=5 if self.config.log.level == "debug" else 1,
-            media_dir=self.config.storage.path / "media",
         )
 
     def _register(self, request: RegisterRequest) -> tuple[int, str, Sequence[tuple[str, str]]]:

@@ -63,7 +63,6 @@ class EngineSettings:
     user_agent: str = "dialswitch"
     trunk_accounts: Sequence[TrunkAccount] = field(default_factory=tuple)
     log_level: int = 1  # pjsua2's own log level (0..6)
-    media_dir: Path = Path("var/media")
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,6 @@ async def main(directory: Path, port: int) -> None:
         rtp_port_min=port + 2,
         rtp_port_max=port + 101,
         max_calls=4,
-        media_dir=directory,
     )
     engine = Engine(settings, lambda leg: None)
     engine.start(lambda: "CA" + "0" * 32)
