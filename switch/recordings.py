@@ -134,13 +134,15 @@ class SpareSides:
     """RecordingSids whose side files exist, empty, ready for the next recordings.
 
     Filled by the workers that finish recordings (`recycle_side_files`) and, at start,
-    by the empty side files a previous run left (`sweep_side_files`); at most
-    `SPARE_LIMIT`. Lives on the event-loop thread.
+    by the empty side files a previous run left (`sweep_side_files`). Recycling is asked
+    for only while fewer than `SPARE_LIMIT` are kept (`wanted`); a spare that arrives
+    after the limit was reached is kept all the same, since its files exist. Lives on
+    the event-loop thread.
     """
 
     def __init__(self, sids: Iterable[str] = (), limit: int = SPARE_LIMIT):
         self.limit = limit
-        self._sids: deque[str] = deque(sids, maxlen=limit)
+        self._sids: deque[str] = deque(sids)
 
     def __len__(self) -> int:
         return len(self._sids)
@@ -154,7 +156,7 @@ class SpareSides:
         return self._sids.popleft() if self._sids else None
 
     def add(self, sid: str | None) -> None:
-        if sid is not None and self.wanted:
+        if sid is not None:
             self._sids.append(sid)
 
 

@@ -415,14 +415,14 @@ def test_side_files_that_cannot_be_recycled_are_removed(tmp_path: Path) -> None:
     assert list(recordings.partial_dir(tmp_path).glob("*/*")) == []
 
 
-def test_spare_sides_hand_out_each_sid_once_up_to_a_limit() -> None:
+def test_spare_sides_hand_out_each_sid_once_and_stop_asking_at_the_limit() -> None:
     spares = recordings.SpareSides(["RE1", "RE2"], limit=3)
     assert spares.wanted
     spares.add("RE3")
     spares.add(None)
     assert not spares.wanted and len(spares) == 3
-    spares.add("RE4")  # over the limit: not kept
-    assert [spares.take() for _ in range(4)] == ["RE1", "RE2", "RE3", None]
+    spares.add("RE4")  # recycled while the limit was reached: its files exist, keep it
+    assert [spares.take() for _ in range(5)] == ["RE1", "RE2", "RE3", "RE4", None]
     assert spares.wanted
 
 
