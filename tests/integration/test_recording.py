@@ -170,6 +170,12 @@ def check_holds(samples, present: list[float], absent: list[float], share: float
         assert got < 0.05, f"{freq} Hz should be absent, holds up to {got:.3f}"
 
 
+def check_dual(wav: Wav) -> None:
+    """Channel 1 holds the caller's tone only, channel 2 the callee's only."""
+    check_holds(wav.channel(1), [CALLER_HZ], [CALLEE_HZ], share=0.5)
+    check_holds(wav.channel(2), [CALLEE_HZ], [CALLER_HZ], share=0.5)
+
+
 # ---- 1. record-from-answer-dual ------------------------------------------------------------
 
 
@@ -190,8 +196,7 @@ async def test_record_from_answer_dual(switch: SwitchProcess, app_server: AppSer
     )
     wav = await recording_of(switch, call)
     assert (wav.channels, wav.rate) == (2, 8000)
-    check_holds(wav.channel(1), [CALLER_HZ], [CALLEE_HZ], share=0.5)
-    check_holds(wav.channel(2), [CALLEE_HZ], [CALLER_HZ], share=0.5)
+    check_dual(wav)
     # As long as the bridge: the callee's party heard the switch that long.
     figure(
         f"from-answer-dual: file {wav.duration:.3f} s, bridged {call.bridged:.3f} s,"
@@ -439,8 +444,7 @@ async def test_the_next_recording_reuses_the_side_files(
     after = side_files(switch)
     assert {inode for inode, _ in after.values()} == {inode for inode, _ in spares.values()}
     wav = await recording_of(switch, second)
-    check_holds(wav.channel(1), [CALLER_HZ], [CALLEE_HZ], share=0.5)
-    check_holds(wav.channel(2), [CALLEE_HZ], [CALLER_HZ], share=0.5)
+    check_dual(wav)
 
 
 @bounded(60)
@@ -514,8 +518,7 @@ async def test_unreachable_status_callback_keeps_the_recording(
     assert resource.status == 200
     assert resource.json()["status"] == "completed"
     wav = await recording_of(switch, call)
-    check_holds(wav.channel(1), [CALLER_HZ], [CALLEE_HZ], share=0.5)
-    check_holds(wav.channel(2), [CALLEE_HZ], [CALLER_HZ], share=0.5)
+    check_dual(wav)
 
 
 # ---- 9. the REST API -----------------------------------------------------------------------
@@ -715,8 +718,7 @@ async def test_recording_of_a_crashed_switch_is_finished_at_restart(
         assert abs(wav.duration - recorded) <= 0.5
         assert abs(int(params["RecordingDuration"]) - wav.duration) <= 0.5 + 0.01
         assert wav.channels == 2
-        check_holds(wav.channel(1), [CALLER_HZ], [CALLEE_HZ], share=0.5)
-        check_holds(wav.channel(2), [CALLEE_HZ], [CALLER_HZ], share=0.5)
+        check_dual(wav)
         resource = await RecordingsClient(handle.http, ACCOUNT_SID, AUTH_TOKEN).get(
             f"Recordings/{row['sid']}.json"
         )
