@@ -6,28 +6,41 @@ GIL from the event-loop thread, which carries every SIP message and every pjsua2
 callback; under load the loop then answers late and peers retransmit. Worker processes
 run that work on another core with a GIL of their own.
 
+Each worker is joined to the switch by one pipe, which the event loop itself writes
+jobs to and reads results from (``loop.add_reader``): no thread of the switch feeds or
+drains the workers, so none competes with the loop for the GIL. Each worker is sent
+several jobs ahead, so it never idles while a busy loop gets round to its answer, but
+never more than `PIPE_ROOM` bytes of them: a write to its pipe then never fills the
+pipe and never blocks the loop. The rest wait in the pool's queue for the least busy
+worker that has room.
+
 The processes are spawned, never forked (forking a process that runs pjsua2's timer
 and media threads is unsafe), ignore SIGINT (a Ctrl-C in a terminal reaches the whole
 process group; the switch decides when they stop), exit when the switch dies, even by
 SIGKILL, and run at a lower CPU priority, so calls come first when the cores are busy.
-Work submitted before `WorkerPool.start`, or while replacing a worker that died, runs in
-a thread instead: slower for the loop, but nothing is lost.
+Work submitted before `WorkerPool.start` or after `WorkerPool.close` runs in a thread;
+so does the job a worker was running when it died (a new worker replaces it): slower
+for the loop, but nothing is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import threading
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any, TypeVar
+from multiprocessing.reduction import ForkingPickler
+from typing import Any, TypeVar, cast
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +49,50 @@ T = TypeVar("T")
 DEFAULT_WORKERS = 2
 NICENESS = 5
 """How much lower than the switch the workers' CPU priority is (see ``nice(2)``)."""
+IN_FLIGHT = 16
+"""Jobs sent to one worker ahead of its answers."""
+PIPE_ROOM = 32 * 1024
+"""Bytes of jobs sent to one worker ahead of its answers: half a Linux pipe's buffer."""
+STOP_SECONDS = 10.0
 
 
-def _init_worker() -> None:
+class WorkerDied(Exception):
+    """The worker running a job exited before answering."""
+
+
+def _serve(conn: Connection) -> None:
+    """A worker's life: run each job the switch sends, answer, until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.nice(NICENESS)
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+    import media.recfiles  # noqa: F401 - loaded once, before the first recording needs it
+
+    conn.send(os.getpid())
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        key, fn, args = job
+        try:
+            answer = (key, True, fn(*args))
+        except Exception as e:
+            answer = (key, False, _portable(e))
+        conn.send(answer)
+
+
+def _portable(error: Exception) -> Exception:
+    """`error` if it survives pickling both ways, else a RuntimeError saying what it was."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+    return error
 
 
 def _exit_with(parent: BaseProcess) -> None:
@@ -53,11 +101,24 @@ def _exit_with(parent: BaseProcess) -> None:
     os._exit(0)
 
 
-def _ready() -> int:
-    """Run in each worker at start: load the modules recordings need, return the PID."""
-    import media.recfiles  # noqa: F401
+@dataclass(eq=False)
+class _Worker:
+    process: BaseProcess
+    conn: Connection
+    ready: asyncio.Future[int]
+    running: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
+    sizes: dict[int, int] = field(default_factory=dict)
+    """The pickled size of each running job, for `PIPE_ROOM`."""
 
-    return os.getpid()
+    def room_for(self, size: int) -> bool:
+        """Whether a job of ``size`` bytes may be sent now (an idle worker takes any)."""
+        if not self.running:
+            return True
+        return len(self.running) < IN_FLIGHT and sum(self.sizes.values()) + size <= PIPE_ROOM
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
 
 
 class WorkerPool:
@@ -65,39 +126,161 @@ class WorkerPool:
 
     def __init__(self, workers: int = DEFAULT_WORKERS):
         self.workers = workers
-        self._pool: ProcessPoolExecutor | None = None
+        self._live: list[_Worker] = []
+        self._queue: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._keys = itertools.count()
+        self._started = False
 
     async def start(self) -> None:
         """Spawn the workers and wait until each has loaded what it needs."""
-        self._pool = self._new_pool()
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(
-            *(loop.run_in_executor(self._pool, _ready) for _ in range(self.workers))
-        )
+        self._started = True
+        await asyncio.gather(*(self._spawn().ready for _ in range(self.workers)))
 
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-        )
+    def pids(self) -> list[int]:
+        """The worker processes that are up and taking jobs."""
+        return [w.process.pid for w in self._live if w.ready.done() and w.process.pid]
+
+    def _spawn(self) -> _Worker:
+        loop = asyncio.get_running_loop()
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = context.Pipe(duplex=True)
+        process = context.Process(target=_serve, args=(theirs,), name="dialswitch-worker")
+        process.daemon = True
+        process.start()
+        theirs.close()
+        worker = _Worker(process, ours, loop.create_future())
+        self._live.append(worker)
+        loop.add_reader(ours.fileno(), self._readable, worker)
+        return worker
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` in a worker process (`fn` and its arguments must pickle)."""
-        pool = self._pool
-        if pool is None:
+        """``fn(*args)`` in a worker process (`fn`, its arguments and result must pickle)."""
+        if not self._started or not self._live:
             return await asyncio.to_thread(fn, *args)
+        key = next(self._keys)
+        job = bytes(ForkingPickler.dumps((key, fn, args)))  # raises here if it cannot pickle
+        answer: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._waiting[key] = answer
+        self._queue.append((key, job))
+        self._dispatch()
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
-        except BrokenProcessPool:
-            if self._pool is pool:
-                log.error("a worker process died; starting new ones")
-                self._pool = self._new_pool()
-                pool.shutdown(wait=False)
+            return await answer
+        except WorkerDied:
             return await asyncio.to_thread(fn, *args)
+
+    def _dispatch(self) -> None:
+        while self._queue:
+            key, job = self._queue[0]
+            ready = [w for w in self._live if w.ready.done() and w.room_for(len(job))]
+            if not ready:
+                return
+            worker = min(ready, key=lambda w: len(w.running))
+            self._queue.popleft()
+            answer = self._waiting.pop(key)
+            if answer.cancelled():
+                continue
+            worker.running[key] = answer
+            worker.sizes[key] = len(job)
+            try:
+                worker.conn.send_bytes(job)
+            except OSError:
+                self._died(worker)
+
+    def _readable(self, worker: _Worker) -> None:
+        """Take every answer the worker has written: the loop may come back only much later."""
+        try:
+            while True:
+                self._take(worker, worker.conn.recv())
+                if not worker.conn.poll():
+                    break
+        except (EOFError, OSError):
+            self._died(worker)
+            return
+        self._dispatch()
+
+    @staticmethod
+    def _take(worker: _Worker, message: Any) -> None:
+        if not worker.ready.done():
+            worker.ready.set_result(cast(int, message))
+            return
+        key, ok, value = message
+        answer = worker.running.pop(key)
+        del worker.sizes[key]
+        if answer.cancelled():
+            return
+        if ok:
+            answer.set_result(value)
+        else:
+            answer.set_exception(value)
+
+    def _died(self, worker: _Worker) -> None:
+        """A worker exited unasked: its jobs go to threads, a new worker takes its place.
+
+        One that dies before it is ready (it cannot even load its modules) is not
+        replaced: its successor would die the same way. With no worker left, every
+        job runs in a thread.
+        """
+        self._live.remove(worker)
+        self._detach(worker)
+        log.error("worker process %s died (exit code %s)", worker.pid, worker.process.exitcode)
+        for answer in worker.running.values():
+            if not answer.done():
+                answer.set_exception(WorkerDied())
+        worker.running.clear()
+        worker.sizes.clear()
+        if not worker.ready.done():
+            worker.ready.set_exception(WorkerDied())
+            worker.ready.exception()  # start() may not be waiting for it: mark it seen
+        elif self._started:
+            try:
+                self._spawn()
+            except OSError as e:
+                log.error("cannot start a new worker process: %s", e)
+        if not self._live:
+            self._give_up_queue()
+
+    def _give_up_queue(self) -> None:
+        """No worker is left to take the queued jobs: each goes to a thread instead."""
+        self._queue.clear()
+        waiting, self._waiting = self._waiting, {}
+        for answer in waiting.values():
+            if not answer.done():
+                answer.set_exception(WorkerDied())
+
+    @staticmethod
+    def _detach(worker: _Worker) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(worker.conn.fileno())
+        worker.conn.close()
 
     async def close(self) -> None:
         """Finish the work already submitted, then stop the workers."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await asyncio.to_thread(pool.shutdown, wait=True)
+        self._started = False
+        while True:
+            self._dispatch()
+            pending = [a for a in self._waiting.values() if not a.done()]
+            pending += [a for w in self._live for a in w.running.values() if not a.done()]
+            if not pending:
+                break
+            if not self._live:
+                self._give_up_queue()
+                continue
+            await asyncio.wait(pending)
+        self._queue.clear()
+        self._waiting.clear()
+        workers, self._live = self._live, []
+        for worker in workers:
+            with contextlib.suppress(OSError):
+                worker.conn.send(None)
+            self._detach(worker)  # its exit is expected now, not a death to answer
+        await asyncio.to_thread(_join, [w.process for w in workers])
+
+
+def _join(processes: list[BaseProcess]) -> None:
+    for process in processes:
+        process.join(STOP_SECONDS)
+        if process.is_alive():
+            log.error("worker process %s did not stop; killing it", process.pid)
+            process.kill()
+            process.join()

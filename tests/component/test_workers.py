@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
+import pickle
 import signal
+import threading
 import time
 
-from switch.workers import WorkerPool
+import pytest
+
+from switch.workers import PIPE_ROOM, WorkerPool
 
 
 def _parent_pid() -> int | None:
@@ -88,7 +93,82 @@ async def test_start_brings_every_worker_up() -> None:
     pool = WorkerPool(workers=2)
     await pool.start()
     try:
-        assert pool._pool is not None
-        assert len(pool._pool._processes) == 2
+        assert len(pool.pids()) == 2
+        assert os.getpid() not in pool.pids()
+    finally:
+        await pool.close()
+
+
+async def test_no_thread_of_the_switch_feeds_or_drains_the_workers() -> None:
+    """Every job and answer goes through the event loop: no thread competes for the GIL."""
+    threads = threading.active_count()
+    pool = WorkerPool(workers=2)
+    await pool.start()
+    try:
+        answers = await asyncio.gather(*(pool.run(_slow_pid) for _ in range(6)))
+        assert set(answers) == set(pool.pids())  # both workers took jobs
+        assert threading.active_count() == threads
+    finally:
+        await pool.close()
+
+
+class _Unpicklable(Exception):
+    def __init__(self, code: int, why: str):
+        super().__init__(why)
+        self.code = code
+
+
+def _fail(kind: str) -> None:
+    if kind == "plain":
+        raise ValueError("bad input")
+    raise _Unpicklable(7, "cannot cross a pipe")
+
+
+async def test_a_job_that_fails_raises_its_error_in_the_switch() -> None:
+    pool = WorkerPool(workers=1)
+    await pool.start()
+    try:
+        with pytest.raises(ValueError, match="bad input"):
+            await pool.run(_fail, "plain")
+        with pytest.raises(RuntimeError, match="_Unpicklable: cannot cross a pipe"):
+            await pool.run(_fail, "odd")
+        assert await pool.run(os.getpid) in pool.pids()  # the worker is still there
+    finally:
+        await pool.close()
+
+
+async def test_a_job_that_cannot_be_sent_fails_alone() -> None:
+    pool = WorkerPool(workers=1)
+    await pool.start()
+    try:
+        with pytest.raises((TypeError, AttributeError, pickle.PicklingError)):
+            await pool.run(len, threading.Lock())
+        assert await pool.run(os.getpid) in pool.pids()
+    finally:
+        await pool.close()
+
+
+async def test_close_stops_each_worker_without_mistaking_it_for_a_death(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pool = WorkerPool(workers=2)
+    await pool.start()
+    pids = pool.pids()
+    with caplog.at_level(logging.ERROR, logger="switch.workers"):
+        await pool.close()
+        await asyncio.sleep(0.1)  # any callback a worker's exit would trigger has run
+    assert caplog.records == []
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+async def test_jobs_larger_than_the_pipe_room_still_run() -> None:
+    pool = WorkerPool(workers=1)
+    await pool.start()
+    try:
+        big = b"x" * (PIPE_ROOM * 3)
+        sizes = await asyncio.gather(*(pool.run(len, big) for _ in range(4)))
+        assert sizes == [len(big)] * 4
     finally:
         await pool.close()
