@@ -12,6 +12,9 @@ dual channel (channel 1 the parent, channel 2 the child), both sides mixed into 
 or one side alone (``recordingTrack`` inbound/outbound), optionally with leading and
 trailing silence trimmed (``trim="trim-silence"``). It reads the sides through memory
 maps and writes in blocks, so a four-hour call costs no more memory than a short one.
+When the disk has no room for the finished file, `SideSamples` holds the sides in
+memory instead, so that their files can be deleted and `finalize_sides` can write the
+finished file in the space they held.
 
 Nothing here touches SQLite or HTTP; every output is written to a temporary file and
 moved into place, so a reader never sees half a recording.
@@ -20,6 +23,7 @@ moved into place, so a reader never sees half a recording.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import struct
 import tempfile
@@ -27,7 +31,7 @@ import wave
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import av
 import numpy as np
@@ -52,10 +56,22 @@ _HEADER = 44
 """Size of the canonical header the recorder writes (RIFF, fmt of 16 bytes, data)."""
 
 Samples = npt.NDArray[np.int16]
+_T = TypeVar("_T")
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class RecordingFileError(Exception):
     """A recording file is not a WAV file we can read, or cannot be written."""
+
+
+class DiskFullError(RecordingFileError):
+    """An output file cannot be written for lack of space (``ENOSPC``, ``EDQUOT``)."""
+
+
+def _write_error(out: Path, error: OSError) -> RecordingFileError:
+    kind = DiskFullError if error.errno in _NO_SPACE else RecordingFileError
+    return kind(f"{out.name}: cannot write ({error.strerror or error})")
 
 
 @dataclass(frozen=True)
@@ -280,8 +296,25 @@ def _atomic_output(out: Path, suffix: str) -> tuple[int, Path]:
     try:
         fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=suffix)
     except OSError as e:
-        raise RecordingFileError(f"{out.name}: cannot write ({e.strerror or e})") from e
+        raise _write_error(out, e) from e
     return fd, Path(name)
+
+
+def _on_track(track: Track, parent: _T, child: _T) -> list[_T]:
+    """What ``recordingTrack`` keeps of the two sides, in channel order."""
+    if track == "both":
+        return [parent, child]
+    if track == "inbound":
+        return [parent]
+    if track == "outbound":
+        return [child]
+    raise ValueError(f"unknown track {track!r}")
+
+
+def _channels(layout: Layout, track: Track) -> int:
+    if layout not in ("dual", "mono"):
+        raise ValueError(f"unknown layout {layout!r}")
+    return 2 if layout == "dual" and track == "both" else 1
 
 
 def finalize(
@@ -302,17 +335,70 @@ def finalize(
     with ``both`` mixes the two (sum, clipped). Track ``inbound`` is the parent alone,
     ``outbound`` the child alone, always mono, as Twilio's ``recordingTrack`` does. A
     missing or empty side is silence. `trim` removes leading and trailing silence.
+    Raises `DiskFullError` when the disk has no room for the result.
     """
-    if layout not in ("dual", "mono"):
-        raise ValueError(f"unknown layout {layout!r}")
-    if track not in ("both", "inbound", "outbound"):
-        raise ValueError(f"unknown track {track!r}")
-    sides: list[Samples] = []
-    if track in ("both", "inbound"):
-        sides.append(_side(parent, rate))
-    if track in ("both", "outbound"):
-        sides.append(_side(child, rate))
-    channels = 2 if layout == "dual" and track == "both" else 1
+    channels = _channels(layout, track)
+    sides = [_side(path, rate) for path in _on_track(track, parent, child)]
+    return _write(sides, out, channels=channels, trim=trim, rate=rate)
+
+
+@dataclass(frozen=True)
+class SideSamples:
+    """The sides a recording's track uses, read into memory (a side not used is empty).
+
+    For a disk too full to take the finished file: once the sides are in memory their
+    files can be deleted and `finalize_sides` writes the finished file in the space
+    they held. A side holds 16 kB a second of the call.
+    """
+
+    parent: Samples
+    child: Samples
+
+    @classmethod
+    def read(
+        cls, parent: Path | None, child: Path | None, *, track: Track, rate: int = RATE
+    ) -> SideSamples:
+        """Copy the sides out of their files (repaired first), which stay untouched."""
+        nothing = np.zeros(0, dtype=np.int16)
+        return cls(
+            np.array(_side(parent, rate)) if track in ("both", "inbound") else nothing,
+            np.array(_side(child, rate)) if track in ("both", "outbound") else nothing,
+        )
+
+
+def finalize_sides(
+    sides: SideSamples,
+    out: Path,
+    *,
+    layout: Layout,
+    track: Track,
+    trim: bool,
+    rate: int = RATE,
+) -> FinalRecording:
+    """`finalize` from sides in memory, up to where the shorter side ends.
+
+    The sides are those of a recording whose disk filled up: a side that stops short
+    of the other lost its audio from there on, which is not silence, so both stop at
+    the shorter one (a side with no samples at all is still silence). The two-channel
+    result then needs no more space than the side files held.
+    """
+    channels = _channels(layout, track)
+    used = _on_track(track, sides.parent, sides.child)
+    recorded = [len(side) for side in used if len(side)]
+    if recorded:
+        used = [side[: min(recorded)] for side in used]
+    return _write(used, out, channels=channels, trim=trim, rate=rate)
+
+
+def write_pcm(path: Path, samples: Samples, rate: int = RATE) -> None:
+    """Write mono 16-bit samples as a WAV file, atomically (the inverse of `read_pcm`)."""
+    _write([samples], path, channels=1, trim=False, rate=rate)
+
+
+def _write(
+    sides: list[Samples], out: Path, *, channels: int, trim: bool, rate: int
+) -> FinalRecording:
+    """The sides, mixed or side by side as `channels` says, trimmed, as the file `out`."""
     total = max(len(side) for side in sides)
     block = _source(sides, channels)
     begin, end = _sound_span(block, total, rate) if trim else (0, total)
@@ -334,7 +420,7 @@ def finalize(
         with contextlib.suppress(OSError):
             tmp.unlink()
         if isinstance(e, OSError):
-            raise RecordingFileError(f"{out.name}: cannot write ({e.strerror or e})") from e
+            raise _write_error(out, e) from e
         raise
     samples = end - begin
     return FinalRecording(out, samples / rate, channels, samples)

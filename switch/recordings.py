@@ -25,6 +25,12 @@ The database row holds everything finishing needs (channels, track, trim), so a
 recording cut short by a crash is finished the same way at the next start
 (`repair_at_startup`).
 
+A disk that fills up during a call never affects the call: the recorders' writes fail
+and the side files keep the audio up to that moment. Finishing then finds no room for
+the finished file, so it reads the sides into memory, deletes them and writes the file
+in the space they held: a partial recording, ``completed`` with its real duration, whose
+``problem`` the call's notifications get.
+
 Twilio's ``absent`` status is used for a recording with no audio: error 16101 when
 nothing was recorded, 16102 when trimming silence left nothing.
 """
@@ -42,7 +48,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from media.recfiles import FinalRecording, RecordingFileError, finalize
+from media.recfiles import (
+    DiskFullError,
+    FinalRecording,
+    Layout,
+    RecordingFileError,
+    SideSamples,
+    finalize,
+    finalize_sides,
+    write_pcm,
+)
 from switch.store import RecordingRecord, RecordingStatus, Store, StoreError
 from switch.timestamps import rfc2822
 
@@ -246,7 +261,8 @@ class RecordingOutcome:
     path: str | None
     error_code: int | None
     problem: str | None = None
-    """Why nothing could be kept, for the call's log and notifications (a full disk)."""
+    """Why nothing, or only part of the call, was kept (a full disk), for the call's log
+    and notifications."""
     spare: str | None = None
     """The RecordingSid the side files were recycled to (`recycle_side_files`)."""
 
@@ -258,7 +274,8 @@ def finish_files(
 
     Blocking and free of the database, so it can run in a worker process. On success
     the side files are recycled for another recording (``recycle``) or removed; on
-    failure they are kept for a later attempt.
+    failure they are kept for a later attempt. A disk with no room for the finished
+    file gets it written in the side files' space (`_finish_in_their_space`).
     """
     parent, child = side_paths(storage_path, record.sid)
     out = storage_path / wav_relpath(record.sid)
@@ -269,30 +286,99 @@ def finish_files(
         return RecordingOutcome("absent", 0, 0.0, None, ERROR_TOO_SHORT, problem, spare)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        final: FinalRecording = finalize(
+        final = finalize(
             parent,
             child,
             out,
-            layout="dual" if record.channels == 2 else "mono",
+            layout=_layout(record),
             track=record.track,
             trim=record.trim,
         )
+    except DiskFullError as e:
+        # Handled past this clause: the error's traceback holds the side files' memory
+        # maps, which would keep their blocks taken after the files are deleted.
+        full = str(e)
     except (RecordingFileError, OSError) as e:
         log.error("recording %s cannot be finished: %s", record.sid, e)
         return RecordingOutcome("failed", 0, 0.0, None, None)
-    spare = release_side_files(storage_path, (parent, child), recycle)
-    if final.samples == 0:
-        out.unlink(missing_ok=True)
-        code = ERROR_SILENT if had_audio else ERROR_TOO_SHORT
-        return RecordingOutcome("absent", 0, 0.0, None, code, spare=spare)
+    else:
+        spare = release_side_files(storage_path, (parent, child), recycle)
+        return _finished(record, final, spare=spare)
+    return _finish_in_their_space(record, (parent, child), out, full)
+
+
+def _layout(record: RecordingRecord) -> Layout:
+    return "dual" if record.channels == 2 else "mono"
+
+
+def _finished(
+    record: RecordingRecord,
+    final: FinalRecording,
+    problem: str | None = None,
+    spare: str | None = None,
+) -> RecordingOutcome:
+    if final.samples == 0:  # trimming left nothing
+        final.path.unlink(missing_ok=True)
+        return RecordingOutcome("absent", 0, 0.0, None, ERROR_SILENT, problem, spare)
     return RecordingOutcome(
         "completed",
         int(final.duration + 0.5),
         final.duration,
         wav_relpath(record.sid),
         None,
-        spare=spare,
+        problem,
+        spare,
     )
+
+
+def _finish_in_their_space(
+    record: RecordingRecord, sides: tuple[Path, Path], out: Path, full: str
+) -> RecordingOutcome:
+    """`finish_files` on a disk with no room for the finished file.
+
+    The recorders stopped writing when the disk filled up, so the side files hold the
+    call up to that moment. Read into memory and deleted, they leave room for the
+    finished file (`finalize_sides` needs no more than they held), which is then the
+    partial recording. Should the space be taken meanwhile, the samples are written
+    back to side files, kept for a later attempt, and the recording has failed.
+    """
+    try:
+        samples = SideSamples.read(*sides, track=record.track)
+    except RecordingFileError as e:
+        log.error("recording %s cannot be finished: %s", record.sid, e)
+        return RecordingOutcome("failed", 0, 0.0, None, None)
+    remove_files(sides)
+    try:
+        final = finalize_sides(
+            samples, out, layout=_layout(record), track=record.track, trim=record.trim
+        )
+    except RecordingFileError as e:
+        kept = _write_back(samples, sides)
+        problem = f"the disk is full: the recording cannot be written ({e}); {kept}"
+        log.error("recording %s: %s", record.sid, problem)
+        return RecordingOutcome("failed", 0, 0.0, None, None, problem)
+    if final.samples:
+        problem = f"the disk filled up: the recording holds the first {final.duration:.1f} s"
+    else:
+        problem = "the disk filled up, and what was recorded before is silent"
+    log.error("recording %s: %s (%s)", record.sid, problem, full)
+    return _finished(record, final, problem)
+
+
+def _write_back(samples: SideSamples, sides: tuple[Path, Path]) -> str:
+    """Put the samples of a recording that cannot be finished back into side files."""
+    kept: list[str] = []
+    for side, audio in zip(sides, (samples.parent, samples.child), strict=True):
+        if len(audio) == 0:
+            continue
+        try:
+            write_pcm(side, audio)
+        except RecordingFileError:
+            continue
+        kept.append(side.name)
+    if kept:
+        return "its audio is kept in " + " and ".join(kept)
+    return "its audio is lost"
 
 
 def release_side_files(storage_path: Path, paths: tuple[Path, ...], recycle: bool) -> str | None:

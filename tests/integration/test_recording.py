@@ -13,7 +13,7 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -115,11 +115,13 @@ async def place_call(
     ring_ms: int = 0,
     hangup_after_ms: int | None = 3000,
     number_attrs: str = "",
+    meanwhile: Callable[[RtpPeer, RtpPeer], Awaitable[None]] | None = None,
     **attrs: str,
 ) -> Call:
     """One call through the ``<Dial record...>`` of ``attrs``; the action hangs up.
 
     The callee hangs up after ``hangup_after_ms``; the caller waits for the switch's BYE.
+    ``meanwhile`` runs once the call is placed, with the caller's and callee's RTP parties.
     """
     app_server.routes["/voice"] = dial(number_attrs, action="/action", **attrs)
     app_server.routes["/action"] = HANGUP
@@ -140,6 +142,8 @@ async def place_call(
     try:
         await callee.start(timeout_s=30)
         await caller.start(switch.target(), timeout_s=30)
+        if meanwhile is not None:
+            await meanwhile(caller_audio, callee_audio)
         await caller.finish(40)
         await callee.finish(20)
     finally:
@@ -585,7 +589,7 @@ async def test_rest_api_lists_serves_and_deletes(
 
 @contextlib.contextmanager
 def full_filesystem(path: Path) -> Iterator[None]:
-    """A 256 kB tmpfs at ``path``, filled to ENOSPC; skips the test where mounting is denied."""
+    """A 256 kB tmpfs at ``path`` (`fill` fills it); skips the test where mounting is denied."""
     path.mkdir(parents=True, exist_ok=True)
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(path)],
@@ -644,6 +648,69 @@ async def test_a_full_disk_never_affects_the_call(app_server: AppServer, workdir
             problems = [n for n in handle.notifications(call.call_sid) if n["code"] == 16101]
             assert [n["level"] for n in problems] == ["error"]
             assert "could not write" in problems[0]["message"]
+            await handle.wait_idle()
+
+
+@bounded(90)
+async def test_a_disk_that_fills_mid_call_keeps_the_recording_so_far(
+    app_server: AppServer, workdir: Path
+):
+    app_server.reset()
+    handle = new_switch(workdir, app_server.base)
+    recordings = workdir / "var" / "recordings"
+    times: dict[str, float] = {}
+
+    async def fill_after_a_while(caller_audio: RtpPeer, callee_audio: RtpPeer) -> None:
+        # Bridged and recorded for 1.5 s: each party has heard the other that long.
+        await callee_audio.wait_for_audio(1.5, timeout=20)
+        times["bridged"] = callee_audio.chunks[0][0]
+        await caller_audio.wait_for_audio(1.0, since=times["bridged"], timeout=10)
+        fill(recordings)
+        times["filled"] = asyncio.get_running_loop().time()
+        await callee_audio.wait_for_audio(2.0, since=times["filled"], timeout=10)
+
+    with full_filesystem(recordings):
+        async with running(handle):
+            call = await place_call(
+                handle,
+                app_server,
+                workdir,
+                hangup_after_ms=5000,
+                meanwhile=fill_after_a_while,
+                record="record-from-answer-dual",
+                recordingStatusCallback=app_server.url("/rec"),
+                recordingStatusCallbackEvent="completed absent",
+            )
+            # The call went on to its end, bridged both ways, after the disk filled too.
+            assert call.action["DialCallStatus"] == "completed"
+            assert int(call.action["DialCallDuration"]) >= 4
+            after = times["filled"] + 0.5
+            assert len(call.callee_audio.audio(since=after)) >= 2 * 8000
+            assert tone_share(call.callee_audio.audio(since=after), CALLER_HZ) > 0.5
+            assert len(call.caller_audio.audio(since=after)) >= 2 * 8000
+            assert tone_share(call.caller_audio.audio(since=after), CALLEE_HZ) > 0.5
+            # The recording holds the call until the disk filled up, and says so.
+            (done,) = await app_server.wait_for("/rec", 1, timeout=10)
+            params = done.params
+            assert params["RecordingStatus"] == "completed"
+            assert params["RecordingChannels"] == "2"
+            assert "ErrorCode" not in params
+            wav = await recording_of(handle, call)
+            recorded = times["filled"] - times["bridged"]
+            figure(
+                f"disk filled after {recorded:.3f} s of {call.bridged:.3f} s bridged:"
+                f" file {wav.duration:.3f} s, RecordingDuration {params['RecordingDuration']}"
+            )
+            assert (wav.channels, wav.rate) == (2, 8000)
+            assert 1.0 <= wav.duration <= recorded + 0.5, (wav.duration, recorded)
+            assert wav.duration < call.bridged - 2
+            assert abs(int(params["RecordingDuration"]) - wav.duration) <= 0.5 + 0.01
+            assert call.action["RecordingSid"] == params["RecordingSid"]
+            check_dual(wav)
+            messages = [n["message"] for n in handle.notifications(call.call_sid)]
+            assert any("the disk filled up" in m for m in messages), messages
+            sid = params["RecordingSid"]
+            assert list((recordings / "partial").glob(f"*/{sid}.*")) == []
             await handle.wait_idle()
 
 

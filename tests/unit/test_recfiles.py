@@ -1,3 +1,4 @@
+import errno
 import os
 import struct
 import wave
@@ -9,12 +10,16 @@ import pytest
 
 from media import recfiles
 from media.recfiles import (
+    DiskFullError,
     FinalRecording,
     RecordingFileError,
+    SideSamples,
     encode_mp3,
     finalize,
+    finalize_sides,
     read_pcm,
     repair_wav,
+    write_pcm,
 )
 
 RATE = 8000
@@ -344,6 +349,99 @@ def test_finalize_checks_its_arguments(tmp_path: Path) -> None:
 def test_finalize_into_a_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(RecordingFileError, match="cannot write"):
         finalize(None, None, tmp_path / "no" / "o.wav", layout="mono", track="both", trim=False)
+
+
+# --- a full disk
+
+
+def no_space(monkeypatch: pytest.MonkeyPatch, code: int = errno.ENOSPC) -> None:
+    """Every WAV file written from now on fails with ``code`` at its first samples."""
+
+    def writeframesraw(self: wave.Wave_write, data: bytes) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(wave.Wave_write, "writeframesraw", writeframesraw)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT], ids=["ENOSPC", "EDQUOT"])
+def test_finalize_on_a_full_disk_is_a_disk_full_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    parent = closed(tmp_path / "p.wav", tone(0.5))
+    no_space(monkeypatch, code)
+    with pytest.raises(DiskFullError, match=os.strerror(code)):
+        finalize(parent, None, tmp_path / "out.wav", layout="mono", track="both", trim=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.wav"]  # no temporary left
+
+
+def test_other_write_errors_are_not_a_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent = closed(tmp_path / "p.wav", tone(0.5))
+    no_space(monkeypatch, errno.EIO)
+    with pytest.raises(RecordingFileError, match="cannot write") as raised:
+        finalize(parent, None, tmp_path / "out.wav", layout="mono", track="both", trim=False)
+    assert not isinstance(raised.value, DiskFullError)
+
+
+@pytest.mark.parametrize("layout", ["dual", "mono"])
+@pytest.mark.parametrize("track", ["both", "inbound", "outbound"])
+@pytest.mark.parametrize("trim", [False, True])
+def test_sides_in_memory_finalize_as_their_files_do(
+    tmp_path: Path, layout: recfiles.Layout, track: recfiles.Track, trim: bool
+) -> None:
+    talk = np.concatenate([silence(0.6), tone(1.2, hz=600), silence(0.7)])
+    parent = crashed(tmp_path / "p.wav", talk, extra=b"\x05")  # a partial sample
+    child = closed(tmp_path / "c.wav", np.roll(tone(2.5, hz=1000), 4000))
+    from_files = finalize(parent, child, tmp_path / "a.wav", layout=layout, track=track, trim=trim)
+    sides = SideSamples.read(parent, child, track=track)
+    from_memory = finalize_sides(sides, tmp_path / "b.wav", layout=layout, track=track, trim=trim)
+    assert from_memory.samples == from_files.samples > 0
+    assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
+
+
+def test_sides_in_memory_are_copies_and_only_the_tracks(tmp_path: Path) -> None:
+    parent = closed(tmp_path / "p.wav", np.array([1, 2, 3], dtype=np.int16))
+    child = closed(tmp_path / "c.wav", np.array([4, 5], dtype=np.int16))
+    sides = SideSamples.read(parent, child, track="inbound")
+    parent.unlink()
+    child.unlink()
+    assert sides.parent.tolist() == [1, 2, 3]
+    assert sides.child.tolist() == []
+    assert SideSamples.read(None, None, track="both").parent.tolist() == []
+
+
+@pytest.mark.parametrize(
+    ("layout", "expected"), [("dual", [[1, 7], [2, 8]]), ("mono", [[8], [10]])]
+)
+def test_sides_in_memory_stop_where_the_shorter_side_ends(
+    tmp_path: Path, layout: recfiles.Layout, expected: list[list[int]]
+) -> None:
+    # On a full disk a side that stops short lost its audio there: it is not silence.
+    sides = SideSamples(np.array([1, 2], dtype=np.int16), np.array([7, 8, 9], dtype=np.int16))
+    out = tmp_path / "out.wav"
+    result = finalize_sides(sides, out, layout=layout, track="both", trim=False)
+    assert result.samples == 2
+    assert frames_of(out)[2].tolist() == expected
+    outbound = finalize_sides(sides, out, layout="mono", track="outbound", trim=False)
+    assert outbound.samples == 3  # one side alone is never cut
+
+
+def test_sides_in_memory_with_a_side_that_recorded_nothing(tmp_path: Path) -> None:
+    sides = SideSamples(np.zeros(0, dtype=np.int16), np.array([7, 8, 9], dtype=np.int16))
+    out = tmp_path / "out.wav"
+    result = finalize_sides(sides, out, layout="dual", track="both", trim=False)
+    assert frames_of(out)[2].tolist() == [[0, 7], [0, 8], [0, 9]]
+    assert result.samples == 3
+
+
+def test_write_pcm_round_trip(tmp_path: Path) -> None:
+    samples = tone(0.3)
+    path = tmp_path / "side.wav"
+    path.write_bytes(b"old")
+    write_pcm(path, samples)
+    assert read_pcm(path).tolist() == samples.tolist()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["side.wav"]
 
 
 # --- mp3

@@ -1,6 +1,10 @@
 """Recording rows in the store, and the helpers of switch.recordings built on them."""
 
+import errno
+import logging
+import os
 import re
+import shutil
 import sqlite3
 import struct
 import wave
@@ -12,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from media.recfiles import read_pcm
 from switch import recordings
 from switch.recordings import (
     ERROR_SILENT,
@@ -444,3 +449,180 @@ def test_sides_left_empty_mean_the_recorder_could_not_write(store: Store, tmp_pa
     outcome = recordings.finish_files(tmp_path, silent)
     assert (outcome.status, outcome.problem) == ("absent", None)
     assert not (tmp_path / recordings.wav_relpath(silent.sid)).exists()
+
+
+# --- a disk that fills up during the call
+
+
+def disk_full_for(monkeypatch: pytest.MonkeyPatch, writes: int | None, code: int) -> None:
+    """The next ``writes`` WAV files written (all of them: None) fail with ``code``."""
+    original = wave.Wave_write.writeframesraw
+    failed = 0
+
+    def writeframesraw(self: wave.Wave_write, data: bytes) -> None:
+        nonlocal failed
+        if writes is None or failed < writes:
+            failed += 1
+            raise OSError(code, os.strerror(code))
+        original(self, data)
+
+    monkeypatch.setattr(wave.Wave_write, "writeframesraw", writeframesraw)
+
+
+def sides_of_a_call(storage: Path, rec: RecordingRecord) -> tuple[np.ndarray, np.ndarray]:
+    """Side files as the recorders leave them when the disk fills up: the caller's
+    voice, 0.5 s of silence first, and what the caller heard, cut mid-sample."""
+    parent_samples = np.concatenate([np.zeros(RATE // 2, np.int16), tone(2.0)])
+    t = np.arange(len(parent_samples)) / RATE
+    child_samples = (5000 * np.sin(2 * np.pi * 1000 * t)).astype(np.int16)
+    parent, child = side_paths(storage, rec.sid)
+    crashed_side(parent, parent_samples)
+    crashed_side(child, child_samples)
+    return parent_samples, child_samples
+
+
+def leftovers(storage: Path) -> list[str]:
+    """Side files and temporaries under recordings/: every file but the finished ones."""
+    top = recordings.recordings_dir(storage)
+    finished = {p for p in top.glob("RE*.wav")}
+    return sorted(p.name for p in top.rglob("*") if p.is_file() and p not in finished)
+
+
+@pytest.mark.parametrize(
+    ("channels", "track", "trim"),
+    [
+        (2, "both", False),
+        (1, "both", False),
+        (1, "inbound", False),
+        (1, "outbound", False),
+        (2, "both", True),
+        (1, "inbound", True),
+    ],
+)
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT], ids=["ENOSPC", "EDQUOT"])
+def test_a_disk_too_full_for_the_finished_file_gets_it_in_the_side_files_space(
+    store: Store,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    channels: int,
+    track: str,
+    trim: bool,
+    code: int,
+) -> None:
+    rec = create(store, 1, channels=channels, track=track, trim=trim)
+    roomy, full = tmp_path / "roomy", tmp_path / "full"
+    sides_of_a_call(roomy, rec)
+    shutil.copytree(roomy, full)
+    normal = recordings.finish_files(roomy, rec)
+    assert normal.status == "completed" and normal.problem is None
+
+    disk_full_for(monkeypatch, 1, code)  # the first attempt finds no room
+    with caplog.at_level(logging.ERROR, logger="switch.recordings"):
+        outcome = recordings.finish_files(full, rec, recycle=True)
+    assert (outcome.status, outcome.duration, outcome.path, outcome.error_code) == (
+        "completed",
+        normal.duration,
+        normal.path,
+        None,
+    )
+    assert outcome.length == normal.length
+    assert outcome.spare is None  # the side files were used up
+    assert outcome.problem == (
+        f"the disk filled up: the recording holds the first {normal.length:.1f} s"
+    )
+    finished = recordings.wav_relpath(rec.sid)
+    assert (full / finished).read_bytes() == (roomy / finished).read_bytes()
+    assert leftovers(full) == []
+    (line,) = caplog.records
+    assert line.levelno == logging.ERROR and line.exc_info is None
+    assert rec.sid in line.getMessage() and "the disk filled up" in line.getMessage()
+
+
+def test_a_full_disk_gets_the_side_files_blocks_back_before_writing(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A deleted file's blocks stay taken while it is memory-mapped: were the side files
+    # still mapped, the finished file would find no more room than the first time.
+    rec = create(store, 1)
+    sides_of_a_call(tmp_path, rec)
+    original = wave.Wave_write.writeframesraw
+    seen: list[tuple[bool, bool]] = []
+
+    def writeframesraw(self: wave.Wave_write, data: bytes) -> None:
+        mapped = rec.sid in Path("/proc/self/maps").read_text()
+        seen.append((mapped, any(p.exists() for p in side_paths(tmp_path, rec.sid))))
+        if len(seen) == 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        original(self, data)
+
+    monkeypatch.setattr(wave.Wave_write, "writeframesraw", writeframesraw)
+    outcome = recordings.finish_files(tmp_path, rec)
+    assert outcome.status == "completed"
+    assert seen == [(True, True), (False, False)]  # mapped and there, then neither
+
+
+def test_a_disk_filled_again_keeps_the_samples_in_side_files(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rec = create(store, 1)
+    parent_samples, child_samples = sides_of_a_call(tmp_path, rec)
+    disk_full_for(monkeypatch, 2, errno.ENOSPC)  # the space freed was taken at once
+    outcome = recordings.finish_files(tmp_path, rec, recycle=True)
+    assert (outcome.status, outcome.path, outcome.spare) == ("failed", None, None)
+    assert outcome.problem is not None
+    assert outcome.problem.startswith("the disk is full: the recording cannot be written")
+    assert outcome.problem.endswith(f"kept in {rec.sid}.parent.wav and {rec.sid}.child.wav")
+    parent, child = side_paths(tmp_path, rec.sid)
+    assert read_pcm(parent).tolist() == parent_samples.tolist()
+    assert read_pcm(child).tolist() == child_samples.tolist()
+    assert not (tmp_path / recordings.wav_relpath(rec.sid)).exists()
+    assert leftovers(tmp_path) == sorted([parent.name, child.name])
+    # The disk has room again: a later attempt finishes it as if nothing happened.
+    monkeypatch.undo()
+    again = recordings.finish_files(tmp_path, rec)
+    assert (again.status, again.duration, again.problem) == ("completed", 3, None)
+
+
+def test_a_disk_that_stays_full_loses_the_recording_with_an_error(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    rec = create(store, 1)
+    sides_of_a_call(tmp_path, rec)
+    disk_full_for(monkeypatch, None, errno.ENOSPC)
+    with caplog.at_level(logging.ERROR, logger="switch.recordings"):
+        outcome = recordings.finish_files(tmp_path, rec)
+    assert (outcome.status, outcome.path) == ("failed", None)
+    assert outcome.problem is not None and outcome.problem.endswith("its audio is lost")
+    (line,) = caplog.records
+    assert "its audio is lost" in line.getMessage() and line.exc_info is None
+    assert leftovers(tmp_path) == []
+
+
+def test_a_full_disk_with_silence_before_it_is_absent(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rec = create(store, 1, channels=1, track="inbound", trim=True)
+    parent, _ = side_paths(tmp_path, rec.sid)
+    parent.parent.mkdir(parents=True)
+    with wave.open(str(parent), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(bytes(2 * RATE))
+    real_fsync = os.fsync
+    fsyncs: list[int] = []
+
+    def fsync(fd: int) -> None:  # not a sample to write: the header is refused
+        fsyncs.append(fd)
+        if len(fsyncs) == 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    outcome = recordings.finish_files(tmp_path, rec)
+    assert (outcome.status, outcome.error_code, outcome.path) == ("absent", ERROR_SILENT, None)
+    assert outcome.problem == "the disk filled up, and what was recorded before is silent"
+    assert leftovers(tmp_path) == []
+    assert not (tmp_path / recordings.wav_relpath(rec.sid)).exists()
+    assert len(fsyncs) == 2
