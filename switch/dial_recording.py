@@ -148,7 +148,12 @@ class DialRecording:
         self._close()
         outcome = await services.workers.run(finish_files, storage, record, services.spares.wanted)
         services.spares.add(outcome.spare)
-        if outcome.problem is not None:
+        if outcome.problem is not None and outcome.status == "completed":
+            # Twilio has no code for a recording cut short: 16101 is its nearest.
+            self.runner.session.notify(
+                16101, f"recording cut short: {outcome.problem}", error=False
+            )
+        elif outcome.problem is not None:
             self.runner.session.notify(
                 outcome.error_code or 16101, f"nothing recorded: {outcome.problem}"
             )
