@@ -45,6 +45,7 @@ class DialRecording:
         self.parent: Recorder | None = None
         self.child: Recorder | None = None
         self.record: RecordingRecord | None = None
+        self._closing: list[asyncio.Future[None]] = []
         # Side files that a finished recording left empty, or new ones created now, off
         # the loop; either way the recorders open existing files later.
         spare = self.services.spares.take()
@@ -120,8 +121,10 @@ class DialRecording:
 
     async def finish(self) -> dict[str, str]:
         """Close, merge and report; the action's RecordingUrl/Sid/Duration params."""
+        self._close()
         if self._prepared is not None:
             await self._prepared  # never reuse or merge side files still being created
+        await asyncio.gather(*self._closing)  # nor side files still being written
         services = self.services
         storage = services.config.storage.path
         record = self.record
@@ -145,7 +148,6 @@ class DialRecording:
             services.spares.add(spare)
             self._final_callback(record)
             return {}
-        self._close()
         outcome = await services.workers.run(finish_files, storage, record, services.spares.wanted)
         services.spares.add(outcome.spare)
         if outcome.problem is not None and outcome.status == "completed":
@@ -186,9 +188,10 @@ class DialRecording:
         }
 
     def _close(self) -> None:
+        """Stop both recorders; `_closing` is done once their files are complete."""
         for recorder in (self.parent, self.child):
             if recorder is not None:
-                recorder.close()
+                self._closing.append(recorder.close())
         self.parent = self.child = None
 
     def _final_callback(self, record: RecordingRecord) -> None:

@@ -16,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
+import os
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +34,8 @@ log = logging.getLogger("dialswitch.engine")
 PUMP_IDLE_SECONDS = 0.002
 CREDENTIAL_ACCOUNTS = 8  # <Sip username/password> pairs with an account of their own
 PUMP_BURST = 64  # handle at most this many event batches before yielding to the loop
+CLOSED_TOKEN = struct.Struct("l")  # a recorder-closed token: a C long, native order
+CLOSED_READ = CLOSED_TOKEN.size * 1024  # bytes taken per read: whole tokens only
 
 
 class EngineError(Exception):
@@ -158,6 +163,7 @@ class Recorder:
         recorder.createRecorder(str(path))
         self._recorder: pj.AudioMediaRecorder | None = recorder
         self._legs: list[Leg] = []
+        self._closed: asyncio.Future[None] | None = None
         engine._recorders.add(self)
 
     def hear(self, leg: Leg) -> bool:
@@ -173,17 +179,20 @@ class Recorder:
         if self._recorder is not None and player._player is not None:
             player._player.startTransmit(self._recorder)
 
-    def close(self) -> None:
-        """Stop recording and write the final WAV header; safe to call twice."""
-        recorder, self._recorder = self._recorder, None
-        if recorder is None:
-            return
-        self._legs.clear()
-        # Destroying the recorder removes its bridge port, and with it every connection
-        # to it, in one bridge operation: each stopTransmit would be one more wait for
-        # the bridge's lock, which the media clock holds while it mixes.
-        del recorder
-        self.engine._recorders.discard(self)
+    def close(self) -> asyncio.Future[None]:
+        """Stop recording; the future is done once the file is complete. Safe to call twice.
+
+        The recorder is handed to pjsua's background closer (patch 0010 of
+        deploy/pjsua2), which removes its bridge port, and with it every connection
+        to it, writes the WAV header and closes the file: the loop waits neither for
+        the bridge's lock, which the media clock holds while it mixes, nor for the disk.
+        """
+        if self._closed is None:
+            recorder, self._recorder = self._recorder, None
+            self._legs.clear()
+            assert recorder is not None
+            self._closed = self.engine._close_later(self, recorder)
+        return self._closed
 
 
 class Engine:
@@ -207,6 +216,9 @@ class Engine:
         self._calls: dict[int, _PjCall] = {}
         self._players: set[Player] = set()
         self._recorders: set[Recorder] = set()
+        self._closing: dict[int, tuple[Recorder, asyncio.Future[None]]] = {}
+        self._close_tokens = itertools.count(1)
+        self._closed_fd: int | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._sid_factory: Callable[[], str] | None = None
 
@@ -258,6 +270,8 @@ class Engine:
             self._trunk_accounts[trunk.name] = self._make_account(
                 f"sip:{trunk.username}@{_hostport(first)}", trunk, False, ports
             )
+        self._closed_fd = pj.AudioMediaRecorder.closedFd()
+        self.loop.add_reader(self._closed_fd, self._recorders_closed)
         self._pump_task = self.loop.create_task(self._pump(), name="pjsua2-pump")
         log.info("call engine started: %d transports", len(transport_ids))
 
@@ -299,9 +313,13 @@ class Engine:
                 await self._pump_task
         self._release_all()
         gc.collect()
+        if self._closed_fd is not None:
+            self.loop.remove_reader(self._closed_fd)
+            self._closed_fd = None
         if self._endpoint is not None:
-            self._endpoint.libDestroy()
+            self._endpoint.libDestroy()  # finishes every recorder still closing first
             self._endpoint = None
+        self._recorders_closed(*self._closing)
         log.info("call engine stopped")
 
     def _release_all(self) -> None:
@@ -430,6 +448,34 @@ class Engine:
 
     def player(self, path: Path, loop: bool) -> Player:
         return Player(self, path, loop)
+
+    def _close_later(
+        self, recorder: Recorder, pj_recorder: pj.AudioMediaRecorder
+    ) -> asyncio.Future[None]:
+        closed = self.loop.create_future()
+        token = next(self._close_tokens)
+        try:
+            pj_recorder.closeLater(token)
+        except pj.Error as error:  # no background closer: destroy it here, waiting
+            log.error("recorder %s closes on the loop: %s", recorder.path, error.info())
+            del pj_recorder
+            self._recorders.discard(recorder)
+            closed.set_result(None)
+            return closed
+        self._closing[token] = (recorder, closed)
+        return closed
+
+    def _recorders_closed(self, *tokens: int) -> None:
+        """The background closer finished these recorders' files (read from its pipe)."""
+        if not tokens and self._closed_fd is not None:
+            with contextlib.suppress(BlockingIOError):
+                data = os.read(self._closed_fd, CLOSED_READ)
+                tokens = tuple(token for (token,) in CLOSED_TOKEN.iter_unpack(data))
+        for token in tokens:
+            recorder, closed = self._closing.pop(token)
+            self._recorders.discard(recorder)
+            if not closed.done():
+                closed.set_result(None)
 
     def recorder(self, path: Path) -> Recorder:
         """Start a WAV recorder at ``path``; EngineError when it cannot (disk full...)."""

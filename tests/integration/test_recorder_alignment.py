@@ -2,8 +2,9 @@
 
 This is what keeps the two channels of a dual recording in step: the side recorders
 are started in the same loop iteration and each writes one frame per bridge tick,
-silence when nothing reaches it (patch 0009 of deploy/pjsua2). Runs the real engine in
-a process of its own (tests/support/recorder_alignment.py).
+silence when nothing reaches it (patch 0009 of deploy/pjsua2). Closing a recorder
+returns at once; a background thread finishes its file (patch 0010). Runs the real
+engine in a process of its own (tests/support/recorder_alignment.py).
 """
 
 from __future__ import annotations
@@ -51,3 +52,7 @@ async def test_a_recorder_that_hears_nothing_records_silence_in_step(tmp_path: P
     with wave.open(str(tmp_path / "heard.wav"), "rb") as w:
         tone = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
     assert np.abs(tone).max() > 1000, "the tone did not reach the first recorder"
+    # close() returned before the files were finished (patch 0010: a background thread
+    # finishes them) and its future was done only once they were.
+    assert lengths["closing"] == 2, lengths
+    assert lengths["left"] == 0, lengths

@@ -1,8 +1,10 @@
 """Run by tests/integration/test_recorder_alignment.py in a process of its own.
 
 Starts the real engine (pjsua2) on loopback, starts two recorders in the same loop
-iteration, lets a looping tone reach only the first, closes both after ``SECONDS`` and
-prints each file's length in samples as JSON. Usage: ``recorder_alignment.py DIR PORT``.
+iteration, lets a looping tone reach only the first, closes both after ``SECONDS``,
+waits until their files are complete and prints as JSON each file's length in samples
+and the recorders the engine counted just after closing and once closed. Usage:
+``recorder_alignment.py DIR PORT``.
 """
 
 from __future__ import annotations
@@ -52,11 +54,15 @@ async def main(directory: Path, port: int) -> None:
     recorders = [engine.recorder(heard), engine.recorder(unheard)]
     recorders[0].hear_player(player)
     await asyncio.sleep(SECONDS)  # recording time: the bridge clock has to run
-    for recorder in recorders:
-        recorder.close()
+    closed = [recorder.close() for recorder in recorders]
+    closing = engine.counts()["recorders"]  # handed to the background closer, not done
+    await asyncio.gather(*closed)
+    # Done means complete: the headers are written while the engine still runs.
+    lengths = {"heard": frames(heard), "unheard": frames(unheard)}
+    report = {**lengths, "closing": closing, "left": engine.counts()["recorders"]}
     player.close()
     await engine.shutdown()
-    print(json.dumps({"heard": frames(heard), "unheard": frames(unheard)}))
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":
