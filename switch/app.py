@@ -76,6 +76,7 @@ class Switch:
         engine.start(new_call_sid)
         self._resend_recording_callbacks(store, webhooks)
         self.services.spares = SpareSides(sweep_side_files(store, config.storage.path))
+        store.group_commits(asyncio.get_running_loop())
         http_app = build_app(engine.counts, lambda: self.ready)
         add_api_routes(http_app, store, config, workers)
         runner = web.AppRunner(http_app)

@@ -6,9 +6,13 @@ check stays on). Writes are short enough to run inline on the loop:
 - WAL journal with ``synchronous=NORMAL``: a commit appends to the WAL without an
   fsync (durability is given up only for the last commits before a power loss, never
   consistency), so a commit costs tens of microseconds rather than a disk flush.
-- One transaction per write. Records arrive one at a time, when a leg ends or an
-  error is hit; batching them would make each wait for its neighbours and lose them
-  on a crash, for no gain at the rates a switch produces them.
+- Group commit, once the switch is running (`Store.group_commits`): the writes made
+  in one pass of the event loop share one transaction, committed as soon as the loop
+  is through that pass. A commit is most of a write's cost (the WAL append and its
+  locks): at 200 recorded calls/s, one per write took 9% of the loop. A crash loses
+  at most the writes of the pass it interrupts. Reads on this connection see every
+  write at once; another process sees them at the commit. Before `group_commits`
+  (start-up repair, tools, tests), every write is its own transaction.
 - Every statement is a module constant, so sqlite3's statement cache prepares each
   once per connection and reuses it.
 
@@ -19,7 +23,9 @@ that text order is time order. The schema evolves by numbered migrations recorde
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 import sqlite3
 from collections.abc import Iterable, Mapping
@@ -27,6 +33,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
+
+log = logging.getLogger(__name__)
+
+COMMIT_RETRY_SECONDS = 1.0
 
 DB_NAME = "dialswitch.sqlite3"
 
@@ -293,7 +303,8 @@ class RecordingRecord:
 def _to_text(value: datetime) -> str:
     if value.utcoffset() is None:
         raise ValueError("datetime must be timezone-aware")
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat ends in "+00:00" in UTC; it costs a third less than strftime.
+    return value.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def _from_text(text: str) -> datetime:
@@ -373,6 +384,34 @@ class Store:
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._db = connection
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._retry_seconds = COMMIT_RETRY_SECONDS
+        self._closed = False
+
+    def group_commits(
+        self, loop: asyncio.AbstractEventLoop, retry_seconds: float = COMMIT_RETRY_SECONDS
+    ) -> None:
+        """From now on, the writes of one pass of ``loop`` share one commit."""
+        self._loop = loop
+        self._retry_seconds = retry_seconds
+
+    def _write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        """Run a write: in the open group transaction, or in one of its own."""
+        if self._loop is not None and not self._db.in_transaction:
+            self._db.execute("BEGIN")
+            self._loop.call_soon(self.commit)
+        return self._db.execute(sql, tuple(params))
+
+    def commit(self) -> None:
+        """Commit the group transaction, if one is open; a failed commit is retried."""
+        if self._closed or not self._db.in_transaction:
+            return
+        try:
+            self._db.commit()
+        except sqlite3.Error as e:
+            log.error("database commit failed (retrying in %g s): %s", self._retry_seconds, e)
+            if self._loop is not None and self._db.in_transaction:
+                self._loop.call_later(self._retry_seconds, self.commit)
 
     @classmethod
     def open(cls, path: Path) -> Store:
@@ -396,6 +435,8 @@ class Store:
         return cls(db)
 
     def close(self) -> None:
+        self.commit()
+        self._closed = True
         self._db.close()
 
     def __enter__(self) -> Store:
@@ -414,7 +455,7 @@ class Store:
     def record_leg(self, rec: LegRecord) -> None:
         """Store the record of a leg that ended; a CallSid is recorded once."""
         try:
-            self._db.execute(
+            self._write(
                 _INSERT_LEG,
                 (
                     rec.call_sid,
@@ -465,9 +506,7 @@ class Store:
         """Note that a call hit an error code (e.g. 11200 with the failing URL)."""
         if level not in NOTIFICATION_LEVELS:
             raise ValueError(f"unknown notification level {level!r}")
-        self._db.execute(
-            _INSERT_NOTIFICATION, (call_sid, code, level, message, url, _to_text(time))
-        )
+        self._write(_INSERT_NOTIFICATION, (call_sid, code, level, message, url, _to_text(time)))
 
     def notifications(self, call_sid: str) -> list[Notification]:
         """The notifications of one call, oldest first."""
@@ -532,7 +571,7 @@ class Store:
             date_updated=created,
         )
         try:
-            self._db.execute(
+            self._write(
                 _INSERT_RECORDING,
                 (sid, account_sid, call_sid, source, _to_text(created), *_recording_values(rec)),
             )
@@ -552,7 +591,7 @@ class Store:
             fields["callback_events"] = tuple(fields["callback_events"])
         fields.setdefault("date_updated", datetime.now(UTC))
         rec = replace(current, **fields)
-        self._db.execute(_UPDATE_RECORDING, (*_recording_values(rec), sid))
+        self._write(_UPDATE_RECORDING, (*_recording_values(rec), sid))
         return rec
 
     def recording(self, sid: str) -> RecordingRecord | None:
@@ -571,7 +610,7 @@ class Store:
 
     def delete_recording(self, sid: str) -> bool:
         """Forget a recording; False when there was none. Its files are the caller's."""
-        return self._db.execute(_DELETE_RECORDING, (sid,)).rowcount > 0
+        return self._write(_DELETE_RECORDING, (sid,)).rowcount > 0
 
     def recordings_in_progress(self) -> list[RecordingRecord]:
         """Recordings still being written, oldest first: at start-up, those a crash cut."""

@@ -1,3 +1,4 @@
+import asyncio
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import replace
@@ -181,3 +182,82 @@ def test_an_unusable_path_is_reported(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(StoreError, match="cannot open"):
         Store.open(tmp_path / "file")
+
+
+def _committed_legs(tmp_path: Path) -> list[str]:
+    """What another process sees: the legs committed so far."""
+    other = sqlite3.connect(tmp_path / DB_NAME)
+    try:
+        return [sid for (sid,) in other.execute("SELECT call_sid FROM legs ORDER BY call_sid")]
+    finally:
+        other.close()
+
+
+async def test_writes_of_one_loop_pass_share_one_commit(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    try:
+        store.group_commits(asyncio.get_running_loop())
+        store.record_leg(leg("CA" + "1" * 32))
+        store.record_leg(leg("CA" + "2" * 32))
+        assert store.leg("CA" + "2" * 32) is not None  # this connection sees them at once
+        assert _committed_legs(tmp_path) == []  # others only at the commit
+        await asyncio.sleep(0)  # the loop finishes its pass
+        assert _committed_legs(tmp_path) == ["CA" + "1" * 32, "CA" + "2" * 32]
+        store.record_leg(leg("CA" + "3" * 32))  # the next pass opens a new group
+        await asyncio.sleep(0)
+        assert len(_committed_legs(tmp_path)) == 3
+    finally:
+        store.close()
+
+
+async def test_a_failed_write_leaves_the_rest_of_its_group(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    try:
+        store.group_commits(asyncio.get_running_loop())
+        store.record_leg(leg("CA" + "1" * 32))
+        with pytest.raises(StoreError):
+            store.record_leg(leg("CA" + "1" * 32))
+        store.record_leg(leg("CA" + "2" * 32))
+        await asyncio.sleep(0)
+        assert _committed_legs(tmp_path) == ["CA" + "1" * 32, "CA" + "2" * 32]
+    finally:
+        store.close()
+
+
+async def test_close_commits_the_open_group(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    store.group_commits(asyncio.get_running_loop())
+    store.record_leg(leg("CA" + "1" * 32))
+    store.close()
+    assert _committed_legs(tmp_path) == ["CA" + "1" * 32]
+
+
+class _RefusingOneCommit(sqlite3.Connection):
+    """A connection whose first commit fails, as on a disk I/O error."""
+
+    refused = False
+
+    def commit(self) -> None:
+        if not self.refused:
+            self.refused = True
+            raise sqlite3.OperationalError("disk I/O error")
+        super().commit()
+
+
+async def test_a_commit_the_database_refuses_is_retried(tmp_path: Path) -> None:
+    Store.open(tmp_path).close()  # the schema
+    db = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None, factory=_RefusingOneCommit)
+    store = Store(db)
+    try:
+        store.group_commits(asyncio.get_running_loop(), retry_seconds=0.01)
+        store.record_leg(leg("CA" + "1" * 32))
+        await asyncio.sleep(0)  # the commit is refused; the group stays open
+        assert db.refused and db.in_transaction
+        store.record_leg(leg("CA" + "2" * 32))  # joins the open group
+        for _ in range(200):  # the retry comes 10 ms later
+            if not db.in_transaction:
+                break
+            await asyncio.sleep(0.01)
+        assert _committed_legs(tmp_path) == ["CA" + "1" * 32, "CA" + "2" * 32]
+    finally:
+        store.close()
