@@ -6,6 +6,10 @@ milliseconds, and again at once while it keeps returning events. The
 conference bridge's clock thread mixes audio in C and never calls Python.
 Everything that touches pjsua2 therefore runs on the loop thread.
 
+The one exception is pjsua's recorder closer (patch 0010 of deploy/pjsua2), a C
+thread that finishes the files of the recorders the loop hands it and reports each on a
+pipe the loop reads; it never calls Python.
+
 The engine owns every pjsua2 object: calls (in ``_calls``), players and the
 accounts. ``counts()`` reports what is alive, so tests can prove nothing
 leaked after each call.
@@ -20,7 +24,7 @@ import itertools
 import logging
 import os
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -271,7 +275,7 @@ class Engine:
                 f"sip:{trunk.username}@{_hostport(first)}", trunk, False, ports
             )
         self._closed_fd = pj.AudioMediaRecorder.closedFd()
-        self.loop.add_reader(self._closed_fd, self._recorders_closed)
+        self.loop.add_reader(self._closed_fd, self._read_closed)
         self._pump_task = self.loop.create_task(self._pump(), name="pjsua2-pump")
         log.info("call engine started: %d transports", len(transport_ids))
 
@@ -319,7 +323,7 @@ class Engine:
         if self._endpoint is not None:
             self._endpoint.libDestroy()  # finishes every recorder still closing first
             self._endpoint = None
-        self._recorders_closed(*self._closing)
+        self._closed(list(self._closing))
         log.info("call engine stopped")
 
     def _release_all(self) -> None:
@@ -456,21 +460,27 @@ class Engine:
         token = next(self._close_tokens)
         try:
             pj_recorder.closeLater(token)
-        except pj.Error as error:  # no background closer: destroy it here, waiting
+        except pj.Error as error:
+            # No background closer: the object still owns the recorder, and the last
+            # reference to it going (in Recorder.close) destroys it here, waiting.
             log.error("recorder %s closes on the loop: %s", recorder.path, error.info())
-            del pj_recorder
             self._recorders.discard(recorder)
             closed.set_result(None)
             return closed
         self._closing[token] = (recorder, closed)
         return closed
 
-    def _recorders_closed(self, *tokens: int) -> None:
-        """The background closer finished these recorders' files (read from its pipe)."""
-        if not tokens and self._closed_fd is not None:
-            with contextlib.suppress(BlockingIOError):
-                data = os.read(self._closed_fd, CLOSED_READ)
-                tokens = tuple(token for (token,) in CLOSED_TOKEN.iter_unpack(data))
+    def _read_closed(self) -> None:
+        """The background closer's pipe is readable: the tokens of finished files."""
+        if self._closed_fd is None:
+            return
+        try:
+            data = os.read(self._closed_fd, CLOSED_READ)
+        except BlockingIOError:
+            return
+        self._closed([token for (token,) in CLOSED_TOKEN.iter_unpack(data)])
+
+    def _closed(self, tokens: Iterable[int]) -> None:
         for token in tokens:
             recorder, closed = self._closing.pop(token)
             self._recorders.discard(recorder)
