@@ -34,6 +34,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +55,9 @@ IN_FLIGHT = 16
 PIPE_ROOM = 32 * 1024
 """Bytes of jobs sent to one worker ahead of its answers: half a Linux pipe's buffer."""
 STOP_SECONDS = 10.0
+READ_BYTES = 256 * 1024
+_LENGTH = struct.Struct("!i")
+"""The length prefix ``Connection.send_bytes`` puts before each message."""
 
 
 class WorkerDied(Exception):
@@ -107,6 +111,8 @@ class _Worker:
     conn: Connection
     ready: asyncio.Future[int]
     running: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
+    inbox: bytearray = field(default_factory=bytearray)
+    """Bytes read from the worker that do not make a whole answer yet."""
     sizes: dict[int, int] = field(default_factory=dict)
     """The pickled size of each running job, for `PIPE_ROOM`."""
 
@@ -188,15 +194,36 @@ class WorkerPool:
                 self._died(worker)
 
     def _readable(self, worker: _Worker) -> None:
-        """Take every answer the worker has written: the loop may come back only much later."""
+        """Take every answer the worker has written: the loop may come back only much later.
+
+        One read takes whatever the pipe holds (it is readable, so the read does not
+        block); the answers are cut out of it by their length prefix (the framing of
+        ``Connection.send``: 4 bytes, big-endian). That is one system call for any
+        number of answers, where ``Connection.recv`` and ``poll`` take several each.
+        """
         try:
-            while True:
-                self._take(worker, worker.conn.recv())
-                if not worker.conn.poll():
-                    break
-        except (EOFError, OSError):
+            data = os.read(worker.conn.fileno(), READ_BYTES)
+        except OSError:
+            data = b""
+        if not data:
             self._died(worker)
             return
+        inbox = worker.inbox
+        inbox += data
+        start = 0
+        while len(inbox) - start >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(inbox, start)
+            if size < 0:  # the framing of an answer over 2 GiB: not one of ours
+                log.error("worker process %s sent an answer too large to take", worker.pid)
+                worker.process.kill()
+                self._died(worker)
+                return
+            end = start + _LENGTH.size + size
+            if len(inbox) < end:
+                break
+            self._take(worker, pickle.loads(inbox[start + _LENGTH.size : end]))
+            start = end
+        del inbox[:start]
         self._dispatch()
 
     @staticmethod

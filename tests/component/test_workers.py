@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from switch.workers import PIPE_ROOM, WorkerPool
+from switch.workers import PIPE_ROOM, READ_BYTES, WorkerPool
 
 
 def _parent_pid() -> int | None:
@@ -163,12 +163,14 @@ async def test_close_stops_each_worker_without_mistaking_it_for_a_death(
             os.kill(pid, 0)
 
 
-async def test_jobs_larger_than_the_pipe_room_still_run() -> None:
+async def test_jobs_and_answers_larger_than_the_pipe_still_go_through() -> None:
     pool = WorkerPool(workers=1)
     await pool.start()
     try:
         big = b"x" * (PIPE_ROOM * 3)
         sizes = await asyncio.gather(*(pool.run(len, big) for _ in range(4)))
         assert sizes == [len(big)] * 4
+        answers = await asyncio.gather(*(pool.run(bytes, READ_BYTES + 1) for _ in range(3)))
+        assert [len(a) for a in answers] == [READ_BYTES + 1] * 3  # each over several reads
     finally:
         await pool.close()
