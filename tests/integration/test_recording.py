@@ -13,7 +13,7 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -40,6 +40,7 @@ from tests.support.recording_checks import (
     basic_auth,
     leading_silence,
     mp3_duration,
+    parse_wav,
     peak_tone_share,
     sound_seconds,
     tone_share,
@@ -718,11 +719,13 @@ async def test_a_disk_that_fills_mid_call_keeps_the_recording_so_far(
 # ---- 10. crash repair ----------------------------------------------------------------------
 
 
-@bounded(150)
-async def test_recording_of_a_crashed_switch_is_finished_at_restart(
-    app_server: AppServer, workdir: Path
-):
-    app_server.reset()
+@contextlib.asynccontextmanager
+async def recorded_call_bridged(
+    app_server: AppServer, workdir: Path, handle: SwitchProcess
+) -> AsyncIterator[float]:
+    """Start ``handle`` and a dual-recorded call through it; yield once both parties
+    have heard each other (the loop time the callee first heard the caller). The SIPp
+    peers are stopped (by their PIDs) on the way out, whatever the switch did."""
     app_server.routes["/voice"] = dial(
         action="/action",
         record="record-from-answer-dual",
@@ -730,8 +733,6 @@ async def test_recording_of_a_crashed_switch_is_finished_at_restart(
     )
     app_server.routes["/action"] = HANGUP
     app_server.routes["/rec"] = ""
-    loop = asyncio.get_running_loop()
-    handle = new_switch(workdir, app_server.base)
     caller_audio, callee_audio = RtpPeer(CALLER_HZ), RtpPeer(CALLEE_HZ)
     await caller_audio.start()
     await callee_audio.start()
@@ -741,13 +742,28 @@ async def test_recording_of_a_crashed_switch_is_finished_at_restart(
     caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
     try:
         await handle.start(workdir / "switch-1.log")
-        assert handle.process is not None
         await callee.start(timeout_s=60)
         await caller.start(handle.target(), timeout_s=60)
         # Bridged and recording: each party hears the other's tone for 2 s.
         await callee_audio.wait_for_audio(2.0, timeout=20)
         await caller_audio.wait_for_audio(0.5, since=callee_audio.chunks[0][0], timeout=10)
-        bridged_at = callee_audio.chunks[0][0]
+        yield callee_audio.chunks[0][0]
+    finally:
+        await caller.stop()
+        await callee.stop()
+        caller_audio.close()
+        callee_audio.close()
+
+
+@bounded(150)
+async def test_recording_of_a_crashed_switch_is_finished_at_restart(
+    app_server: AppServer, workdir: Path
+):
+    app_server.reset()
+    loop = asyncio.get_running_loop()
+    handle = new_switch(workdir, app_server.base)
+    async with recorded_call_bridged(app_server, workdir, handle) as bridged_at:
+        assert handle.process is not None
         workers = handle.children()
         assert workers, "the switch runs its recording workers as child processes"
         os.kill(handle.process.pid, signal.SIGKILL)
@@ -755,12 +771,6 @@ async def test_recording_of_a_crashed_switch_is_finished_at_restart(
         assert await asyncio.wait_for(handle.process.wait(), 10) == -signal.SIGKILL
         for worker in workers:  # they go with the switch, however it died
             assert await wait_gone(worker, 10), f"worker {worker} outlived the switch"
-    finally:
-        # The peers of the killed call would only time out: stop them (by their PIDs).
-        await caller.stop()
-        await callee.stop()
-        caller_audio.close()
-        callee_audio.close()
     recorded = killed - bridged_at
     (row,) = handle.query("SELECT sid, call_sid, status FROM recordings")
     assert row["status"] == "in-progress"
@@ -796,6 +806,36 @@ async def test_recording_of_a_crashed_switch_is_finished_at_restart(
     finally:
         code = await handle.stop()
     assert code == 0, f"restarted switch exited {code}:\n{handle.log()[-4000:]}"
+
+
+@bounded(120)
+async def test_stopping_the_switch_finishes_the_recording_in_progress(
+    app_server: AppServer, workdir: Path
+):
+    """SIGTERM mid-call: the call is hung up, the recorders' files are finished by the
+    engine's background closer before pjsua goes, the recording is merged, stored as
+    completed and its callback sent, and the switch exits 0."""
+    app_server.reset()
+    loop = asyncio.get_running_loop()
+    handle = new_switch(workdir, app_server.base)
+    async with recorded_call_bridged(app_server, workdir, handle) as bridged_at:
+        stopping = loop.time()
+        code = await handle.stop()
+    assert code == 0, f"the switch exited {code}:\n{handle.log()[-4000:]}"
+    recorded = stopping - bridged_at
+    (callback,) = app_server.hits("/rec")
+    params = callback.params
+    assert params["RecordingStatus"] == "completed"
+    assert params["RecordingChannels"] == "2"
+    (row,) = handle.query("SELECT sid, status, duration, path FROM recordings")
+    assert (row["sid"], row["status"]) == (params["RecordingSid"], "completed")
+    storage = handle.database.parent
+    wav = parse_wav((storage / row["path"]).read_bytes())
+    figure(f"stop: recorded {recorded:.3f} s before SIGTERM, file {wav.duration:.3f} s")
+    assert abs(wav.duration - recorded) <= 0.5
+    assert abs(int(params["RecordingDuration"]) - wav.duration) <= 0.5 + 0.01
+    check_dual(wav)
+    assert list((storage / "recordings" / "partial").glob(f"*/{row['sid']}.*")) == []
 
 
 # ---- 11. a relative recordingStatusCallback --------------------------------------------------
