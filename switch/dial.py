@@ -572,9 +572,16 @@ class WhisperScript(LegScript):
     def params(self) -> dict[str, str]:
         return self.runner._child_params(self.branch)
 
-    def notify(self, code: int, message: str, url: str | None = None, error: bool = True) -> None:
+    def notify(
+        self,
+        code: int,
+        message: str,
+        url: str | None = None,
+        error: bool = True,
+        logged: bool = False,
+    ) -> None:
         """Problems of a whisper document are the parent call's notifications."""
-        self.runner.session.notify(code, f"whisper: {message}", url, error)
+        self.runner.session.notify(code, f"whisper: {message}", url, error, logged)
 
 
 def _x_name(name: str) -> str:

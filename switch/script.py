@@ -86,16 +86,24 @@ class LegScript:
         """A URL from a document, relative ones resolved against the document's URL."""
         return urljoin(self.document_url, url)
 
-    def notify(self, code: int, message: str, url: str | None = None, error: bool = True) -> None:
-        """A Twilio-coded problem of this call: logged and stored for the call."""
-        self.log.log(
-            logging.ERROR if error else logging.WARNING,
-            "%s %d: %s%s",
-            self.leg.call_sid,
-            code,
-            message,
-            f" ({url})" if url else "",
-        )
+    def notify(
+        self,
+        code: int,
+        message: str,
+        url: str | None = None,
+        error: bool = True,
+        logged: bool = False,
+    ) -> None:
+        """A Twilio-coded problem of this call: logged (unless it already was) and stored."""
+        if not logged:
+            self.log.log(
+                logging.ERROR if error else logging.WARNING,
+                "%s %d: %s%s",
+                self.leg.call_sid,
+                code,
+                message,
+                f" ({url})" if url else "",
+            )
         self.services.store.record_notification(
             self.leg.call_sid,
             code,
@@ -117,7 +125,8 @@ class LegScript:
         try:
             return self._parse(await self.services.webhooks.fetch_document(url, method, params))
         except (WebhookError, rcml.RcmlError) as error:
-            self.notify(error.code, error.message, url)
+            # A failed fetch is logged by the webhook client; a bad document is not.
+            self.notify(error.code, error.message, url, logged=isinstance(error, WebhookError))
             failed = error
         fallback = self.fallback
         if fallback is not None:
@@ -127,7 +136,12 @@ class LegScript:
                 )
                 return self._parse(fetched)
             except (WebhookError, rcml.RcmlError) as error:
-                self.notify(error.code, f"fallback: {error.message}", fallback.url)
+                self.notify(
+                    error.code,
+                    f"fallback: {error.message}",
+                    fallback.url,
+                    logged=isinstance(error, WebhookError),
+                )
         if self.leg.live:
             await self.say(rcml.Say(APPLICATION_ERROR))
         return None

@@ -369,14 +369,15 @@ class WebhookClient:
         *,
         on_error: ErrorHook | None = None,
     ) -> FetchedDocument:
-        """Fetch an RCML document; raise `WebhookError` (already logged) on failure."""
+        """Fetch an RCML document; raise `WebhookError` on failure, already logged as an
+        error with the method, URL, cause and CallSid (the caller need not log it again)."""
         method = _normalise_method(method)
         pairs = self._with_account(param_pairs(params))
         try:
             request = self._request(url, method, pairs, document=True)
             result = await self._perform(request)
         except WebhookError as exc:
-            self._report(exc, pairs, on_error)
+            self._report(exc, pairs, on_error, logging.ERROR)  # the call's own error line
             raise
         assert isinstance(result, FetchedDocument)
         return result
@@ -764,10 +765,15 @@ class WebhookClient:
         return pairs
 
     def _report(
-        self, error: WebhookError, pairs: list[tuple[str, str]], on_error: ErrorHook | None
+        self,
+        error: WebhookError,
+        pairs: list[tuple[str, str]],
+        on_error: ErrorHook | None,
+        level: int = logging.WARNING,
     ) -> None:
         call_sid = next((value for name, value in pairs if name == "CallSid"), None)
-        logger.warning(
+        logger.log(
+            level,
             "%s",
             error,
             extra={"error_code": error.code, "webhook_url": error.url, "call_sid": call_sid},

@@ -332,8 +332,12 @@ async def test_unreachable_redirect_target_speaks_application_error(
 ):
     gone = f"http://127.0.0.1:{free_tcp_port()}/gone"  # nothing listens there
     app_server.routes["/voice"] = f"<Response><Redirect>{gone}</Redirect></Response>"
-    _, rows = await call_with_application_error(switch, app_server, workdir)
+    voice, rows = await call_with_application_error(switch, app_server, workdir)
     assert [(r["code"], r["level"], r["url"]) for r in rows] == [(11205, "error", gone)]
+    # One error line in the switch's log for the one failure, with the call's SID.
+    lines = [x for x in switch.log().splitlines() if voice["CallSid"] in x and "11205" in x]
+    assert len(lines) == 1, lines
+    assert " ERROR " in lines[0], lines
 
 
 @bounded(TEST_BUDGET)
