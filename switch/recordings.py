@@ -438,14 +438,32 @@ def repair_at_startup(store: Store, storage_path: Path) -> list[RecordingRecord]
     """Finish the recordings a dead process left in progress; return the callbacks due.
 
     Each side file is repaired (its header claims no audio after a crash), the pair is
-    finished as the row says, and the row gets the real duration. The result lists
-    every recording whose final-status callback is still undelivered, oldest first:
-    those just finished and any whose callback an earlier run could not send.
+    finished as the row says, and the row gets the real duration. A recording that
+    failed earlier (its disk was full) and kept audio in its side files is tried again,
+    and completes once the disk has room. The result lists every recording whose
+    final-status callback is still undelivered, oldest first: those just finished and
+    any whose callback an earlier run could not send.
     """
     for record in store.recordings_in_progress():
         _adopt_old_side_files(storage_path, record.sid)
-        try:
-            complete_recording(store, storage_path, record)
-        except StoreError as e:
-            log.error("recording %s cannot be stored: %s", record.sid, e)
+        _complete(store, storage_path, record)
+    for record in store.recordings_failed():
+        sides = side_paths(storage_path, record.sid)
+        if not any(_holds_audio(side) for side in sides):
+            continue
+        # Only with room for the finished file beside its sides: on a disk still full,
+        # finishing would fall back to taking the sides' own space, and could lose them.
+        needed = 2 * sum(side.stat().st_size for side in sides if side.exists())
+        if shutil.disk_usage(sides[0].parent).free < needed:
+            log.error("recording %s failed before and its disk is still full", record.sid)
+            continue
+        log.info("recording %s failed before: finishing it again", record.sid)
+        _complete(store, storage_path, record)
     return store.recordings_callback_pending()
+
+
+def _complete(store: Store, storage_path: Path, record: RecordingRecord) -> None:
+    try:
+        complete_recording(store, storage_path, record)
+    except StoreError as e:
+        log.error("recording %s cannot be stored: %s", record.sid, e)

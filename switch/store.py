@@ -175,6 +175,10 @@ _SELECT_RECORDINGS_IN_PROGRESS = (
     f"SELECT {_RECORDING_COLUMNS} FROM recordings WHERE status = 'in-progress'"
     " ORDER BY date_created, rowid"
 )
+_SELECT_RECORDINGS_FAILED = (
+    f"SELECT {_RECORDING_COLUMNS} FROM recordings WHERE status = 'failed'"
+    " ORDER BY date_created, rowid"
+)
 _SELECT_RECORDINGS_CALLBACK_PENDING = (
     f"SELECT {_RECORDING_COLUMNS} FROM recordings WHERE callback_pending"
     " ORDER BY date_created, rowid"
@@ -616,6 +620,11 @@ class Store:
     def recordings_in_progress(self) -> list[RecordingRecord]:
         """Recordings still being written, oldest first: at start-up, those a crash cut."""
         rows = self._db.execute(_SELECT_RECORDINGS_IN_PROGRESS).fetchall()
+        return [_recording_from_row(row) for row in rows]
+
+    def recordings_failed(self) -> list[RecordingRecord]:
+        """Recordings that could not be finished (a full disk), oldest first."""
+        rows = self._db.execute(_SELECT_RECORDINGS_FAILED).fetchall()
         return [_recording_from_row(row) for row in rows]
 
     def recordings_callback_pending(self) -> list[RecordingRecord]:

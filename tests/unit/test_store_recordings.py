@@ -626,3 +626,31 @@ def test_a_full_disk_with_silence_before_it_is_absent(
     assert leftovers(tmp_path) == []
     assert not (tmp_path / recordings.wav_relpath(rec.sid)).exists()
     assert len(fsyncs) == 2
+
+
+def test_a_failed_recording_is_finished_at_a_later_start_once_the_disk_has_room(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rec = create(store, 1)
+    sides_of_a_call(tmp_path, rec)
+    kept = sorted(p.name for p in side_paths(tmp_path, rec.sid))
+    no_sides = create(store, 2)
+    store.update_recording(no_sides.sid, status="failed")
+    disk_full_for(monkeypatch, 2, errno.ENOSPC)  # the space its sides freed was taken too
+    recordings.store_outcome(store, rec, recordings.finish_files(tmp_path, rec))
+    failed = store.recording(rec.sid)
+    assert failed is not None and failed.status == "failed"
+    assert leftovers(tmp_path) == kept
+    # A start while the disk is still full: nothing is tried, nothing is lost.
+    full = shutil.disk_usage(tmp_path)._replace(free=0)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: full)
+    assert repair_at_startup(store, tmp_path) == []
+    assert leftovers(tmp_path) == kept
+    # The disk has room again: the next start finishes it and its callback is due.
+    monkeypatch.undo()
+    (due,) = repair_at_startup(store, tmp_path)
+    assert (due.sid, due.status, due.duration) == (rec.sid, "completed", 3)
+    assert (tmp_path / recordings.wav_relpath(rec.sid)).exists()
+    assert leftovers(tmp_path) == []
+    alone = store.recording(no_sides.sid)
+    assert alone is not None and alone.status == "failed"  # nothing to finish it from
