@@ -221,7 +221,14 @@ class WorkerPool:
             end = start + _LENGTH.size + size
             if len(inbox) < end:
                 break
-            self._take(worker, pickle.loads(inbox[start + _LENGTH.size : end]))
+            try:
+                message = pickle.loads(inbox[start + _LENGTH.size : end])
+            except Exception as e:  # an answer that does not load: its job would hang
+                log.error("worker process %s sent an answer that does not load: %s", worker.pid, e)
+                worker.process.kill()
+                self._died(worker)
+                return
+            self._take(worker, message)
             start = end
         del inbox[:start]
         self._dispatch()

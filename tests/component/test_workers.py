@@ -174,3 +174,32 @@ async def test_jobs_and_answers_larger_than_the_pipe_still_go_through() -> None:
         assert [len(a) for a in answers] == [READ_BYTES + 1] * 3  # each over several reads
     finally:
         await pool.close()
+
+
+class _Unloadable:
+    """Pickles fine in the worker, fails to load in the switch."""
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return (_refuse, ())
+
+
+def _refuse() -> None:
+    if multiprocessing.parent_process() is None:  # loading in the switch
+        raise ValueError("cannot be rebuilt here")
+
+
+def _unloadable() -> object:
+    if multiprocessing.parent_process() is not None:
+        return _Unloadable()
+    return "done in a thread"
+
+
+async def test_an_answer_that_does_not_load_sends_its_job_to_a_thread() -> None:
+    pool = WorkerPool(workers=1)
+    await pool.start()
+    try:
+        first = pool.pids()
+        assert await asyncio.wait_for(pool.run(_unloadable), 10) == "done in a thread"
+        assert await pool.run(os.getpid) not in (*first, os.getpid())  # a new worker
+    finally:
+        await pool.close()
