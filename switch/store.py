@@ -14,6 +14,9 @@ check stays on). Writes are short enough to run inline on the loop:
   connection see every write at once; another process sees them at the commit.
   Before `group_commits` (start-up repair, tools, tests), every write is its own
   transaction.
+- Checkpoints (copying the WAL into the database file, then an fsync) run on a
+  thread with a connection of its own once the switch is running (`_Checkpointer`),
+  never on the loop: behind the writeback of recordings that fsync took seconds.
 - Every statement is a module constant, so sqlite3's statement cache prepares each
   once per connection and reuses it.
 
@@ -29,6 +32,7 @@ import json
 import logging
 import re
 import sqlite3
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -38,6 +42,7 @@ from typing import Any, Literal, get_args
 log = logging.getLogger(__name__)
 
 COMMIT_RETRY_SECONDS = 1.0
+CHECKPOINT_SECONDS = 1.0
 
 DB_NAME = "dialswitch.sqlite3"
 
@@ -384,6 +389,40 @@ def _recording_values(rec: RecordingRecord) -> tuple[Any, ...]:
     )
 
 
+class _Checkpointer:
+    """Copies the WAL into the database file every few seconds, on a thread of its own.
+
+    A checkpoint ends in an fsync of the database file. On the event loop's connection
+    (SQLite's automatic checkpoint, every 1000 pages) that fsync stalled the loop for
+    seconds while the disk was busy writing recordings: the kernel throttles it behind
+    their writeback. Here it waits on its own connection and thread (sqlite3 lets go
+    of the GIL meanwhile); a PASSIVE checkpoint never blocks the loop's writers.
+    """
+
+    def __init__(self, path: Path, seconds: float):
+        self._path = path
+        self._seconds = seconds
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA busy_timeout = 1000")
+            while not self._stopping.wait(self._seconds):
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as e:
+                    log.warning("database checkpoint failed, retried later: %s", e)
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+
+
 class Store:
     """The switch's database; open with `Store.open`, use on one thread only."""
 
@@ -392,13 +431,21 @@ class Store:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._retry_seconds = COMMIT_RETRY_SECONDS
         self._closed = False
+        self._checkpointer: _Checkpointer | None = None
 
     def group_commits(
-        self, loop: asyncio.AbstractEventLoop, retry_seconds: float = COMMIT_RETRY_SECONDS
+        self,
+        loop: asyncio.AbstractEventLoop,
+        retry_seconds: float = COMMIT_RETRY_SECONDS,
+        checkpoint_seconds: float = CHECKPOINT_SECONDS,
     ) -> None:
-        """From now on, the writes of one pass of ``loop`` share one commit."""
+        """From now on, the writes of one pass of ``loop`` share one commit, and a
+        thread of its own checkpoints the WAL (`_Checkpointer`)."""
         self._loop = loop
         self._retry_seconds = retry_seconds
+        path = Path(self._db.execute("PRAGMA database_list").fetchone()[2])
+        self._checkpointer = _Checkpointer(path, checkpoint_seconds)
+        self._db.execute("PRAGMA wal_autocheckpoint = 0")
 
     def _write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
         """Run a write: in the open group transaction, or in one of its own."""
@@ -441,8 +488,11 @@ class Store:
 
     def close(self) -> None:
         self.commit()
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         self._closed = True
-        self._db.close()
+        self._db.close()  # the last connection to close checkpoints what is left
 
     def __enter__(self) -> Store:
         return self

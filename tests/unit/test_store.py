@@ -1,5 +1,6 @@
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -261,3 +262,26 @@ async def test_a_commit_the_database_refuses_is_retried(tmp_path: Path) -> None:
         assert _committed_legs(tmp_path) == ["CA" + "1" * 32, "CA" + "2" * 32]
     finally:
         store.close()
+
+
+async def test_the_wal_is_checkpointed_off_the_loop_thread(tmp_path: Path) -> None:
+    """The loop's connection never checkpoints (its fsync would stall the loop): a
+    thread of the store's own copies the WAL into the database file."""
+    store = Store.open(tmp_path)
+    try:
+        store.group_commits(asyncio.get_running_loop(), checkpoint_seconds=0.05)
+        main = store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        assert main == 0
+        before = (tmp_path / DB_NAME).stat().st_size
+        for n in range(2000):
+            store.record_leg(leg(f"CA{n:032d}"))
+        await asyncio.sleep(0)  # the group commits: the rows are in the WAL
+        for _ in range(100):  # a checkpoint every 50 ms moves them to the database
+            if (tmp_path / DB_NAME).stat().st_size > before:
+                break
+            await asyncio.sleep(0.05)
+        assert (tmp_path / DB_NAME).stat().st_size > before
+        assert threading.active_count() >= 2
+    finally:
+        store.close()
+    assert not [t for t in threading.enumerate() if t.name == "sqlite-checkpoint"]
