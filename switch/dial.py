@@ -37,6 +37,7 @@ from switch.engine.events import (
     LegEvent,
     LegMediaReady,
     LegProgressed,
+    TransferRequested,
 )
 from switch.fork import Action, Bridge, Cancel, Finished, ForkGroup, RelayEarlyMedia, Screen
 from switch.leg import final_call_status
@@ -44,7 +45,7 @@ from switch.numbers import InvalidNumber, to_e164
 from switch.rcml import model as rcml
 from switch.registrar.bindings import Binding
 from switch.routing import NoRoute, select_trunk
-from switch.script import CallGone, Continue, LegScript
+from switch.script import CallGone, Continue, FailedFetch, LegScript
 from switch.sipuri import InvalidSipUri, parse_dial_uri
 
 if TYPE_CHECKING:
@@ -53,7 +54,16 @@ if TYPE_CHECKING:
 
 RELEASE_CODES = {"busy": (486, "Busy Here"), "no-answer": (480, "Temporarily Unavailable")}
 
-Event = LegEvent | str
+
+@dataclass(frozen=True)
+class TransferDecided:
+    """The app's answer to an accepted REFER: a document to run, or None (declined)."""
+
+    request: TransferRequested
+    document: rcml.Document | None
+
+
+Event = LegEvent | TransferDecided | str
 
 
 @dataclass
@@ -107,6 +117,8 @@ class DialRunner:
         self.started = datetime.now(UTC)
         self.log = session.log
         self.recording = DialRecording(self) if dial.record.records else None
+        self.transfer: Continue | None = None  # the referUrl document that ends this Dial
+        self.transfer_task: asyncio.Task[None] | None = None
 
     # ---- setup -----------------------------------------------------------------------
 
@@ -312,6 +324,9 @@ class DialRunner:
                 if self.winner is not None and self.winner.leg is not None:
                     self.winner.leg.hangup()
                 return []
+            case TransferRequested(refer_to=target):
+                self.session.notify(13802, f"REFER to {target} from the caller declined")
+                return []
             case LegEnded():
                 if self.winner is not None:
                     return group.bridge_ended()
@@ -345,6 +360,12 @@ class DialRunner:
                 if self.winner is branch:
                     return group.bridge_ended()
                 return group.failed(branch.key, code)
+            case TransferRequested():
+                self._transfer_requested(branch, event)
+                return []
+            case TransferDecided():
+                self._transfer_decided(branch, event)
+                return []
             case "screen-passed":
                 return group.screen_passed(branch.key)
             case "screen-failed":
@@ -406,6 +427,7 @@ class DialRunner:
         engine.connect(self.caller, leg)
         engine.connect(leg, self.caller)
         self.bridged_at = datetime.now(UTC)
+        leg.transfers_allowed = bool(self.dial.refer_url)
         if self.recording is not None:
             self.recording.start()  # record-from-answer starts here; no-op if running
             self.recording.hear_caller()
@@ -444,6 +466,54 @@ class DialRunner:
             self.log.exception("%s: whisper failed", leg.call_sid)
             return False
         return leg.live
+
+    # ---- transfer: a REFER from the bridged party (Twilio's referUrl) -----------------
+
+    def _transfer_requested(self, branch: Branch, request: TransferRequested) -> None:
+        """The leg answered the REFER (202 or 603); an accepted one asks the referUrl."""
+        if not request.accepted:
+            reason = "the <Dial> has no referUrl" if not self.dial.refer_url else "not bridged"
+            self.session.notify(13802, f"REFER to {request.refer_to} declined: {reason}")
+            return
+        leg = branch.leg
+        assert leg is not None and self.dial.refer_url
+        if request.subscription:
+            leg.notify_transfer(100, "Trying", final=False)
+        self.transfer_task = asyncio.get_running_loop().create_task(
+            self._ask_refer_url(branch, request)
+        )
+
+    async def _ask_refer_url(self, branch: Branch, request: TransferRequested) -> None:
+        assert self.dial.refer_url
+        extra = {"ReferTransferTarget": request.refer_to}
+        extra.update((f"SipHeader_{name}", value) for name, value in request.headers)
+        result = await self.session.fetch_once(self.dial.refer_url, self.dial.refer_method, extra)
+        document = None if isinstance(result, FailedFetch) else result
+        if document is not None and (
+            not document.verbs or isinstance(document.verbs[0], rcml.Reject)
+        ):
+            document = None  # an empty answer or <Reject> declines the transfer
+        self.events.put_nowait((branch.key, TransferDecided(request, document)))
+
+    def _transfer_decided(self, branch: Branch, decided: TransferDecided) -> None:
+        """Accepted: tell the referrer, let it go, run the document on the caller.
+
+        Declined: the referrer hears 603 in a NOTIFY and the bridge goes on.
+        """
+        leg = branch.leg
+        if leg is None or not leg.live or branch is not self.winner:
+            return
+        request, url = decided.request, self.dial.refer_url
+        if decided.document is None or url is None:
+            if request.subscription:
+                leg.notify_transfer(603, "Declined")
+            leg.transfers_allowed = True
+            return
+        if request.subscription:
+            leg.notify_transfer(200, "OK")
+        self.log.info("%s: transferred to %s by the app", self.caller.call_sid, request.refer_to)
+        self.transfer = Continue(decided.document, url)
+        leg.hangup()
 
     # ---- ringback --------------------------------------------------------------------
 
@@ -492,6 +562,8 @@ class DialRunner:
     # ---- the end ---------------------------------------------------------------------
 
     async def _end_children(self) -> None:
+        if self.transfer_task is not None and not self.transfer_task.done():
+            self.transfer_task.cancel()
         for branch in self.branches.values():
             if branch.screen is not None and not branch.screen.done():
                 branch.screen.cancel()
@@ -547,6 +619,9 @@ class DialRunner:
             extra.update(_sip_extras(last.leg))
         if self.recording is not None:
             extra.update(await self.recording.finish())
+        if self.transfer is not None:
+            # Twilio: the referUrl's document replaces the rest; no action request.
+            return self.transfer if self.caller.live else None
         if not self.dial.action:
             return None
         doc = await self.session.fetch(self.dial.action, self.dial.method, extra)

@@ -120,19 +120,14 @@ class LegScript:
 
     async def fetch(self, url: str, method: str, extra: dict[str, str]) -> rcml.Document | None:
         """Fetch and parse a document; on failure try the fallback, else speak the error."""
-        url = self.resolve(url)
-        params = self.params() | extra
-        try:
-            return self._parse(await self.services.webhooks.fetch_document(url, method, params))
-        except (WebhookError, rcml.RcmlError) as error:
-            # A failed fetch is logged by the webhook client; a bad document is not.
-            self.notify(error.code, error.message, url, logged=isinstance(error, WebhookError))
-            failed = error
+        result = await self.fetch_once(url, method, extra)
+        if not isinstance(result, FailedFetch):
+            return result
         fallback = self.fallback
         if fallback is not None:
             try:
                 fetched = await self.services.webhooks.fetch_fallback(
-                    (fallback.url, fallback.method), params, FailedFetch(failed.code, url)
+                    (fallback.url, fallback.method), self.params() | extra, result
                 )
                 return self._parse(fetched)
             except (WebhookError, rcml.RcmlError) as error:
@@ -145,6 +140,19 @@ class LegScript:
         if self.leg.live:
             await self.say(rcml.Say(APPLICATION_ERROR))
         return None
+
+    async def fetch_once(
+        self, url: str, method: str, extra: dict[str, str]
+    ) -> rcml.Document | FailedFetch:
+        """Fetch and parse a document; a failure is notified and returned, nothing more."""
+        url = self.resolve(url)
+        try:
+            params = self.params() | extra
+            return self._parse(await self.services.webhooks.fetch_document(url, method, params))
+        except (WebhookError, rcml.RcmlError) as error:
+            # A failed fetch is logged by the webhook client; a bad document is not.
+            self.notify(error.code, error.message, url, logged=isinstance(error, WebhookError))
+            return FailedFetch(error.code, url)
 
     def _parse(self, fetched: FetchedDocument) -> rcml.Document:
         url = fetched.url

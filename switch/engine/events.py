@@ -38,4 +38,19 @@ class DtmfReceived:
     digit: str
 
 
-LegEvent = LegProgressed | LegAnswered | LegMediaReady | LegEnded | DtmfReceived
+@dataclass(frozen=True)
+class TransferRequested:
+    """The peer sent a REFER (RFC 3515): ``accepted`` with 202, else declined with 603.
+
+    ``refer_to`` is the Refer-To URI (angle brackets and header parameters
+    removed), ``headers`` the REFER's ``X-`` headers. ``subscription`` is False
+    when the REFER said ``Refer-Sub: false`` (RFC 4488): no NOTIFY is wanted.
+    """
+
+    refer_to: str
+    headers: tuple[tuple[str, str], ...]
+    subscription: bool
+    accepted: bool
+
+
+LegEvent = LegProgressed | LegAnswered | LegMediaReady | LegEnded | DtmfReceived | TransferRequested

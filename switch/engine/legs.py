@@ -24,6 +24,7 @@ from switch.engine.events import (
     LegEvent,
     LegMediaReady,
     LegProgressed,
+    TransferRequested,
 )
 from switch.leg import LegMachine, LegState
 from switch.sipmsg import SipMessage
@@ -103,17 +104,30 @@ class _PjCall(pj.Call):  # type: ignore[misc]
 
     @guarded
     def onCallTsxState(self, prm: pj.OnCallTsxStateParam) -> None:  # noqa: N802
-        """Keep the last final response to our INVITE (for ``DialSip*`` params)."""
-        if not self.leg.keep_final_response:
-            return
+        """Keep the last final response to our INVITE (for ``DialSip*`` params), and
+        an incoming REFER, which ``onCallTransferRequest`` reads right after this."""
         body = prm.e.body.tsxState
         if body.type != pj.PJSIP_EVENT_RX_MSG:
             return
         text = body.src.rdata.wholeMsg
+        if text.startswith("REFER "):
+            self.leg._refer = SipMessage.parse(text)
+            return
+        if not self.leg.keep_final_response:
+            return
         if text.startswith("SIP/2.0") and " INVITE" in text.split("CSeq:", 1)[-1][:40]:
             message = SipMessage.parse(text)
             if message.status_code >= 200:
                 self.leg.final_response = message
+
+    @guarded
+    def onCallTransferRequest(self, prm: pj.OnCallTransferRequestParam) -> None:  # noqa: N802
+        """A REFER in this dialog: accepted (202) only where the call logic allows it.
+
+        pjsua never carries a transfer out itself (patch 0011 of deploy/pjsua2):
+        it answers with the code set here, 603 unless it is a 2xx.
+        """
+        prm.statusCode = self.leg._transfer_requested(prm.dstUri)
 
 
 class Leg:
@@ -136,6 +150,8 @@ class Leg:
         self.final_reason = ""
         self.cancelled_by_us = False
         self.was_answered = False
+        self.transfers_allowed = False  # accept the next REFER (a <Dial referUrl> bridge)
+        self._refer: SipMessage | None = None  # the REFER being decided
         self._call: _PjCall | None = None
         self._media_index: int | None = None
         self._subscribers: list[Callable[[LegEvent], None]] = []
@@ -212,6 +228,27 @@ class Leg:
         if self._call is not None and digits:
             self._call.dialDtmf(digits)
 
+    def notify_transfer(self, sip_code: int, reason: str, final: bool = True) -> None:
+        """Report an accepted REFER's progress to the referrer (RFC 3515 section 2.4.5).
+
+        A NOTIFY of the ``refer`` event in this dialog, with the outcome as a
+        ``message/sipfrag`` status line; the final one ends the implicit
+        subscription.
+        """
+        call = self._call
+        if call is None or call.gone:
+            return
+        state = "terminated;reason=noresource" if final else "active;expires=60"
+        prm = pj.CallSendRequestParam()
+        prm.method = "NOTIFY"
+        add_headers(prm.txOption.headers, [("Event", "refer"), ("Subscription-State", state)])
+        prm.txOption.contentType = "message/sipfrag;version=2.0"
+        prm.txOption.msgBody = f"SIP/2.0 {sip_code} {reason}\r\n"
+        try:
+            call.sendRequest(prm)
+        except pj.Error as error:
+            log.warning("%s: NOTIFY not sent: %s", self.call_sid, error.info())
+
     def audio(self) -> pj.AudioMedia | None:
         """The conference-bridge port of this leg's audio, once media is up."""
         if self._call is None or self._media_index is None:
@@ -234,6 +271,22 @@ class Leg:
             self._call.answer(prm)
         except pj.Error as error:
             log.warning("%s: answer %d refused: %s", self.call_sid, code, error.info())
+
+    def _transfer_requested(self, refer_to: str) -> int:
+        """The status to answer a REFER with: 202 once, when the call logic allows it."""
+        refer, self._refer = self._refer, None
+        accepted = self.transfers_allowed and self.answered
+        self.transfers_allowed = False  # one transfer at a time; the owner re-allows
+        subscription = True
+        headers: tuple[tuple[str, str], ...] = ()
+        if refer is not None:
+            subscription = (refer.header("refer-sub") or "true").strip().lower() != "false"
+            headers = tuple(refer.x_headers().items())
+        target = _refer_target(refer_to)
+        code = 202 if accepted else 603
+        log.info("%s: REFER to %s answered %d", self.call_sid, target, code)
+        self._emit(TransferRequested(target, headers, subscription, accepted))
+        return code
 
     def _emit(self, event: LegEvent) -> None:
         loop = self.engine.loop
@@ -275,3 +328,11 @@ class Leg:
     def _mark_calling(self, sip_call_id: str) -> None:
         self.sip_call_id = sip_call_id
         self.machine.move(LegState.CALLING)
+
+
+def _refer_target(refer_to: str) -> str:
+    """The URI of a Refer-To value: ``<sip:a@b?Replaces=..>;p=1`` -> ``sip:a@b?Replaces=..``."""
+    value = refer_to.strip()
+    if "<" in value and ">" in value:
+        return value[value.index("<") + 1 : value.index(">")]
+    return value.split(";", 1)[0].strip()
