@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import itertools
 import logging
 import os
+import secrets
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import pjsua2 as pj
 
+from switch import sipcheck
 from switch.engine.legs import Leg, _PjCall, add_headers, guarded
 from switch.sipmsg import SipMessage
 
@@ -111,6 +114,50 @@ class _Endpoint(pj.Endpoint):  # type: ignore[misc]
         prm.statusCode = status
         prm.reason = reason
         add_headers(prm.headers, headers)
+
+    @guarded
+    def onScreenRequest(self, prm: pj.OnScreenRequestParam) -> None:  # noqa: N802
+        """Refuse what RFC 3261 and RFC 4475 say a UAS refuses (switch/sipcheck.py).
+
+        Parsed requests (out-of-dialog, not ACK) get a status pjsip answers with, or go
+        on. A request pjsip could not parse gets its whole answer written here: 400
+        with the reason, or for a REGISTER the registrar's own answer (RFC 4475 3.3.7:
+        an Authorization of an unknown scheme gets a fresh challenge).
+        """
+        raw = prm.wholeMsg.encode("utf-8", "surrogateescape")
+        datagram = prm.transportType.upper().startswith("UDP")
+        refusal = sipcheck.screen(raw, datagram=datagram)
+        if prm.parsed:
+            if refusal is not None:
+                log.debug(
+                    "SIP request from %s refused: %d %s",
+                    prm.srcAddress,
+                    refusal.status,
+                    refusal.reason,
+                )
+                prm.statusCode = refusal.status
+                prm.reason = refusal.reason
+                add_headers(prm.headers, refusal.headers)
+            return
+        if refusal is None:
+            refusal = self._unparsed_register(raw, prm) or sipcheck.Refusal(
+                400, "Bad Request (malformed message)"
+            )
+        log.debug("unparsed SIP message from %s: %d", prm.srcAddress, refusal.status)
+        response = sipcheck.stateless_response(raw, refusal, to_tag=secrets.token_hex(6))
+        if response is not None:
+            prm.response = response.decode("utf-8")
+
+    def _unparsed_register(
+        self, raw: bytes, prm: pj.OnScreenRequestParam
+    ) -> sipcheck.Refusal | None:
+        if self.on_register is None or not raw.startswith(b"REGISTER "):
+            return None
+        host, port = _split_hostport(prm.srcAddress)
+        message = SipMessage.parse(raw.decode("utf-8", "replace"))
+        request = RegisterRequest(message, host, port, prm.transportType.lower(), None)
+        status, reason, headers = self.on_register(request)
+        return sipcheck.Refusal(status, reason, tuple(headers))
 
 
 class _Account(pj.Account):  # type: ignore[misc]
@@ -251,7 +298,7 @@ class Engine:
             tcfg = pj.TransportConfig()
             tcfg.port = listener.port
             tcfg.boundAddress = listener.host
-            tcfg.publicAddress = self.settings.public_host
+            tcfg.publicAddress = _public_address(self.settings.public_host, listener)
             kind = _transport_type(listener)
             transport_ids.append(ep.transportCreate(kind, tcfg))
         ep.audDevManager().setNullDev()
@@ -514,6 +561,18 @@ def _transport_type(listener: Listener) -> int:
     if listener.transport == "tls":
         return pj.PJSIP_TRANSPORT_TLS6 if v6 else pj.PJSIP_TRANSPORT_TLS
     return pj.PJSIP_TRANSPORT_UDP6 if v6 else pj.PJSIP_TRANSPORT_UDP
+
+
+def _public_address(public_host: str, listener: Listener) -> str:
+    """The address a listener writes in Via and Contact: the public host, unless that is
+    an IP address of the other family (an IPv6 listener beside an IPv4 public host keeps
+    its own address; pjsua cannot resolve one family's literal as the other's)."""
+    try:
+        public = ipaddress.ip_address(public_host.strip("[]"))
+        own = ipaddress.ip_address(listener.host)
+    except ValueError:
+        return public_host
+    return public_host if public.version == own.version else listener.host
 
 
 def _split_hostport(address: str) -> tuple[str, int]:

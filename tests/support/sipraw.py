@@ -1,0 +1,117 @@
+"""Raw SIP over UDP for the robustness tests: send exact bytes, read what comes back.
+
+SIPp cannot send malformed messages byte for byte; these tests must (RFC 4475's
+torture messages, sequences that reuse a transaction's branch). ``SipUdp`` binds one
+loopback socket, sends datagrams to the switch and collects the responses it gets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    reason: str
+    text: str
+
+    def header(self, name: str) -> str | None:
+        match = re.search(rf"^{re.escape(name)}\s*:\s*(.*)$", self.text, re.M | re.I)
+        return match.group(1).strip() if match else None
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.queue.put_nowait(data)
+
+
+class SipUdp:
+    """One UDP socket on 127.0.0.1 talking to the switch at ``target`` ("host:port")."""
+
+    def __init__(self, target: str):
+        host, _, port = target.rpartition(":")
+        self.remote = (host, int(port))
+        self.transport: asyncio.DatagramTransport | None = None
+        self.protocol = _Protocol()
+        self.port = 0
+
+    async def __aenter__(self) -> SipUdp:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: self.protocol, local_addr=("127.0.0.1", 0)
+        )
+        self.transport = transport
+        self.port = int(transport.get_extra_info("sockname")[1])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.sendto(data, self.remote)
+
+    async def response(self, timeout: float = 3.0) -> Response | None:
+        """The next response (a request sent to us is skipped), or None after ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                return None
+            try:
+                data = await asyncio.wait_for(self.protocol.queue.get(), left)
+            except TimeoutError:
+                return None
+            text = data.decode("utf-8", "replace")
+            match = re.match(r"SIP/2\.0 (\d{3}) ?([^\r\n]*)", text)
+            if match:
+                return Response(int(match.group(1)), match.group(2), text)
+
+    async def final(self, timeout: float = 3.0) -> Response | None:
+        """The next final (>= 200) response, provisional ones skipped."""
+        while True:
+            response = await self.response(timeout)
+            if response is None or response.status >= 200:
+                return response
+
+    def request(
+        self,
+        method: str,
+        uri: str,
+        *,
+        branch: str | None = None,
+        call_id: str | None = None,
+        cseq: str | None = None,
+        to_tag: str = "",
+        extra: str = "",
+        body: str = "",
+    ) -> bytes:
+        """A well-formed request from this socket (fields overridable for the tests)."""
+        branch = branch or f"z9hG4bK{uuid.uuid4().hex[:16]}"
+        call_id = call_id or f"{uuid.uuid4().hex}@127.0.0.1"
+        to = f"<{uri}>" + (f";tag={to_tag}" if to_tag else "")
+        lines = [
+            f"{method} {uri} SIP/2.0",
+            f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch={branch};rport",
+            "Max-Forwards: 70",
+            f"From: <sip:tester@127.0.0.1:{self.port}>;tag=t{uuid.uuid4().hex[:8]}",
+            f"To: {to}",
+            f"Call-ID: {call_id}",
+            f"CSeq: {cseq or f'1 {method}'}",
+            f"Contact: <sip:tester@127.0.0.1:{self.port}>",
+        ]
+        if extra:
+            lines.append(extra.rstrip("\r\n"))
+        if body:
+            lines.append("Content-Type: application/sdp")
+        lines.append(f"Content-Length: {len(body.encode())}")
+        return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
