@@ -160,11 +160,17 @@ async def test_refer_with_refer_url_runs_the_apps_document(
     assert re.search(r"^From:.*sip:\+14155550100@", invite, re.M | re.I), invite
 
 
+@pytest.mark.parametrize(
+    "answer",
+    ["<Response><Reject/></Response>", "<Response/>", None],
+    ids=["reject", "empty", "http-404"],
+)
 async def test_refer_declined_by_the_app_keeps_the_call(
-    switch: SwitchProcess, app_server: AppServer, workdir
+    switch: SwitchProcess, app_server: AppServer, workdir, answer: str | None
 ):
     app_server.routes["/voice"] = dial_number(referUrl="/refer")
-    app_server.routes["/refer"] = "<Response><Reject/></Response>"
+    if answer is not None:
+        app_server.routes["/refer"] = answer
     caller, callee = await sipp.run_call(
         switch,
         workdir,

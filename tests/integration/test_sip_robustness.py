@@ -1,0 +1,87 @@
+"""Network input cannot end or hang the switch.
+
+Each test sends what an attacker could, unauthenticated, over UDP on loopback, and
+asserts on the answers the sender got, that the switch still answers, and that no
+call object leaked (the ``switch`` fixture's leak check).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.integration.conftest import SwitchProcess
+from tests.support.sipraw import SipUdp
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+UNKNOWN = "+15009990000"
+
+
+async def assert_alive(switch: SwitchProcess) -> None:
+    """The process runs and its SIP side still answers an OPTIONS."""
+    assert switch.process is not None and switch.process.returncode is None
+    async with SipUdp(switch.target()) as sip:
+        sip.send(sip.request("OPTIONS", f"sip:{switch.target()}"))
+        answer = await sip.final()
+    assert answer is not None and answer.status == 200
+
+
+async def test_request_reusing_a_finished_invites_branch_gets_400(switch: SwitchProcess):
+    """INVITE refused and ACKed, then another method on its branch with ``CSeq: 1 INVITE``.
+
+    This aborted the process in pjsip's transaction layer (an assertion) before the
+    lookup matched requests by their own method (deploy/pjsua2 patch 0013).
+    """
+    uri = f"sip:{UNKNOWN}@{switch.target()}"
+    branch = "z9hG4bK-same-branch-0001"
+    async with SipUdp(switch.target()) as sip:
+        invite = sip.request("INVITE", uri, branch=branch, call_id="three-packets@127.0.0.1")
+        sip.send(invite)
+        refused = await sip.final()
+        assert refused is not None and refused.status == 404
+        to = refused.header("To")
+        from_ = re.search(rb"^From: (.*)\r$", invite, re.M)
+        assert to is not None and from_ is not None
+        sip.send(
+            (
+                f"ACK {uri} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{sip.port};branch={branch};rport\r\n"
+                "Max-Forwards: 70\r\n"
+                f"From: {from_.group(1).decode()}\r\n"
+                f"To: {to}\r\n"
+                "Call-ID: three-packets@127.0.0.1\r\n"
+                "CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+        )
+        for method in ("OPTIONS", "BYE", "INFO"):
+            sip.send(
+                sip.request(
+                    method, uri, branch=branch, call_id="three-packets@127.0.0.1", cseq="1 INVITE"
+                )
+            )
+            answer = await sip.final()
+            assert answer is not None and answer.status == 400, (method, answer)
+            assert "CSeq" in answer.reason
+    await assert_alive(switch)
+
+
+async def test_refer_outside_a_dialog_is_refused(switch: SwitchProcess):
+    """A REFER that belongs to no call is refused; nothing is dialled."""
+    async with SipUdp(switch.target()) as sip:
+        refer_to = f"Refer-To: <sip:+19005550199@127.0.0.1:{sip.port}>"
+        sip.send(sip.request("REFER", f"sip:{UNKNOWN}@{switch.target()}", extra=refer_to))
+        answer = await sip.final()
+        assert answer is not None and answer.status == 403
+        assert "REFER" in answer.reason
+        # In a dialog that does not exist: 481 from the dialog layer.
+        sip.send(
+            sip.request(
+                "REFER", f"sip:{UNKNOWN}@{switch.target()}", to_tag="nosuchdialog", extra=refer_to
+            )
+        )
+        answer = await sip.final()
+        assert answer is not None and answer.status == 481
+        assert await sip.response(timeout=0.5) is None  # and no INVITE came our way
+    await assert_alive(switch)
