@@ -487,12 +487,15 @@ class DialRunner:
         assert self.dial.refer_url
         extra = {"ReferTransferTarget": request.refer_to}
         extra.update((f"SipHeader_{name}", value) for name, value in request.headers)
+        current_url = self.session.document_url
         result = await self.session.fetch_once(self.dial.refer_url, self.dial.refer_method, extra)
         document = None if isinstance(result, FailedFetch) else result
         if document is not None and (
             not document.verbs or isinstance(document.verbs[0], rcml.Reject)
         ):
             document = None  # an empty answer or <Reject> declines the transfer
+        if document is None:
+            self.session.document_url = current_url  # the Dial's own URLs stay relative to it
         self.events.put_nowait((branch.key, TransferDecided(request, document)))
 
     def _transfer_decided(self, branch: Branch, decided: TransferDecided) -> None:
