@@ -13,8 +13,9 @@ torture tests) describe for a user agent server:
   255, Expires below 2**32) and an unbracketed URI with a comma or query (20);
 - a SIP version other than 2.0: 505; a Request-URI scheme other than sip, sips or
   tel: 416 (8.2.2.1);
-- an unknown method: 501, a known one we never serve outside a dialog: 405, both with
-  Allow (8.2.1); a BYE, INFO, UPDATE, PRACK or NOTIFY outside any dialog: 481; a
+- an unknown method: 501, a known one we never serve (SUBSCRIBE, MESSAGE, PUBLISH):
+  405, both with Allow (8.2.1), in a dialog or not; a BYE, INFO, UPDATE or PRACK
+  outside any dialog: 481; any NOTIFY: 481 (the switch subscribes to nothing); a
   REFER outside a dialog: 403 (transfers happen only in calls the app controls);
 - a Require option we do not support: 420 with Unsupported (8.2.2.3);
 - an INVITE whose body is not SDP: 415 with Accept; one that accepts no SDP: 406.
@@ -30,11 +31,16 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK, REFER, NOTIFY"
+from switch.sipmsg import canonical_name
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK, REFER"
 """The methods the switch serves (the Allow header of its 405 and 501 answers)."""
 
+CAPABILITIES = (("Allow", ALLOW), ("Accept", "application/sdp"))
+"""What an OPTIONS in a dialog is told (RFC 3261 11.2)."""
 KNOWN_METHODS = frozenset(
     {
         "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "INFO", "UPDATE",
@@ -42,24 +48,13 @@ KNOWN_METHODS = frozenset(
     }
 )  # fmt: skip
 OUT_OF_DIALOG = frozenset({"INVITE", "ACK", "CANCEL", "OPTIONS", "REGISTER"})
-IN_DIALOG_ONLY = frozenset({"BYE", "INFO", "UPDATE", "PRACK", "NOTIFY"})
+IN_DIALOG_ONLY = frozenset({"BYE", "INFO", "UPDATE", "PRACK"})
+IN_DIALOG = frozenset({"INVITE", "ACK", "CANCEL", "BYE", "INFO", "UPDATE", "PRACK", "REFER"})
 SUPPORTED_EXTENSIONS = frozenset({"100rel", "timer", "replaces", "norefersub"})
 URI_SCHEMES = frozenset({"sip", "sips", "tel"})
 SINGLE_VALUED = ("to", "from", "call-id", "cseq", "max-forwards", "content-length")
 REQUIRED = ("via", "from", "to", "call-id", "cseq")
 
-_COMPACT = {
-    "i": "call-id",
-    "m": "contact",
-    "e": "content-encoding",
-    "l": "content-length",
-    "c": "content-type",
-    "f": "from",
-    "s": "subject",
-    "k": "supported",
-    "t": "to",
-    "v": "via",
-}
 _TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
 _REQUEST_LINE = re.compile(rf"({_TOKEN}) ([^ \t<>\x00-\x1f\x7f]+) (SIP/[0-9]+\.[0-9]+)")
 _LOOSE_REQUEST_LINE = re.compile(rb"\s*([!-~]+)\s+(.*?)\s+(SIP/\S*)\s*")
@@ -78,7 +73,7 @@ _SIP_HOSTPORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s\[\]:;?]+)(?::([0-9]+))?")
 
 
 @dataclass(frozen=True)
-class Refusal:
+class Answer:
     """The answer to a request that goes no further: status, reason, extra headers."""
 
     status: int
@@ -86,14 +81,14 @@ class Refusal:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-class _Refused(Exception):
-    def __init__(self, refusal: Refusal):
-        super().__init__(refusal.reason)
-        self.refusal = refusal
+class _Answered(Exception):
+    def __init__(self, answer: Answer):
+        super().__init__(answer.reason)
+        self.answer = answer
 
 
-def _bad(why: str) -> _Refused:
-    return _Refused(Refusal(400, f"Bad Request ({why})"))
+def _bad(why: str) -> _Answered:
+    return _Answered(Answer(400, f"Bad Request ({why})"))
 
 
 @dataclass(frozen=True)
@@ -121,19 +116,21 @@ class Request:  # not slotted: the header index is cached on it
         return found[0] if found else None
 
 
-def screen(raw: bytes, *, datagram: bool) -> Refusal | None:
-    """The refusal ``raw`` (one request as received) gets, or None to let it through.
+def screen(raw: bytes, *, datagram: bool, dialog_exists: bool = False) -> Answer | None:
+    """The answer ``raw`` (one request as received) gets, or None to let it through.
 
     A response (or something that is not a request at all) gets None: it is never
     answered. ``datagram``: it came in one UDP datagram, so its Content-Length must fit.
+    ``dialog_exists``: a request with a To tag names a dialog the switch has.
     """
     if raw.lstrip().startswith(b"SIP/"):
         return None
     try:
         request = _read(raw)
         _check(request, datagram)
-    except _Refused as refused:
-        return refused.refusal
+        _check_method(request, dialog_exists)
+    except _Answered as answered:
+        return answered.answer
     return None
 
 
@@ -150,7 +147,7 @@ def _read(raw: bytes) -> Request:
         loose = _LOOSE_REQUEST_LINE.fullmatch(lines[0])
         assert loose is not None
         if loose.group(3) != b"SIP/2.0" and b" " not in loose.group(2):
-            raise _Refused(Refusal(505, "Version Not Supported"))
+            raise _Answered(Answer(505, "Version Not Supported"))
         raise _bad("malformed Request-Line")
     method, uri, version = match.groups()
     headers: list[tuple[str, str]] = []
@@ -168,18 +165,21 @@ def _read(raw: bytes) -> Request:
         name = name.strip()
         if not colon or _HEADER_NAME.fullmatch(name) is None:
             raise _bad("malformed header line")
-        lowered = name.lower()
-        headers.append((_COMPACT.get(lowered, lowered), value.strip()))
+        headers.append((canonical_name(name), value.strip()))
     return Request(method, uri, version, tuple(headers), body if sep else b"")
 
 
 def _check(request: Request, datagram: bool) -> None:
-    """Raise the refusal for the first problem found, in RFC 3261 8.2's order."""
+    """Raise the answer for the first problem found, in RFC 3261 8.2's order."""
     if request.version != "SIP/2.0":
-        raise _Refused(Refusal(505, "Version Not Supported"))
+        raise _Answered(Answer(505, "Version Not Supported"))
     _check_headers(request, datagram)
     _check_request_uri(request)
-    _check_method(request)
+
+
+def _check_method(request: Request, dialog_exists: bool) -> None:
+    """Method (RFC 3261 8.2.1), extensions (8.2.2.3) and content (8.2.3), in that order."""
+    _check_method_allowed(request, dialog_exists)
     _check_extensions(request)
     _check_content(request)
 
@@ -270,63 +270,50 @@ def _check_address(value: str, header: str) -> None:
     _check_params(rest[close + 1 :], header)
 
 
-def _open_quote(value: str) -> bool:
-    if '"' not in value:
-        return False
-    inside = False
-    escaped = False
-    for char in value:
+def _outside_quotes(value: str) -> Iterator[tuple[int, str]]:
+    """The characters of ``value`` outside quoted strings (RFC 3261 25.1), with their
+    index; a quoted string left open yields ``(len(value), '"')`` at the end."""
+    inside = escaped = False
+    for index, char in enumerate(value):
         if escaped:
             escaped = False
-        elif char == "\\" and inside:
-            escaped = True
+        elif inside:
+            escaped = char == "\\"
+            inside = char != '"'
         elif char == '"':
-            inside = not inside
-    return inside
+            inside = True
+        else:
+            yield index, char
+    if inside:
+        yield len(value), '"'
+
+
+def _open_quote(value: str) -> bool:
+    return '"' in value and any(i == len(value) for i, _ in _outside_quotes(value))
 
 
 def _find_outside_quotes(value: str, wanted: str) -> int:
     if '"' not in value:
         return value.find(wanted)
-    inside = escaped = False
-    for index, char in enumerate(value):
-        if escaped:
-            escaped = False
-        elif char == "\\" and inside:
-            escaped = True
-        elif char == '"':
-            inside = not inside
-        elif char == wanted and not inside:
-            return index
-    return -1
+    return next((i for i, char in _outside_quotes(value) if char == wanted), -1)
 
 
 def _split_outside_quotes(value: str, separator: str) -> list[str]:
+    """``value`` split at ``separator`` where it is outside quotes and outside ``<>``."""
     if separator not in value:
         return [value]
     if '"' not in value and "<" not in value:
         return value.split(separator)
-    parts: list[str] = []
-    current: list[str] = []
-    inside = escaped = False
-    depth = 0
-    for char in value:
-        if escaped:
-            escaped = False
-        elif char == "\\" and inside:
-            escaped = True
-        elif char == '"':
-            inside = not inside
-        elif not inside and char == "<":
+    parts, start, depth = [], 0, 0
+    for index, char in _outside_quotes(value):
+        if char == "<":
             depth += 1
-        elif not inside and char == ">":
+        elif char == ">":
             depth -= 1
-        elif char == separator and not inside and depth <= 0:
-            parts.append("".join(current))
-            current = []
-            continue
-        current.append(char)
-    parts.append("".join(current))
+        elif char == separator and depth <= 0:
+            parts.append(value[start:index])
+            start = index + 1
+    parts.append(value[start:])
     return parts
 
 
@@ -340,7 +327,7 @@ def _check_request_uri(request: Request) -> None:
         raise _bad("malformed Request-URI")
     name = scheme.group(1).lower()
     if name not in URI_SCHEMES:
-        raise _Refused(Refusal(416, "Unsupported URI Scheme"))
+        raise _Answered(Answer(416, "Unsupported URI Scheme"))
     if name == "tel":
         return
     hostpart = request.uri[scheme.end() :].rsplit("@", 1)[-1]
@@ -356,17 +343,31 @@ def _check_request_uri(request: Request) -> None:
             raise _bad("the To of a REGISTER must be a SIP URI")
 
 
-def _check_method(request: Request) -> None:
+def _check_method_allowed(request: Request, dialog_exists: bool) -> None:
     method = request.method
     if method not in KNOWN_METHODS:
-        raise _Refused(Refusal(501, "Not Implemented", (("Allow", ALLOW),)))
-    if method in OUT_OF_DIALOG or _has_tag(request.first("to") or ""):
-        return  # in a dialog: the dialog layer answers (481 when there is none)
+        raise _Answered(Answer(501, "Not Implemented", (("Allow", ALLOW),)))
+    if method == "NOTIFY":
+        # RFC 6665 4.1.3: the switch never subscribes (nor sends REFER), so no
+        # NOTIFY matches a subscription, in a dialog or not.
+        raise _Answered(Answer(481, "Subscription Does Not Exist"))
+    if _has_tag(request.first("to") or ""):
+        if method == "OPTIONS":
+            # RFC 3261 11: in a dialog too (a session audit); pjsua's calls have no
+            # usage for it, so it is answered here.
+            if not dialog_exists:
+                raise _Answered(Answer(481, "Call/Transaction Does Not Exist"))
+            raise _Answered(Answer(200, "OK", CAPABILITIES))
+        if method in IN_DIALOG:
+            return  # the dialog layer answers (481 when there is no such dialog)
+        raise _Answered(Answer(405, "Method Not Allowed", (("Allow", ALLOW),)))
+    if method in OUT_OF_DIALOG:
+        return
     if method in IN_DIALOG_ONLY:
-        raise _Refused(Refusal(481, "Call/Transaction Does Not Exist"))
+        raise _Answered(Answer(481, "Call/Transaction Does Not Exist"))
     if method == "REFER":
-        raise _Refused(Refusal(403, "Forbidden (REFER outside a dialog)"))
-    raise _Refused(Refusal(405, "Method Not Allowed", (("Allow", ALLOW),)))
+        raise _Answered(Answer(403, "Forbidden (REFER outside a dialog)"))
+    raise _Answered(Answer(405, "Method Not Allowed", (("Allow", ALLOW),)))
 
 
 def _has_tag(address: str) -> bool:
@@ -378,7 +379,7 @@ def _check_extensions(request: Request) -> None:
     wanted = [tag.strip() for value in request.values("require") for tag in value.split(",")]
     unsupported = [tag for tag in wanted if tag and tag.lower() not in SUPPORTED_EXTENSIONS]
     if unsupported:
-        raise _Refused(Refusal(420, "Bad Extension", (("Unsupported", ", ".join(unsupported)),)))
+        raise _Answered(Answer(420, "Bad Extension", (("Unsupported", ", ".join(unsupported)),)))
 
 
 def _check_content(request: Request) -> None:
@@ -386,12 +387,12 @@ def _check_content(request: Request) -> None:
         return
     content_type = (request.first("content-type") or "").split(";", 1)[0].strip().lower()
     if request.body.strip() and content_type not in ("application/sdp", "multipart/mixed"):
-        raise _Refused(Refusal(415, "Unsupported Media Type", (("Accept", "application/sdp"),)))
+        raise _Answered(Answer(415, "Unsupported Media Type", (("Accept", "application/sdp"),)))
     accept = request.values("accept")
     if accept:
         types = {t.split(";", 1)[0].strip().lower() for v in accept for t in v.split(",")}
         if not types & {"application/sdp", "application/*", "*/*"}:
-            raise _Refused(Refusal(406, "Not Acceptable", (("Accept", "application/sdp"),)))
+            raise _Answered(Answer(406, "Not Acceptable", (("Accept", "application/sdp"),)))
 
 
 # ---- answering what pjsip could not parse -------------------------------------------
@@ -400,7 +401,7 @@ _COPIED = ("via", "from", "to", "call-id", "cseq")
 _NAMES = {"via": "Via", "from": "From", "to": "To", "call-id": "Call-ID", "cseq": "CSeq"}
 
 
-def stateless_response(raw: bytes, refusal: Refusal, *, to_tag: str) -> bytes | None:
+def stateless_response(raw: bytes, answer: Answer, *, to_tag: str) -> bytes | None:
     """The whole response to ``raw`` (a request pjsip could not parse), or None.
 
     RFC 3261 8.2.6.2: Via, From, Call-ID and CSeq are copied, To gets ``to_tag`` unless
@@ -420,13 +421,13 @@ def stateless_response(raw: bytes, refusal: Refusal, *, to_tag: str) -> bytes | 
             copied[-1] = (name, f"{value} {text.strip()}")
             continue
         name, colon, value = text.partition(":")
-        canonical = _COMPACT.get(name.strip().lower(), name.strip().lower())
+        canonical = canonical_name(name)
         if colon and canonical in _COPIED:
             copied.append((canonical, value.strip()))
     names = {name for name, _ in copied}
     if "via" not in names or "cseq" not in names:
         return None
-    out = [f"SIP/2.0 {refusal.status} {refusal.reason}"]
+    out = [f"SIP/2.0 {answer.status} {answer.reason}"]
     tagged = False
     for name, value in copied:
         if name == "to" and not tagged:
@@ -434,6 +435,6 @@ def stateless_response(raw: bytes, refusal: Refusal, *, to_tag: str) -> bytes | 
             if ";tag=" not in value.replace(" ", "").lower():
                 value = f"{value};tag={to_tag}"
         out.append(f"{_NAMES[name]}: {value}")
-    out.extend(f"{name}: {value}" for name, value in refusal.headers)
+    out.extend(f"{name}: {value}" for name, value in answer.headers)
     out.append("Content-Length: 0")
     return ("\r\n".join(out) + "\r\n\r\n").encode("utf-8", "replace")

@@ -48,16 +48,16 @@ class SipMessage:
         return cls(start_line=lines[0].strip() if lines else "", headers=tuple(headers))
 
     def header(self, name: str) -> str | None:
-        wanted = _canonical(name)
+        wanted = canonical_name(name)
         for key, value in self.headers:
-            if _canonical(key) == wanted:
+            if canonical_name(key) == wanted:
                 return value
         return None
 
     def header_values(self, name: str) -> list[str]:
         """Every value of a header that may repeat (Contact, Authorization...)."""
-        wanted = _canonical(name)
-        return [value for key, value in self.headers if _canonical(key) == wanted]
+        wanted = canonical_name(name)
+        return [value for key, value in self.headers if canonical_name(key) == wanted]
 
     def x_headers(self) -> dict[str, str]:
         """Every ``X-`` header by the name the sender used (the first one wins)."""
@@ -80,7 +80,9 @@ class SipMessage:
         return 0
 
 
-def _canonical(name: str) -> str:
+def canonical_name(name: str) -> str:
+    """A header name as compared: lower case, compact forms expanded (``l`` ->
+    ``content-length``; RFC 3261 section 7.3.3)."""
     lowered = name.strip().lower()
     return _COMPACT.get(lowered, lowered)
 

@@ -119,45 +119,46 @@ class _Endpoint(pj.Endpoint):  # type: ignore[misc]
     def onScreenRequest(self, prm: pj.OnScreenRequestParam) -> None:  # noqa: N802
         """Refuse what RFC 3261 and RFC 4475 say a UAS refuses (switch/sipcheck.py).
 
-        Parsed requests (out-of-dialog, not ACK) get a status pjsip answers with, or go
-        on. A request pjsip could not parse gets its whole answer written here: 400
-        with the reason, or for a REGISTER the registrar's own answer (RFC 4475 3.3.7:
-        an Authorization of an unknown scheme gets a fresh challenge).
+        Parsed requests (out-of-dialog but ACK, in-dialog of a method pjsua's calls do
+        not serve) get a status pjsip answers with, or go on. A request pjsip could not
+        parse gets its whole answer written here: 400 with the reason, or for a
+        REGISTER the registrar's own answer (RFC 4475 3.3.7: an Authorization of an
+        unknown scheme gets a fresh challenge).
         """
         raw = prm.wholeMsg.encode("utf-8", "surrogateescape")
         datagram = prm.transportType.upper().startswith("UDP")
-        refusal = sipcheck.screen(raw, datagram=datagram)
+        answer = sipcheck.screen(raw, datagram=datagram, dialog_exists=prm.dialogExists)
         if prm.parsed:
-            if refusal is not None:
+            if answer is not None:
                 log.debug(
                     "SIP request from %s refused: %d %s",
                     prm.srcAddress,
-                    refusal.status,
-                    refusal.reason,
+                    answer.status,
+                    answer.reason,
                 )
-                prm.statusCode = refusal.status
-                prm.reason = refusal.reason
-                add_headers(prm.headers, refusal.headers)
+                prm.statusCode = answer.status
+                prm.reason = answer.reason
+                add_headers(prm.headers, answer.headers)
             return
-        if refusal is None:
-            refusal = self._unparsed_register(raw, prm) or sipcheck.Refusal(
+        if answer is None:
+            answer = self._unparsed_register(raw, prm) or sipcheck.Answer(
                 400, "Bad Request (malformed message)"
             )
-        log.debug("unparsed SIP message from %s: %d", prm.srcAddress, refusal.status)
-        response = sipcheck.stateless_response(raw, refusal, to_tag=secrets.token_hex(6))
+        log.debug("unparsed SIP message from %s: %d", prm.srcAddress, answer.status)
+        response = sipcheck.stateless_response(raw, answer, to_tag=secrets.token_hex(6))
         if response is not None:
             prm.response = response.decode("utf-8")
 
     def _unparsed_register(
         self, raw: bytes, prm: pj.OnScreenRequestParam
-    ) -> sipcheck.Refusal | None:
+    ) -> sipcheck.Answer | None:
         if self.on_register is None or not raw.startswith(b"REGISTER "):
             return None
         host, port = _split_hostport(prm.srcAddress)
         message = SipMessage.parse(raw.decode("utf-8", "replace"))
         request = RegisterRequest(message, host, port, prm.transportType.lower(), None)
         status, reason, headers = self.on_register(request)
-        return sipcheck.Refusal(status, reason, tuple(headers))
+        return sipcheck.Answer(status, reason, tuple(headers))
 
 
 class _Account(pj.Account):  # type: ignore[misc]

@@ -11,21 +11,14 @@ import re
 
 import pytest
 
-from tests.integration.conftest import SwitchProcess
-from tests.support.sipraw import SipUdp
+from tests.integration.conftest import NUMBER, AppServer, SwitchProcess
+from tests.support import sipp
+from tests.support.sipp_refer import callee_sending
+from tests.support.sipraw import SipUdp, assert_alive
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 UNKNOWN = "+15009990000"
-
-
-async def assert_alive(switch: SwitchProcess) -> None:
-    """The process runs and its SIP side still answers an OPTIONS."""
-    assert switch.process is not None and switch.process.returncode is None
-    async with SipUdp(switch.target()) as sip:
-        sip.send(sip.request("OPTIONS", f"sip:{switch.target()}"))
-        answer = await sip.final()
-    assert answer is not None and answer.status == 200
 
 
 async def test_request_reusing_a_finished_invites_branch_gets_400(switch: SwitchProcess):
@@ -85,3 +78,25 @@ async def test_refer_outside_a_dialog_is_refused(switch: SwitchProcess):
         assert answer is not None and answer.status == 481
         assert await sip.response(timeout=0.5) is None  # and no INVITE came our way
     await assert_alive(switch)
+
+
+async def test_methods_the_switch_does_not_serve_in_a_dialog(
+    switch: SwitchProcess, app_server: AppServer, workdir
+):
+    """In a live call: OPTIONS gets 200 (a session audit), an unknown method 501,
+    SUBSCRIBE and MESSAGE 405, NOTIFY 481 (there is no subscription); the call goes on
+    until the callee hangs up."""
+    app_server.routes["/voice"] = "<Response><Dial><Number>+15550002222</Number></Dial></Response>"
+    caller, callee = await sipp.run_call(
+        switch,
+        workdir,
+        sipp.caller(NUMBER, sipp.free_udp_port()),
+        callee_sending(
+            {"OPTIONS": 200, "FROBNICATE": 501, "SUBSCRIBE": 405, "NOTIFY": 481, "MESSAGE": 405},
+            rtp_port=sipp.free_udp_port(),
+        ),
+        timeout=30,
+    )
+    assert callee is not None
+    answers = [m for m in callee.messages().received() if m.startswith("SIP/2.0 501")]
+    assert len(answers) == 1 and "Allow:" in answers[0]

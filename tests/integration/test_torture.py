@@ -20,7 +20,7 @@ import pytest_asyncio
 
 from tests.integration.conftest import AppServer, SwitchProcess, new_switch, running
 from tests.support.sipp_reg import ClientSwitch
-from tests.support.sipraw import SipUdp
+from tests.support.sipraw import SipUdp, assert_alive
 from tests.support.torture import CASES, TortureCase, by_name
 from tests.support.torture_wire import fresh, over_tcp, status_of, via_to, wire
 
@@ -149,14 +149,6 @@ async def answer(switch: SwitchProcess, case: TortureCase, transport: str) -> in
         sip.send(via_to(fresh(wire(case)), "127.0.0.1", sip.port))
         final = await sip.final(timeout=1.5)
     return final.status if final is not None else None
-
-
-async def assert_alive(switch: SwitchProcess) -> None:
-    assert switch.process is not None and switch.process.returncode is None
-    async with SipUdp(switch.target()) as sip:
-        sip.send(sip.request("OPTIONS", f"sip:{switch.target()}"))
-        final = await sip.final()
-    assert final is not None and final.status == 200
 
 
 async def test_every_message_has_an_expectation() -> None:

@@ -122,3 +122,20 @@ def referring_caller(number: str, target: str, *, rtp_port: int, refer_after_ms:
         + '  <recv response="200"/>\n'
     )
     return sipp.scenario("referring-caller", body)
+
+
+def callee_sending(methods: dict[str, int], *, rtp_port: int) -> str:
+    """Answer, then send each in-dialog request of ``methods`` and expect its status;
+    then hang up."""
+    body = (
+        f'  <recv request="INVITE" rrs="true">\n{_CAPTURE}  </recv>\n'
+        + sipp.response(100, tag=False)
+        + sipp.response(200, sdp_port=rtp_port)
+        + '  <recv request="ACK"/>\n'
+    )
+    cseq = 2
+    for method, status in methods.items():
+        body += _callee_request(method, cseq) + f'  <recv response="{status}"/>\n'
+        cseq += 1
+    body += _callee_request("BYE", cseq) + '  <recv response="200"/>\n'
+    return sipp.scenario("callee-sending", body)

@@ -11,6 +11,10 @@ import asyncio
 import re
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import SwitchProcess
 
 
 @dataclass(frozen=True)
@@ -115,3 +119,12 @@ class SipUdp:
             lines.append("Content-Type: application/sdp")
         lines.append(f"Content-Length: {len(body.encode())}")
         return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+
+
+async def assert_alive(switch: SwitchProcess) -> None:
+    """The switch process runs and its SIP side still answers an OPTIONS with 200."""
+    assert switch.process is not None and switch.process.returncode is None
+    async with SipUdp(switch.target()) as sip:
+        sip.send(sip.request("OPTIONS", f"sip:{switch.target()}"))
+        final = await sip.final()
+    assert final is not None and final.status == 200, final

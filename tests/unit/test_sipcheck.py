@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from switch.sipcheck import ALLOW, Refusal, screen, stateless_response
+from switch.sipcheck import ALLOW, Answer, screen, stateless_response
 from tests.support.torture import CASES, load, to_wire
 
 
@@ -34,8 +34,8 @@ def request(
 
 
 def status(raw: bytes, datagram: bool = True) -> int | None:
-    refusal = screen(raw, datagram=datagram)
-    return refusal.status if refusal is not None else None
+    answer = screen(raw, datagram=datagram)
+    return answer.status if answer is not None else None
 
 
 def test_a_plain_request_goes_on() -> None:
@@ -75,10 +75,10 @@ def test_responses_are_never_answered() -> None:
     ],
 )
 def test_malformed_requests(raw: bytes, code: int, why: str) -> None:
-    refusal = screen(raw, datagram=True)
-    assert refusal is not None
-    assert refusal.status == code
-    assert why.lower() in refusal.reason.lower()
+    answer = screen(raw, datagram=True)
+    assert answer is not None
+    assert answer.status == code
+    assert why.lower() in answer.reason.lower()
 
 
 def test_content_length_beyond_the_body_is_only_an_error_in_a_datagram() -> None:
@@ -96,24 +96,36 @@ def test_content_length_beyond_the_body_is_only_an_error_in_a_datagram() -> None
         ("BYE", "", 481),
         ("INFO", "", 481),
         ("NOTIFY", "", 481),
+        ("NOTIFY", ";tag=x", 481),
         ("REFER", "", 403),
         ("BYE", ";tag=x", None),  # in a dialog: the dialog layer decides
         ("REFER", ";tag=x", None),
+        ("OPTIONS", ";tag=x", 481),  # no such dialog
+        ("NEWMETHOD", ";tag=x", 501),
+        ("SUBSCRIBE", ";tag=x", 405),
+        ("MESSAGE", ";tag=x", 405),
         ("REGISTER", "", None),
         ("CANCEL", "", None),
     ],
 )
 def test_methods(method: str, to_tag: str, code: int | None) -> None:
     raw = request(method, headers={"To": f"<sip:user@example.com>{to_tag}"})
-    refusal = screen(raw, datagram=True)
-    assert (refusal.status if refusal else None) == code
+    answer = screen(raw, datagram=True)
+    assert (answer.status if answer else None) == code
     if code in (405, 501):
-        assert refusal is not None and ("Allow", ALLOW) in refusal.headers
+        assert answer is not None and ("Allow", ALLOW) in answer.headers
+
+
+def test_options_in_a_dialog_gets_the_capabilities() -> None:
+    raw = request(headers={"To": "<sip:user@example.com>;tag=x"})
+    assert screen(raw, datagram=True, dialog_exists=True) == Answer(
+        200, "OK", (("Allow", ALLOW), ("Accept", "application/sdp"))
+    )
 
 
 def test_unsupported_require_gets_420_with_unsupported() -> None:
     raw = request(extra=("Require: timer, foo", "Proxy-Require: bar"))
-    assert screen(raw, datagram=True) == Refusal(420, "Bad Extension", (("Unsupported", "foo"),))
+    assert screen(raw, datagram=True) == Answer(420, "Bad Extension", (("Unsupported", "foo"),))
 
 
 def test_invite_bodies_and_accept() -> None:
@@ -132,7 +144,7 @@ def test_register_to_must_be_a_sip_uri() -> None:
 
 def test_stateless_response_copies_the_headers_and_tags_the_to() -> None:
     raw = request(headers={"CSeq": "1 INVITE"})
-    response = stateless_response(raw, Refusal(400, "Bad Request (x)"), to_tag="abc")
+    response = stateless_response(raw, Answer(400, "Bad Request (x)"), to_tag="abc")
     assert response is not None
     text = response.decode()
     assert text.startswith("SIP/2.0 400 Bad Request (x)\r\n")
@@ -143,15 +155,15 @@ def test_stateless_response_copies_the_headers_and_tags_the_to() -> None:
 
 
 def test_stateless_response_needs_via_and_cseq() -> None:
-    assert stateless_response(b"garbage", Refusal(400, "x"), to_tag="t") is None
+    assert stateless_response(b"garbage", Answer(400, "x"), to_tag="t") is None
     raw = request(headers={"Via": None})  # type: ignore[dict-item]
-    assert stateless_response(raw, Refusal(400, "x"), to_tag="t") is None
-    assert stateless_response(b"SIP/2.0 200 OK\r\n\r\n", Refusal(400, "x"), to_tag="t") is None
+    assert stateless_response(raw, Answer(400, "x"), to_tag="t") is None
+    assert stateless_response(b"SIP/2.0 200 OK\r\n\r\n", Answer(400, "x"), to_tag="t") is None
 
 
 def test_stateless_response_is_text_whatever_the_request_held() -> None:
     raw = request(headers={"From": "<sip:ZZ@example.com>;tag=1"}).replace(b"ZZ", b"\xff\x00")
-    response = stateless_response(raw, Refusal(400, "x"), to_tag="t")
+    response = stateless_response(raw, Answer(400, "x"), to_tag="t")
     assert response is not None
     response.decode("utf-8")
 
@@ -161,7 +173,7 @@ def test_no_torture_message_breaks_the_screen(case) -> None:  # type: ignore[no-
     raw = load(case)
     raw = to_wire(raw) if case.rfc == 5118 else raw
     for datagram in (True, False):
-        refusal = screen(raw, datagram=datagram)
-        assert refusal is None or 400 <= refusal.status <= 699
-        if refusal is not None:
-            stateless_response(raw, refusal, to_tag="t")
+        answer = screen(raw, datagram=datagram)
+        assert answer is None or 400 <= answer.status <= 699
+        if answer is not None:
+            stateless_response(raw, answer, to_tag="t")
