@@ -472,7 +472,12 @@ class DialRunner:
     def _transfer_requested(self, branch: Branch, request: TransferRequested) -> None:
         """The leg answered the REFER (202 or 603); an accepted one asks the referUrl."""
         if not request.accepted:
-            reason = "the <Dial> has no referUrl" if not self.dial.refer_url else "not bridged"
+            if not self.dial.refer_url:
+                reason = "the <Dial> has no referUrl"
+            elif branch is not self.winner:
+                reason = "the party is not bridged"
+            else:
+                reason = "another transfer is under way"
             self.session.notify(13802, f"REFER to {request.refer_to} declined: {reason}")
             return
         leg = branch.leg
