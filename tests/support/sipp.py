@@ -13,6 +13,7 @@ are shared with the other scenario modules (``sipp_more``, ``sipp_fork``,
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import socket
 from dataclasses import dataclass
@@ -290,7 +291,22 @@ def callee(
     return scenario("callee-answer", body)
 
 
+PEER_PORTS = range(10000, 20000)
+"""Where test peers bind: below every switch's RTP range (the tests give switches
+ranges from 20000 up), so a switch's RTP socket never takes a peer's port between the
+moment it is picked and the moment SIPp binds it. The kernel's ephemeral ports
+(32768-60999) overlap those RTP ranges."""
+
+
 def free_udp_port() -> int:
+    for _ in range(100):
+        port = random.choice(PEER_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
