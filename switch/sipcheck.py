@@ -17,7 +17,8 @@ torture tests) describe for a user agent server:
   405, both with Allow (8.2.1), in a dialog or not; a BYE, INFO, UPDATE or PRACK
   outside any dialog: 481; any NOTIFY: 481 (the switch subscribes to nothing); a
   REFER outside a dialog: 403 (transfers happen only in calls the app controls);
-- a Require option we do not support: 420 with Unsupported (8.2.2.3);
+- a Require option we do not support: 420 with Unsupported (8.2.2.3); an INVITE
+  with Replaces (RFC 3891): 403, as calls change hands only through the app;
 - an INVITE whose body is not SDP: 415 with Accept; one that accepts no SDP: 406.
 
 Everything else goes on to the stack. Responses are never answered. Where RFC 4475
@@ -50,7 +51,7 @@ KNOWN_METHODS = frozenset(
 OUT_OF_DIALOG = frozenset({"INVITE", "ACK", "CANCEL", "OPTIONS", "REGISTER"})
 IN_DIALOG_ONLY = frozenset({"BYE", "INFO", "UPDATE", "PRACK"})
 IN_DIALOG = frozenset({"INVITE", "ACK", "CANCEL", "BYE", "INFO", "UPDATE", "PRACK", "REFER"})
-SUPPORTED_EXTENSIONS = frozenset({"100rel", "timer", "replaces", "norefersub"})
+SUPPORTED_EXTENSIONS = frozenset({"100rel", "timer", "norefersub"})
 URI_SCHEMES = frozenset({"sip", "sips", "tel"})
 SINGLE_VALUED = ("to", "from", "call-id", "cseq", "max-forwards", "content-length")
 REQUIRED = ("via", "from", "to", "call-id", "cseq")
@@ -385,6 +386,10 @@ def _check_extensions(request: Request) -> None:
 def _check_content(request: Request) -> None:
     if request.method != "INVITE":
         return
+    if request.values("replaces"):
+        # RFC 3891: pjsua would hand this caller a live call of someone else's and
+        # hang that one up. Calls change hands only through the app (referUrl).
+        raise _Answered(Answer(403, "Forbidden (Replaces is not accepted)"))
     content_type = (request.first("content-type") or "").split(";", 1)[0].strip().lower()
     if request.body.strip() and content_type not in ("application/sdp", "multipart/mixed"):
         raise _Answered(Answer(415, "Unsupported Media Type", (("Accept", "application/sdp"),)))

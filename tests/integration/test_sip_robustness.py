@@ -100,3 +100,19 @@ async def test_methods_the_switch_does_not_serve_in_a_dialog(
     assert callee is not None
     answers = [m for m in callee.messages().received() if m.startswith("SIP/2.0 501")]
     assert len(answers) == 1 and "Allow:" in answers[0]
+
+
+async def test_invite_replacing_a_call_is_refused(switch: SwitchProcess):
+    """RFC 3891 Replaces would hand a live call to whoever names its dialog: 403."""
+    async with SipUdp(switch.target()) as sip:
+        sip.send(
+            sip.request(
+                "INVITE",
+                f"sip:+15005550100@{switch.target()}",
+                extra="Replaces: some-call@127.0.0.1;to-tag=a;from-tag=b",
+            )
+        )
+        answer = await sip.final()
+    assert answer is not None and answer.status == 403
+    assert "Replaces" in answer.reason
+    await assert_alive(switch)

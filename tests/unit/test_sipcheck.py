@@ -128,6 +128,13 @@ def test_unsupported_require_gets_420_with_unsupported() -> None:
     assert screen(raw, datagram=True) == Answer(420, "Bad Extension", (("Unsupported", "foo"),))
 
 
+def test_invite_replacing_a_call_is_forbidden() -> None:
+    invite = {"From": "<sip:a@example.com>;tag=1"}
+    raw = request("INVITE", headers=invite, extra=("Replaces: abc@h;to-tag=1;from-tag=2",))
+    assert status(raw) == 403
+    assert status(request("INVITE", headers=invite, extra=("Require: replaces",))) == 420
+
+
 def test_invite_bodies_and_accept() -> None:
     sdp = "v=0\r\n"
     invite = {"From": "<sip:a@example.com>;tag=1", "Content-Type": "text/plain"}
