@@ -116,3 +116,28 @@ async def test_invite_replacing_a_call_is_refused(switch: SwitchProcess):
     assert answer is not None and answer.status == 403
     assert "Replaces" in answer.reason
     await assert_alive(switch)
+
+
+SDP = (
+    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    "m=audio 9 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+)
+
+
+async def test_empty_ipv6_reference_in_a_contact_is_refused(
+    switch: SwitchProcess, app_server: AppServer
+):
+    """``sip:caller@[]`` is no address (RFC 3261 25.1: an IPv6reference holds one).
+
+    pjsip took it for an empty host, and the INVITE carrying it as its Contact aborted
+    the process (an assertion in pj_inet_pton; found by bench/sip_fuzz.py, fixed
+    upstream after 2.15, deploy/pjsua2 patch 0015). Now that INVITE gets 400.
+    """
+    app_server.routes["/voice"] = "<Response><Hangup/></Response>"
+    async with SipUdp(switch.target()) as sip:
+        invite = sip.request("INVITE", f"sip:{NUMBER}@{switch.target()}", body=SDP)
+        sip.send(invite.replace(b"Contact: <sip:tester@127.0.0.1:", b"Contact: <sip:caller@[]:"))
+        answer = await sip.final()
+    assert answer is not None and answer.status == 400
+    assert app_server.hits("/voice") == []
+    await assert_alive(switch)
