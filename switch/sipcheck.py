@@ -221,6 +221,13 @@ def _check_headers(request: Request, datagram: bool) -> None:
         if contact.strip() != "*":
             for value in _split_commas(contact):
                 _check_address(value, "Contact")
+    for route in request.values("record-route"):
+        for value in _split_commas(route):
+            _check_address(value, "Record-Route")
+            # RFC 3261 16.6 (4): a Record-Route is a proxy's own SIP or SIPS URI.
+            scheme = _SCHEME.search(value)
+            if scheme is None or scheme.group(1).lower() not in ("sip", "sips"):
+                raise _bad("Record-Route must be a SIP URI")
 
 
 def _in_range(value: str, highest: int) -> bool:

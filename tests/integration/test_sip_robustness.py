@@ -141,3 +141,20 @@ async def test_empty_ipv6_reference_in_a_contact_is_refused(
     assert answer is not None and answer.status == 400
     assert app_server.hits("/voice") == []
     await assert_alive(switch)
+
+
+async def test_record_route_that_is_not_a_sip_uri_is_refused(
+    switch: SwitchProcess, app_server: AppServer
+):
+    """``Record-Route: <tel:...>`` was read as a SIP URI by pjsua when it built the
+    answer's Contact, and its empty host aborted the process (found by
+    bench/sip_fuzz.py; deploy/pjsua2 patch 0016). The switch answers 400 before that."""
+    app_server.routes["/voice"] = "<Response><Hangup/></Response>"
+    async with SipUdp(switch.target()) as sip:
+        uri = f"sip:{NUMBER}@{switch.target()}"
+        sip.send(sip.request("INVITE", uri, extra="Record-Route: <tel:+15551234567>", body=SDP))
+        answer = await sip.final()
+    assert answer is not None and answer.status == 400
+    assert "Record-Route" in answer.reason
+    assert app_server.hits("/voice") == []
+    await assert_alive(switch)

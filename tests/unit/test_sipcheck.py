@@ -72,6 +72,8 @@ def test_responses_are_never_answered() -> None:
         (request(extra=("Contact: sip:a@example.com?Route=x",)), 400, "must be in <>"),
         (request(headers={"Via": "SIP/2.0/UDP 192.0.2.15;;,;,,"}), 400, "Via"),
         (request("INVITE", headers={"From": "<sip:a@example.com>"}), 400, "From tag"),
+        (request(extra=("Record-Route: <tel:+15551234567>",)), 400, "Record-Route"),
+        (request(extra=("Record-Route: <sip:p1;lr>, <mailto:x@y>",)), 400, "Record-Route"),
     ],
 )
 def test_malformed_requests(raw: bytes, code: int, why: str) -> None:
