@@ -130,8 +130,9 @@ async def test_empty_ipv6_reference_in_a_contact_is_refused(
     """``sip:caller@[]`` is no address (RFC 3261 25.1: an IPv6reference holds one).
 
     pjsip took it for an empty host, and the INVITE carrying it as its Contact aborted
-    the process (an assertion in pj_inet_pton; found by bench/sip_fuzz.py, fixed
-    upstream after 2.15, deploy/pjsua2 patch 0015). Now that INVITE gets 400.
+    the process (an assertion in pj_inet_pton, found while chasing the fuzzer's crash
+    of the next test; fixed upstream after 2.15, deploy/pjsua2 patch 0015). Now that
+    INVITE gets 400.
     """
     app_server.routes["/voice"] = "<Response><Hangup/></Response>"
     async with SipUdp(switch.target()) as sip:
