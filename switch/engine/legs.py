@@ -109,12 +109,12 @@ class _PjCall(pj.Call):  # type: ignore[misc]
         body = prm.e.body.tsxState
         if body.type != pj.PJSIP_EVENT_RX_MSG:
             return
-        text = body.src.rdata.wholeMsg
-        if text.startswith("REFER "):
-            self.leg._refer = SipMessage.parse(text)
+        if body.tsx.method == "REFER" and body.tsx.role == pj.PJSIP_ROLE_UAS:
+            self.leg._refer = SipMessage.parse(body.src.rdata.wholeMsg)
             return
         if not self.leg.keep_final_response:
-            return
+            return  # the message's text is read only where it is used
+        text = body.src.rdata.wholeMsg
         if text.startswith("SIP/2.0") and " INVITE" in text.split("CSeq:", 1)[-1][:40]:
             message = SipMessage.parse(text)
             if message.status_code >= 200:
