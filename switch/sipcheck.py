@@ -35,7 +35,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from switch.sipmsg import canonical_name
+from switch.sipmsg import SipMessage, canonical_name
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK, REFER"
 """The methods the switch serves (the Allow header of its 405 and 501 answers)."""
@@ -143,11 +143,8 @@ def _read(raw: bytes) -> Request:
     start = lines[0].decode("utf-8", "replace")
     match = _REQUEST_LINE.fullmatch(start)
     if match is None:
-        if _LOOSE_REQUEST_LINE.fullmatch(lines[0]) is None:
-            raise _bad("malformed Request-Line")
         loose = _LOOSE_REQUEST_LINE.fullmatch(lines[0])
-        assert loose is not None
-        if loose.group(3) != b"SIP/2.0" and b" " not in loose.group(2):
+        if loose is not None and loose.group(3) != b"SIP/2.0" and b" " not in loose.group(2):
             raise _Answered(Answer(505, "Version Not Supported"))
         raise _bad("malformed Request-Line")
     method, uri, version = match.groups()
@@ -421,21 +418,15 @@ def stateless_response(raw: bytes, answer: Answer, *, to_tag: str) -> bytes | No
     Request-Line, or one without Via and CSeq, gets nothing (there is nothing to
     answer to). Bytes that are not UTF-8 are escaped, so the answer is plain text.
     """
-    head = re.split(rb"\r?\n\r?\n", raw, maxsplit=1)[0]
-    lines = re.split(rb"\r?\n", head)
-    if _LOOSE_REQUEST_LINE.fullmatch(lines[0]) is None or lines[0].startswith(b"SIP/"):
+    first_line = re.split(rb"\r?\n", raw, maxsplit=1)[0]
+    if first_line.startswith(b"SIP/") or _LOOSE_REQUEST_LINE.fullmatch(first_line) is None:
         return None
-    copied: list[tuple[str, str]] = []
-    for line in lines[1:]:
-        text = line.decode("utf-8", "replace").replace("\ufffd", "?")
-        if text[:1] in (" ", "\t") and copied:
-            name, value = copied[-1]
-            copied[-1] = (name, f"{value} {text.strip()}")
-            continue
-        name, colon, value = text.partition(":")
-        canonical = canonical_name(name)
-        if colon and canonical in _COPIED:
-            copied.append((canonical, value.strip()))
+    message = SipMessage.parse(raw.decode("utf-8", "replace").replace("\ufffd", "?"))
+    copied = [
+        (canonical_name(name), value)
+        for name, value in message.headers
+        if canonical_name(name) in _COPIED
+    ]
     names = {name for name, _ in copied}
     if "via" not in names or "cseq" not in names:
         return None
@@ -444,7 +435,7 @@ def stateless_response(raw: bytes, answer: Answer, *, to_tag: str) -> bytes | No
     for name, value in copied:
         if name == "to" and not tagged:
             tagged = True
-            if ";tag=" not in value.replace(" ", "").lower():
+            if not _has_tag(value):
                 value = f"{value};tag={to_tag}"
         out.append(f"{_NAMES[name]}: {value}")
     out.extend(f"{name}: {value}" for name, value in answer.headers)

@@ -163,6 +163,14 @@ def test_stateless_response_copies_the_headers_and_tags_the_to() -> None:
     assert text.endswith("Content-Length: 0\r\n\r\n")
 
 
+def test_stateless_response_keeps_a_folded_header_to_itself() -> None:
+    raw = request(extra=("Subject: first", " second line"))
+    response = stateless_response(raw, Answer(400, "x"), to_tag="t")
+    assert response is not None
+    assert b"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-1\r\n" in response
+    assert b"second" not in response
+
+
 def test_stateless_response_needs_via_and_cseq() -> None:
     assert stateless_response(b"garbage", Answer(400, "x"), to_tag="t") is None
     raw = request(headers={"Via": None})  # type: ignore[dict-item]
