@@ -35,12 +35,14 @@ from phonenumbers import (
     ValidationResult,
 )
 
-__all__ = ["InvalidNumber", "request_uri_user_to_e164", "to_e164"]
+__all__ = ["InvalidNumber", "caller_id", "request_uri_user_to_e164", "to_e164"]
 
 # Visual separators people and RFC 3966 (section 5.1.1, visual-separator) put in
 # numbers, plus the Unicode dashes and non-breaking spaces that copy-paste brings.
 _SEPARATORS = re.compile(r"[\s\-.()/\u00a0\u2010-\u2015\u2212]")
 _DIALLABLE = re.compile(r"\+?[0-9]+")
+# A From user part needs no escaping with these (RFC 3261 section 25.1, unreserved).
+_FROM_USER = re.compile(r"[A-Za-z0-9._-]+")
 
 _REJECTIONS = {
     ValidationResult.IS_POSSIBLE_LOCAL_ONLY: "only dialable locally",
@@ -112,6 +114,28 @@ def request_uri_user_to_e164(user: str, default_region: str = "US") -> str:
             return _format_possible(user, number)
         except InvalidNumber:
             raise national_error from None
+
+
+def caller_id(value: str, region: str) -> str | None:
+    """Normalise a `callerId` attribute value for the From header of a dialled leg.
+
+    `client:name` is kept as written; a phone number in any form `to_e164` reads
+    becomes E.164; other text of `[A-Za-z0-9._-]` (a SIP user such as `100` or
+    `front-desk`) is kept. Surrounding whitespace is ignored. Anything else (inner
+    spaces, quotes, `@`, `<`, nothing at all, `client:` without a plain name) is
+    None: it cannot stand in a From URI's user part unescaped, so the caller keeps
+    its default and reports 13214 (Twilio's invalid callerId). An unknown `region`
+    raises `ValueError`, as in `to_e164`.
+    """
+    region = _check_region(region)
+    text = value.strip()
+    if text.startswith("client:"):
+        return text if _FROM_USER.fullmatch(text.removeprefix("client:")) else None
+    try:
+        return to_e164(text, region)
+    except InvalidNumber:
+        pass
+    return text if _FROM_USER.fullmatch(text) else None
 
 
 def _check_region(region: str) -> str:

@@ -12,21 +12,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from urllib.parse import unquote
 
+from switch.rcml.headers import uri_headers
 from switch.rcml.model import Notice
 
-ALLOWED_STANDARD_HEADERS = frozenset(
-    {"user-to-user", "remote-party-id", "p-preferred-identity", "p-called-party-id"}
-)
-MAX_HEADER_CHARS = 1024
 TRANSPORTS = frozenset({"udp", "tcp", "tls"})
 
-_TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
+# \Z, not $: a $ also matches before a final line break.
 _HOSTPORT = re.compile(
-    r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?)(?::(\d{1,5}))?$"
+    r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?)(?::(\d{1,5}))?\Z"
 )
-_USER = re.compile(r"^[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+$")
+_USER = re.compile(r"^[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+\Z")
 
 
 class InvalidSipUri(ValueError):
@@ -75,23 +71,4 @@ def parse_dial_uri(text: str) -> DialUri:
 
 
 def _headers(query: str) -> tuple[tuple[tuple[str, str], ...], tuple[Notice, ...]]:
-    kept: list[tuple[str, str]] = []
-    notices: list[Notice] = []
-    total = 0
-    for pair in filter(None, query.split("&")):
-        raw_name, _, raw_value = pair.partition("=")
-        name, value = unquote(raw_name), unquote(raw_value)
-        if not _TOKEN.match(name) or not (
-            name.lower().startswith("x-") or name.lower() in ALLOWED_STANDARD_HEADERS
-        ):
-            notices.append(Notice(13252, f"header {name!r} is not allowed on <Sip>"))
-            continue
-        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-            notices.append(Notice(21229, f"header {name!r} has illegal characters"))
-            continue
-        total += len(name) + len(value) + 1
-        if total >= MAX_HEADER_CHARS:
-            notices.append(Notice(13253, f"headers over {MAX_HEADER_CHARS} characters dropped"))
-            break
-        kept.append((name, value))
-    return tuple(kept), tuple(notices)
+    return uri_headers(query, "Sip")

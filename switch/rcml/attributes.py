@@ -5,13 +5,15 @@ declared on the target dataclass (see :mod:`switch.rcml.model`). A converter
 turns one raw string into a field value, or raises :class:`InvalidValue` with the
 Twilio error code to report; the field then keeps its default. An attribute
 whose value is empty or blank counts as absent, except for the fields a caller
-names in ``keep_empty`` (``finishOnKey=""`` means "no finish key").
+names in ``keep_empty`` (``finishOnKey=""`` means "no finish key"). A field named
+in ``not_executed`` is read and kept, but nothing carries it out yet, so using it
+is reported as 12200 (the customer must not believe it took effect).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -94,14 +96,19 @@ def read_attributes(
     *,
     unsupported: Collection[str] = (),
     keep_empty: Collection[str] = (),
+    not_executed: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Convert ``el``'s attributes into keyword arguments for ``cls``.
 
     Unknown attributes, and Twilio attributes listed in ``unsupported``, are
-    reported as 12200 and ignored (Twilio's schema warning).
+    reported as 12200 and ignored (Twilio's schema warning). ``not_executed``
+    maps a field that is parsed but not acted on to what happens instead (or
+    ""); a valid value of it other than ``false`` (a flag turned off asks for
+    nothing) is kept in the model and reported as 12200 too.
     """
     mapping = xml_attributes(cls)
     tag = tag_of(el)
+    inert = not_executed or {}
     values: dict[str, Any] = {}
     for key, raw in el.attrib.items():
         name = etree.QName(key).localname if key.startswith("{") else key
@@ -122,6 +129,11 @@ def read_attributes(
         except InvalidValue as exc:
             default = describe(field_default(cls, field_name))
             log.warning(exc.code, f"<{tag} {name}={raw!r}>: {exc.reason}; using {default}", el)
+            continue
+        instead = inert.get(field_name)
+        if instead is not None and values[field_name] is not False:
+            message = f"<{tag}> attribute {name!r} is not supported; ignored"
+            log.warning(SCHEMA_WARNING, f"{message}, {instead}" if instead else message, el)
     return values
 
 

@@ -4,13 +4,16 @@ Targets come from nested nouns or, when there are none, from the body text:
 a number, ``client:name`` (a <Client>), or a text containing ``@`` or starting
 with ``sip:``/``sips:`` (a <Sip>), as RestComm accepts. Exact duplicate targets
 are dropped and at most :data:`MAX_DIAL_TARGETS` ring.
+
+Attributes that are read but that nothing carries out yet (``sequential``,
+``events``, answering machine detection) are kept in the model and reported as
+12200; ``referUrl`` is carried out and is not among them.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import parse_qsl
 
 from lxml import etree
 
@@ -21,6 +24,7 @@ from switch.rcml.attributes import (
     SCHEMA_WARNING,
     Converter,
     NoticeLog,
+    Warn,
     as_bool,
     as_bounded_text,
     as_caller_id,
@@ -33,6 +37,7 @@ from switch.rcml.attributes import (
     read_attributes,
     tag_of,
 )
+from switch.rcml.headers import uri_headers
 from switch.rcml.model import (
     MAX_DIAL_TARGETS,
     RING_TONES,
@@ -58,14 +63,33 @@ NUMBER_METHOD = 13221
 NUMBER_SEND_DIGITS = 13222
 NUMBER_FORMAT = 13223
 
+MAX_TIME_LIMIT = 24 * 60 * 60
+"""Longest <Dial timeLimit>: Twilio's call length with its 24-hour setting on."""
+
 UNSUPPORTED_NOUNS = frozenset({"Conference", "Queue", "Sim", "Application", "WhatsApp"})
 """Twilio nouns of <Dial> that dialswitch does not ring."""
+
+_whole_seconds = as_int(DIAL_TIME_LIMIT, minimum=1)
+
+
+def _time_limit(raw: str, warn: Warn) -> int:
+    """Seconds, at least 1; more than :data:`MAX_TIME_LIMIT` is capped with 13216.
+
+    13216 is Twilio's code for an invalid timeLimit; the value still applies,
+    capped, the way an over-long callReason is cut with a notice.
+    """
+    seconds = _whole_seconds(raw, warn)
+    if seconds > MAX_TIME_LIMIT:
+        warn(DIAL_TIME_LIMIT, f"{seconds} s is over the 24-hour maximum; using {MAX_TIME_LIMIT}")
+        return MAX_TIME_LIMIT
+    return seconds
+
 
 _DIAL_CONVERTERS: dict[str, Converter] = {
     "method": as_method(DIAL_METHOD),
     "timeout": as_int(DIAL_TIMEOUT, minimum=5, maximum=600, clamp=True),
     "hangup_on_star": as_bool(DIAL_HANGUP_ON_STAR),
-    "time_limit": as_int(DIAL_TIME_LIMIT, minimum=1),
+    "time_limit": _time_limit,
     "caller_id": as_caller_id,
     "record": as_choice(RecordMode, SCHEMA_WARNING, RECORD_ALIASES),
     "trim": as_choice(Trim, SCHEMA_WARNING),
@@ -80,6 +104,10 @@ _DIAL_CONVERTERS: dict[str, Converter] = {
 }
 
 _DIAL_UNSUPPORTED = frozenset({"recordingConfigurationId", "passports"})
+_DIAL_NOT_EXECUTED = {
+    "sequential": "all targets ring at once",
+    "events": "",
+}
 
 
 def _amd_converters(method_code: int) -> dict[str, Converter]:
@@ -98,6 +126,22 @@ def _amd_converters(method_code: int) -> dict[str, Converter]:
         ),
         "amd_status_callback_method": as_method(method_code),
     }
+
+
+_NO_AMD = "no answering machine detection runs"
+_AMD_NOT_EXECUTED = {
+    name: _NO_AMD
+    for name in (
+        "machine_detection",
+        "machine_detection_timeout",
+        "machine_detection_speech_threshold",
+        "machine_detection_speech_end_threshold",
+        "machine_detection_silence_timeout",
+        "amd_status_callback",
+        "amd_status_callback_method",
+    )
+}
+"""<Number> and <Sip> read every AMD attribute, but no dialled leg runs detection."""
 
 
 def _callback_converters(method_code: int) -> dict[str, Converter]:
@@ -130,7 +174,14 @@ CONVERTERS: dict[type, dict[str, Converter]] = {
 
 def parse_dial(el: etree._Element, log: NoticeLog) -> Dial:
     """Build a <Dial>; a Dial left with no target still runs and fails at once."""
-    values = read_attributes(el, Dial, _DIAL_CONVERTERS, log, unsupported=_DIAL_UNSUPPORTED)
+    values = read_attributes(
+        el,
+        Dial,
+        _DIAL_CONVERTERS,
+        log,
+        unsupported=_DIAL_UNSUPPORTED,
+        not_executed=_DIAL_NOT_EXECUTED,
+    )
     targets: list[Target] = []
     has_nouns = False
     for child in el:
@@ -210,7 +261,8 @@ def _no_children(el: etree._Element, log: NoticeLog) -> None:
 
 
 def _parse_number(el: etree._Element, log: NoticeLog) -> Number | None:
-    values = _with_event_default(read_attributes(el, Number, _NUMBER_CONVERTERS, log))
+    values = read_attributes(el, Number, _NUMBER_CONVERTERS, log, not_executed=_AMD_NOT_EXECUTED)
+    values = _with_event_default(values)
     _no_children(el, log)
     number = _loose_text(el)
     if not number:
@@ -220,7 +272,8 @@ def _parse_number(el: etree._Element, log: NoticeLog) -> Number | None:
 
 
 def _parse_sip(el: etree._Element, log: NoticeLog) -> Sip | None:
-    values = _with_event_default(read_attributes(el, Sip, _SIP_CONVERTERS, log))
+    values = read_attributes(el, Sip, _SIP_CONVERTERS, log, not_executed=_AMD_NOT_EXECUTED)
+    values = _with_event_default(values)
     _no_children(el, log)
     return _sip_from(_loose_text(el), values, el, log)
 
@@ -275,12 +328,17 @@ _BAD_IDENTITY = re.compile(r"[\x00-\x20\x7f<>\"#%{}|\\^`\[\]/]")
 def _client_from(
     text: str, values: dict[str, Any], el: etree._Element, log: NoticeLog
 ) -> Client | None:
-    """Split RestComm's ``alice?X-H1=1&X-H2=2`` into identity and SIP headers."""
+    """Split RestComm's ``alice?X-H1=1&X-H2=2`` into identity and SIP headers.
+
+    The headers follow <Sip>'s rule (:func:`switch.rcml.headers.uri_headers`).
+    """
     identity, _, query = text.strip().partition("?")
     if not identity or _BAD_IDENTITY.search(identity):
         log.error(SCHEMA_WARNING, f"<Client> identity {identity!r} is not valid; dropped", el)
         return None
-    headers = tuple(parse_qsl(query, keep_blank_values=True)) if query else ()
+    headers, notices = uri_headers(query, "Client")
+    for notice in notices:
+        log.warning(notice.code, notice.message, el)
     return Client(identity=identity, sip_headers=headers, **values)
 
 

@@ -238,7 +238,10 @@ GatherPrompt: TypeAlias = Say | Play | Pause
 
 @dataclass(frozen=True)
 class Gather:
-    """Collect digits while playing ``prompts``; ``finish_on_key`` "" means none."""
+    """Collect digits while playing ``prompts``; ``finish_on_key`` "" means none.
+
+    ``input`` may hold ``speech``, but only DTMF is gathered.
+    """
 
     prompts: tuple[GatherPrompt, ...] = ()
     input: frozenset[GatherInput] = field(
@@ -270,7 +273,7 @@ class Number:
     ``url``/``method`` name a whisper document run on the called party after it
     answers; ``send_digits`` are sent as DTMF (``w`` waits 0.5 s) on answer.
     Machine detection durations are seconds for the timeout, milliseconds for
-    the thresholds, as in Twilio.
+    the thresholds, as in Twilio; they are kept, but no detection runs yet.
     """
 
     number: str
@@ -310,7 +313,7 @@ class Client:
 
     The identity comes from the body text, an <Identity> child or RestComm's
     ``name`` attribute. RestComm's ``alice?X-Foo=1&X-Bar=2`` form puts the query
-    pairs in ``sip_headers`` for the outgoing INVITE.
+    pairs in ``sip_headers`` for the outgoing INVITE, filtered as <Sip>'s are.
     """
 
     identity: str = field(metadata=_xml("name"))
@@ -371,12 +374,13 @@ Target: TypeAlias = Number | Client | Sip
 
 @dataclass(frozen=True)
 class Dial:
-    """Ring ``targets`` at once (or in order when ``sequential``); first answer wins.
+    """Ring ``targets`` at once; first answer wins.
 
-    ``timeout`` is clamped to 5..600 s; ``time_limit`` caps the bridged call.
-    ``caller_id`` None means the caller's own number. ``ring_tone`` is one of
-    :data:`RING_TONES` or None (relay early media, else the default country).
-    ``events`` is kept as written; nothing acts on it yet.
+    ``timeout`` is clamped to 5..600 s; ``time_limit`` caps the bridged call and
+    is capped at 86400 s (24 hours). ``caller_id`` None means the caller's own
+    number. ``ring_tone`` is one of :data:`RING_TONES` or None (relay early
+    media, else the default country). ``sequential`` and ``events`` are kept as
+    written; nothing acts on them yet, and the parser says so (12200).
     """
 
     targets: tuple[Target, ...] = ()

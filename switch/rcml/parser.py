@@ -103,8 +103,19 @@ def _finish_on_key(raw: str, warn: Warn) -> str:
     return key
 
 
+_input_set = as_event_set(GatherInput, SCHEMA_WARNING)
+
+
+def _gather_input(raw: str, warn: Warn) -> frozenset[GatherInput]:
+    """``dtmf`` and/or ``speech``; speech is kept but reported, as nothing recognises it."""
+    kinds: frozenset[GatherInput] = _input_set(raw, warn)
+    if GatherInput.SPEECH in kinds:
+        warn(SCHEMA_WARNING, "speech is not supported; ignored, only DTMF digits are gathered")
+    return kinds
+
+
 _GATHER_CONVERTERS: dict[str, Converter] = {
-    "input": as_event_set(GatherInput, SCHEMA_WARNING),
+    "input": _gather_input,
     "method": as_method(SCHEMA_WARNING),
     "timeout": as_int(SCHEMA_WARNING, minimum=1),
     "finish_on_key": _finish_on_key,

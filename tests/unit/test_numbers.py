@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from switch.numbers import InvalidNumber, request_uri_user_to_e164, to_e164
+from switch.numbers import InvalidNumber, caller_id, request_uri_user_to_e164, to_e164
 
 
 @pytest.mark.parametrize(
@@ -112,3 +112,61 @@ def test_request_uri_user_reports_the_national_reading() -> None:
 def test_request_uri_user_checks_the_region() -> None:
     with pytest.raises(ValueError, match="unknown default region"):
         request_uri_user_to_e164("+14155551212", "ZZ")
+
+
+# callerId for a From header.
+
+
+@pytest.mark.parametrize(
+    ("value", "region", "expected"),
+    [
+        ("client:alice", "US", "client:alice"),
+        ("client:user_jane.b-2", "US", "client:user_jane.b-2"),
+        (" client:alice ", "US", "client:alice"),
+        ("(415) 555-1212", "US", "+14155551212"),
+        ("+1 415-555-1212", "US", "+14155551212"),
+        ("4155551212", "US", "+14155551212"),
+        ("+14155551212", "US", "+14155551212"),
+        ("415.555.1212", "US", "+14155551212"),
+        ("020 7946 0958", "GB", "+442079460958"),
+        ("+44 20 7946 0958", "US", "+442079460958"),
+        # Not possible numbers, but usable SIP users: kept as written.
+        ("100", "US", "100"),
+        ("front-desk", "US", "front-desk"),
+        ("agent_7.b-2", "US", "agent_7.b-2"),
+        ("Alice", "US", "Alice"),
+    ],
+)
+def test_caller_id_accepts(value: str, region: str, expected: str) -> None:
+    assert caller_id(value, region) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "   ",
+        "client:",
+        "client:two words",
+        "client:a@b",
+        'client:"x"',
+        "Client:alice",
+        "two words",
+        '"Alice"',
+        "'alice'",
+        "alice@example.com",
+        "<sip:alice@example.com>",
+        "sip:alice",
+        "+1555;drop",
+        "+1555",
+        "(415) 555",
+        "alice\r\nVia: x",
+    ],
+)
+def test_caller_id_refuses(value: str) -> None:
+    assert caller_id(value, "US") is None
+
+
+def test_caller_id_unknown_region_is_a_configuration_error() -> None:
+    with pytest.raises(ValueError, match="unknown default region"):
+        caller_id("client:alice", "XX")

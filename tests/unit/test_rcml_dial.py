@@ -66,6 +66,9 @@ def _one(attributes: str) -> tuple[Dial, list[int]]:
         ("timeLimit='120'", "time_limit", 120, []),
         ("timeLimit='0'", "time_limit", 14400, [13216]),
         ("timeLimit='two hours'", "time_limit", 14400, [13216]),
+        ("timeLimit='86400'", "time_limit", 86400, []),
+        ("timeLimit='86401'", "time_limit", 86400, [13216]),
+        ("timeLimit='" + "9" * 30 + "'", "time_limit", 86400, [13216]),
         ("callerId='+15551112222'", "caller_id", "+15551112222", []),
         ("callerId='(415) 555-1212'", "caller_id", "(415) 555-1212", []),
         ("callerId='client:joey'", "caller_id", "client:joey", []),
@@ -102,12 +105,13 @@ def _one(attributes: str) -> tuple[Dial, list[int]]:
         ("ringTone='DE'", "ring_tone", "de", []),
         ("ringTone='gb'", "ring_tone", None, [12200]),
         ("ringTone='xx'", "ring_tone", None, [12200]),
-        ("sequential='true'", "sequential", True, []),
+        ("sequential='true'", "sequential", True, [12200]),
+        ("sequential='false'", "sequential", False, []),
         ("sequential='on'", "sequential", False, [12200]),
         ("callReason='Your parcel'", "call_reason", "Your parcel", []),
         ("callReason='" + "x" * 60 + "'", "call_reason", "x" * 50, [12200]),
         ("referUrl='/refer'", "refer_url", "/refer", []),
-        ("events='call-progress-events'", "events", "call-progress-events", []),
+        ("events='call-progress-events'", "events", "call-progress-events", [12200]),
         ("passports='abc'", "caller_id", None, [12200]),
         ("color='blue'", "caller_id", None, [12200]),
     ],
@@ -133,6 +137,38 @@ def test_value_notices_say_what_default_is_used() -> None:
     (notice,) = document.notices
     assert notice.message == "line 1: <Dial timeout='ten'>: not a whole number; using 30"
     assert notice.level is NoticeLevel.WARNING
+
+
+def test_time_limit_over_24_hours_is_capped_with_13216() -> None:
+    dial, document = _dial("100", "timeLimit='90000'")
+    assert dial.time_limit == 86400
+    (notice,) = document.notices
+    assert (notice.code, notice.level) == (13216, NoticeLevel.WARNING)
+    assert notice.message == (
+        "line 1: <Dial timeLimit>: 90000 s is over the 24-hour maximum; using 86400"
+    )
+
+
+def test_sequential_is_kept_but_reported_as_not_supported() -> None:
+    dial, document = _dial("<Number>100</Number><Number>200</Number>", "sequential='TRUE'")
+    assert dial.sequential
+    (notice,) = document.notices
+    assert (notice.code, notice.level) == (12200, NoticeLevel.WARNING)
+    assert notice.message == (
+        "line 1: <Dial> attribute 'sequential' is not supported; ignored, all targets ring at once"
+    )
+
+
+def test_events_is_kept_but_reported_as_not_supported() -> None:
+    _, document = _dial("100", "events='call-progress-events'")
+    (notice,) = document.notices
+    assert notice.message == "line 1: <Dial> attribute 'events' is not supported; ignored"
+
+
+def test_refer_url_is_carried_out_so_it_is_not_reported() -> None:
+    dial, document = _dial("100", "referUrl='/refer' referMethod='GET'")
+    assert (dial.refer_url, dial.refer_method) == ("/refer", Method.GET)
+    assert document.notices == ()
 
 
 # Targets from the body text.
@@ -250,25 +286,38 @@ def test_empty_number_is_13223_and_dropped() -> None:
         ("sendDigits='1 2'", "send_digits", None, [13222]),
         ("sendDigits='W'", "send_digits", None, [13222]),
         ("byoc='trunk-eu'", "byoc", "trunk-eu", []),
-        ("machineDetection='enable'", "machine_detection", MachineDetection.ENABLE, []),
+        # Machine detection is read and kept, but not run: each attribute is 12200.
+        ("machineDetection='enable'", "machine_detection", MachineDetection.ENABLE, [12200]),
         (
             "machineDetection='DetectMessageEnd'",
             "machine_detection",
             MachineDetection.DETECT_MESSAGE_END,
-            [],
+            [12200],
         ),
         ("machineDetection='Always'", "machine_detection", None, [12200]),
-        ("machineDetectionTimeout='1'", "machine_detection_timeout", 3, []),
-        ("machineDetectionTimeout='99'", "machine_detection_timeout", 60, []),
+        ("machineDetectionTimeout='1'", "machine_detection_timeout", 3, [12200]),
+        ("machineDetectionTimeout='99'", "machine_detection_timeout", 60, [12200]),
         ("machineDetectionTimeout='x'", "machine_detection_timeout", 30, [12200]),
-        ("machineDetectionSpeechThreshold='100'", "machine_detection_speech_threshold", 1000, []),
+        (
+            "machineDetectionSpeechThreshold='100'",
+            "machine_detection_speech_threshold",
+            1000,
+            [12200],
+        ),
         (
             "machineDetectionSpeechEndThreshold='9000'",
             "machine_detection_speech_end_threshold",
             5000,
-            [],
+            [12200],
         ),
-        ("machineDetectionSilenceTimeout='20000'", "machine_detection_silence_timeout", 10000, []),
+        (
+            "machineDetectionSilenceTimeout='20000'",
+            "machine_detection_silence_timeout",
+            10000,
+            [12200],
+        ),
+        ("amdStatusCallback='/amd'", "amd_status_callback", "/amd", [12200]),
+        ("amdStatusCallbackMethod='GET'", "amd_status_callback_method", Method.GET, [12200]),
         ("url='/whisper'", "url", "/whisper", []),
         ("fax='1'", "url", None, [12200]),
     ],
@@ -324,6 +373,33 @@ def test_client_and_sip_bad_methods_are_12200() -> None:
     assert document.codes() == [12200] * 4
 
 
+@pytest.mark.parametrize(("noun", "body"), [("Number", "100"), ("Sip", "sip:a@b")])
+def test_machine_detection_is_kept_but_each_attribute_is_reported(noun: str, body: str) -> None:
+    dial, document = _dial(
+        f"<{noun} machineDetection='Enable' machineDetectionTimeout='10'"
+        f" amdStatusCallback='/amd'>{body}</{noun}>"
+    )
+    (target,) = dial.targets
+    assert isinstance(target, Number | Sip)
+    assert target.machine_detection is MachineDetection.ENABLE
+    assert (target.machine_detection_timeout, target.amd_status_callback) == (10, "/amd")
+    assert [(n.code, n.level) for n in document.notices] == [(12200, NoticeLevel.WARNING)] * 3
+    assert [n.message for n in document.notices] == [
+        f"line 1: <{noun}> attribute {name!r} is not supported; ignored,"
+        " no answering machine detection runs"
+        for name in ("machineDetection", "machineDetectionTimeout", "amdStatusCallback")
+    ]
+
+
+def test_dial_does_not_take_machine_detection() -> None:
+    dial, document = _dial("100", "machineDetection='Enable'")
+    assert dial.targets == (Number(number="100"),)
+    (notice,) = document.notices
+    assert notice.message == (
+        "line 1: <Dial> attribute 'machineDetection' is not a known attribute; ignored"
+    )
+
+
 def test_number_children_are_ignored() -> None:
     dial, document = _dial("<Number>100<Say>x</Say></Number>")
     assert dial.targets == (Number(number="100"),)
@@ -375,6 +451,48 @@ def test_client_sip_headers_are_decoded() -> None:
 def test_client_body_text_with_headers() -> None:
     dial, _ = _dial("client:alice?X-Team=blue")
     assert dial.targets == (Client(identity="alice", sip_headers=(("X-Team", "blue"),)),)
+
+
+def test_client_headers_follow_the_sip_rule() -> None:
+    dial, document = _dial(
+        "<Client>alice?Subject=hi&amp;X-Ok=1&amp;User-to-User=0A1B&amp;Contact=x</Client>"
+    )
+    assert dial.targets == (
+        Client(identity="alice", sip_headers=(("X-Ok", "1"), ("User-to-User", "0A1B"))),
+    )
+    assert [(n.code, n.level) for n in document.notices] == [(13252, NoticeLevel.WARNING)] * 2
+    assert document.notices[0].message == "line 1: <Client> header 'Subject' is not allowed"
+
+
+def test_client_body_text_headers_follow_the_sip_rule() -> None:
+    dial, document = _dial("client:alice?X-Team=blue&amp;Max-Forwards=1")
+    assert dial.targets == (Client(identity="alice", sip_headers=(("X-Team", "blue"),)),)
+    assert document.codes() == [13252]
+
+
+def test_client_header_with_control_characters_is_21229() -> None:
+    dial, document = _dial("<Client>alice?X-A=a%0D%0AVia:%20x&amp;X-B=2</Client>")
+    assert dial.targets == (Client(identity="alice", sip_headers=(("X-B", "2"),)),)
+    assert document.codes() == [21229]
+
+
+def test_client_header_name_with_a_line_break_is_13252() -> None:
+    dial, document = _dial("<Client>alice?X-A%0A=1</Client>")
+    assert dial.targets == (Client(identity="alice"),)
+    assert document.codes() == [13252]
+
+
+def test_client_headers_over_1024_characters_are_13253() -> None:
+    query = "X-A=" + "a" * 600 + "&amp;X-B=" + "b" * 600 + "&amp;X-C=c"
+    dial, document = _dial(f"<Client>alice?{query}</Client>")
+    (client,) = dial.targets
+    assert isinstance(client, Client)
+    assert [name for name, _ in client.sip_headers] == ["X-A"]
+    (notice,) = document.notices
+    assert (notice.code, notice.message) == (
+        13253,
+        "line 1: <Client> headers over 1024 characters dropped",
+    )
 
 
 # <Sip>.

@@ -14,6 +14,7 @@ from switch.rcml import (
     RING_TONES,
     Dial,
     Gather,
+    GatherInput,
     Hangup,
     Method,
     Notice,
@@ -358,6 +359,30 @@ def test_gather_input_partly_unknown() -> None:
     document = parse("<Response><Gather input='dtmf, fax'/></Response>")
     assert document.verbs == (Gather(),)
     assert document.codes() == [12200]
+
+
+@pytest.mark.parametrize(
+    ("value", "kinds"),
+    [
+        ("speech", {GatherInput.SPEECH}),
+        ("dtmf speech", {GatherInput.DTMF, GatherInput.SPEECH}),
+        ("Speech,DTMF", {GatherInput.DTMF, GatherInput.SPEECH}),
+    ],
+)
+def test_gather_speech_is_kept_but_reported(value: str, kinds: set[GatherInput]) -> None:
+    document = parse(f"<Response><Gather input='{value}'/></Response>")
+    assert document.verbs == (Gather(input=frozenset(kinds)),)
+    (notice,) = document.notices
+    assert (notice.code, notice.level) == (12200, NoticeLevel.WARNING)
+    assert notice.message == (
+        "line 1: <Gather input>: speech is not supported; ignored, only DTMF digits are gathered"
+    )
+
+
+def test_gather_dtmf_alone_is_not_reported() -> None:
+    document = parse("<Response><Gather input='dtmf'/></Response>")
+    assert document.verbs == (Gather(),)
+    assert document.notices == ()
 
 
 # Whisper documents.

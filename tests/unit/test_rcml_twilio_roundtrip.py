@@ -40,10 +40,29 @@ from switch.rcml import (
 )
 
 
-def _parse(response: VoiceResponse) -> tuple[Verb, ...]:
+def _parse(response: VoiceResponse, *, not_supported: tuple[str, ...] = ()) -> tuple[Verb, ...]:
+    """The verbs; the only notices are 12200, one for each attribute named.
+
+    Those attributes are read and kept, but nothing carries them out yet. The
+    builder orders attributes its own way, so the notices are matched in any order.
+    """
     document = parse(str(response))
-    assert document.notices == ()
+    assert document.codes() == [12200] * len(not_supported)
+    assert all("is not supported; ignored" in n.message for n in document.notices)
+    for name in not_supported:
+        assert [n for n in document.notices if name in n.message], name
     return document.verbs
+
+
+_AMD = (
+    "'machineDetection'",
+    "'amdStatusCallbackMethod'",
+    "'amdStatusCallback'",
+    "'machineDetectionTimeout'",
+    "'machineDetectionSpeechThreshold'",
+    "'machineDetectionSpeechEndThreshold'",
+    "'machineDetectionSilenceTimeout'",
+)
 
 
 @pytest.mark.parametrize("cls", [Dial, Number, Client, Sip, Say, Play, Pause, Reject, Redirect])
@@ -79,7 +98,7 @@ def test_dial_with_every_attribute() -> None:
         events="call-progress-events",
         call_reason="Delivery",
     )
-    assert _parse(response) == (
+    assert _parse(response, not_supported=("'sequential'", "'events'")) == (
         Dial(
             targets=(Number(number="+14155550100"),),
             action="https://example.com/after",
@@ -138,7 +157,7 @@ def test_number_with_every_attribute() -> None:
         machine_detection_speech_end_threshold=1500,
         machine_detection_silence_timeout=6000,
     )
-    (parsed,) = _parse(response)
+    (parsed,) = _parse(response, not_supported=_AMD)
     assert isinstance(parsed, Dial)
     assert parsed.targets == (
         Number(
@@ -217,7 +236,7 @@ def test_sip_with_every_attribute() -> None:
         machine_detection_speech_end_threshold=800,
         machine_detection_silence_timeout=3000,
     )
-    (parsed,) = _parse(response)
+    (parsed,) = _parse(response, not_supported=_AMD)
     assert isinstance(parsed, Dial)
     assert parsed.targets == (
         Sip(
@@ -292,7 +311,7 @@ def test_gather_with_prompts() -> None:
     gather.say("Enter your PIN")
     gather.play("/beep.wav")
     gather.pause(length=2)
-    assert _parse(response) == (
+    assert _parse(response, not_supported=("<Gather input>: speech",)) == (
         Gather(
             prompts=(Say(text="Enter your PIN"), Play(url="/beep.wav"), Pause(length=2)),
             input=frozenset({GatherInput.DTMF, GatherInput.SPEECH}),

@@ -61,3 +61,10 @@ def test_malformed_uris_are_13243(text: str) -> None:
     with pytest.raises(InvalidSipUri) as info:
         parse_dial_uri(text)
     assert info.value.code == 13243
+
+
+def test_header_name_ending_in_a_line_break_is_refused() -> None:
+    """A trailing %0A must not slip past the name check into the INVITE (header injection)."""
+    parsed = parse_dial_uri("sip:b@h?X-A%0A=1&X-B=2")
+    assert parsed.headers == (("X-B", "2"),)
+    assert [n.code for n in parsed.notices] == [13252]
