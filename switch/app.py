@@ -12,11 +12,15 @@ import aiohttp
 from aiohttp import web
 
 from switch.api import add_api_routes
+from switch.api_calls import CallsResource
+from switch.call.commands import CancelCall
+from switch.call.protocol import Leg
 from switch.config import Config
-from switch.engine import Engine, EngineSettings, Leg, Listener, TrunkAccount
+from switch.engine import Engine, EngineSettings, Listener, TrunkAccount
 from switch.engine.core import RegisterRequest
 from switch.http import build_app
 from switch.numbers import InvalidNumber, request_uri_user_to_e164
+from switch.outbound_call import ApiCall
 from switch.recordings import (
     SpareSides,
     callback_params,
@@ -43,7 +47,6 @@ class Switch:
         self.config = config
         self.sessions: set[asyncio.Task[None]] = set()
         self.ready = False
-        self.stopping = False
 
     async def run(self) -> int:
         config = self.config
@@ -78,7 +81,8 @@ class Switch:
         self.services.spares = SpareSides(sweep_side_files(store, config.storage.path))
         store.group_commits(asyncio.get_running_loop())
         http_app = build_app(engine.counts, lambda: self.ready)
-        add_api_routes(http_app, store, config, workers)
+        calls_api = CallsResource(self.services)
+        add_api_routes(http_app, store, config, workers, calls_api)
         runner = web.AppRunner(http_app)
         await runner.setup()
         site = web.TCPSite(runner, config.http.host, config.http.port)
@@ -97,11 +101,15 @@ class Switch:
         )
         await stop.wait()
         log.info("stopping: hanging up %d calls", len(self.sessions))
-        self.stopping = True
+        self.services.calls.stopping = True
         self.ready = False
+        for call in self.services.calls:
+            if isinstance(call, ApiCall) and call.session is None:
+                call.deliver(CancelCall())  # queued or ringing: withdrawn, recorded canceled
         await engine.shutdown()
         if self.sessions:
             await asyncio.wait(self.sessions, timeout=10)
+        await calls_api.close()
         await workers.close()
         await webhooks.drain(5)
         await webhooks.close()
@@ -154,7 +162,7 @@ class Switch:
         """
         if not leg.live:
             return  # CANCELled before we got to it
-        if self.stopping or len(self.sessions) >= self.config.dial.max_calls:
+        if not self.services.calls.admit():
             leg.hangup(503, "Service Unavailable")
             return
         request = leg.request
@@ -175,7 +183,7 @@ class Switch:
             log.info("%s: no number %r: 404", leg.call_sid, request.request_uri)
             leg.hangup(404, "Not Found")
             return
-        self._start(CallSession(self.services, leg, app, to=number))
+        self._start(CallSession.inbound(self.services, leg, app, to=number))
 
     def _client_call(self, leg: Leg, identity: str) -> None:
         """A registered client places a call: digest first (407), then its own app."""
@@ -196,9 +204,12 @@ class Switch:
             leg.hangup(403, "No Application For This Client")
             return
         to = self.services.dialled(uri_user(request.request_uri))
-        self._start(CallSession(self.services, leg, app, to=to, from_=f"client:{identity}"))
+        self._start(CallSession.inbound(self.services, leg, app, to=to, from_=f"client:{identity}"))
 
     def _start(self, session: CallSession) -> None:
-        task = asyncio.get_running_loop().create_task(session.run(), name=session.leg.call_sid)
+        """Run the session as the call's actor: reachable by its CallSid until it ends."""
+        self.services.calls.add(session)
+        task = asyncio.get_running_loop().create_task(session.run(), name=session.call_sid)
         self.sessions.add(task)
         task.add_done_callback(self.sessions.discard)
+        task.add_done_callback(lambda _: self.services.calls.remove(session.call_sid))

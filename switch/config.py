@@ -182,6 +182,12 @@ class DialConfig:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    calls_per_second: float
+    """Calls the REST API starts per second; the excess waits as ``queued`` (Twilio's CPS)."""
+
+
+@dataclass(frozen=True)
 class WebhookConfig:
     connect_timeout: float
     total_timeout: float
@@ -209,6 +215,7 @@ class Config:
     log: LogConfig
     registrar: RegistrarConfig = RegistrarConfig()
     clients: tuple[ClientConfig, ...] = ()
+    api: ApiConfig = ApiConfig(10.0)
 
     def client(self, identity: str) -> ClientConfig | None:
         """A registered client's configuration, or None for an unknown identity."""
@@ -428,10 +435,17 @@ def _build(root: _Table) -> Config:
     log = _build_log(root.table("log"))
     registrar = build_registrar(root.table("registrar"))
     clients = build_clients(root.tables("clients"), METHODS, _parse_voice_url, _checked)
+    api = _build_api(root.table("api"))
     root.finish()
     return Config(
-        sip, http, account, trunks, numbers, storage, dial, webhooks, log, registrar, clients
+        sip, http, account, trunks, numbers, storage, dial, webhooks, log, registrar, clients, api
     )
+
+
+def _build_api(t: _Table) -> ApiConfig:
+    rate = t.number("calls_per_second", 10.0, 0.1, 10_000)
+    t.finish()
+    return ApiConfig(rate)
 
 
 def _build_sip(t: _Table) -> SipConfig:

@@ -27,10 +27,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from switch.dial_callbacks import BranchCallbacks
-from switch.dial_recording import DialRecording
-from switch.engine import Leg
-from switch.engine.events import (
+from switch.call.commands import (
+    CancelCall,
+    Command,
+    HangUpCall,
+    NewDocument,
+    Redirect,
+    RunTwiml,
+)
+from switch.call.events import (
     DtmfReceived,
     LegAnswered,
     LegEnded,
@@ -39,20 +44,32 @@ from switch.engine.events import (
     LegProgressed,
     TransferRequested,
 )
-from switch.fork import Action, Bridge, Cancel, Finished, ForkGroup, RelayEarlyMedia, Screen
-from switch.leg import final_call_status
-from switch.numbers import InvalidNumber, to_e164
+from switch.call.fork import (
+    Action,
+    Bridge,
+    Cancel,
+    Finished,
+    ForkGroup,
+    HangUp,
+    RelayEarlyMedia,
+    Screen,
+)
+from switch.call.protocol import Leg, Player
+from switch.call.registry import CallView, Refused
+from switch.call.status import CallStatus, final_status, release_code
+from switch.call_recording import CallRecording, RecordingSettings
+from switch.dial_callbacks import BranchCallbacks
+from switch.numbers import InvalidNumber, caller_id, to_e164
 from switch.rcml import model as rcml
 from switch.registrar.bindings import Binding
 from switch.routing import NoRoute, select_trunk
-from switch.script import CallGone, Continue, FailedFetch, LegScript
+from switch.script import CallGone, Continue, FailedFetch, LegScript, Withdrawn
 from switch.sipuri import InvalidSipUri, parse_dial_uri
 
 if TYPE_CHECKING:
-    from switch.engine.core import Player
     from switch.session import CallSession
 
-RELEASE_CODES = {"busy": (486, "Busy Here"), "no-answer": (480, "Temporarily Unavailable")}
+ERROR_CALL_ENDED = 21220
 
 
 @dataclass(frozen=True)
@@ -63,7 +80,14 @@ class TransferDecided:
     document: rcml.Document | None
 
 
-Event = LegEvent | TransferDecided | str
+@dataclass(frozen=True)
+class ScreenEnded:
+    """A branch's sendDigits and whisper document are done; ``passed``: it stayed."""
+
+    passed: bool
+
+
+Event = LegEvent | TransferDecided | ScreenEnded | Command
 
 
 @dataclass
@@ -81,7 +105,7 @@ class Branch:
     leg: Leg | None = None
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     answered: datetime | None = None
-    cancel_status: str | None = None  # CallStatus when we cancelled it
+    cancel_status: CallStatus | None = None  # what it ends as when we cancelled it
     callbacks: BranchCallbacks | None = None
     screen: asyncio.Task[None] | None = None
 
@@ -91,15 +115,12 @@ class Branch:
         digits = isinstance(target, rcml.Number) and bool(target.send_digits)
         return digits or bool(target.url)
 
-    def final_status(self) -> str:
+    def final_status(self) -> CallStatus:
         """Twilio's CallStatus of this child leg once it ended."""
         leg = self.leg
-        if leg is not None and leg.was_answered and self.answered is not None:
-            return "completed"
-        if self.cancel_status is not None:
-            return self.cancel_status
+        answered = leg is not None and leg.was_answered and self.answered is not None
         code = leg.final_code if leg is not None else None
-        return final_call_status(False, code, cancelled=False)
+        return final_status(answered, code, self.cancel_status)
 
 
 class DialRunner:
@@ -116,9 +137,21 @@ class DialRunner:
         self.bridged_at: datetime | None = None
         self.started = datetime.now(UTC)
         self.log = session.log
-        self.recording = DialRecording(self) if dial.record.records else None
+        self.recording = (
+            CallRecording(
+                self.services,
+                self.caller.call_sid,
+                RecordingSettings.of_dial(dial, session.resolve),
+                session.notify,
+            )
+            if dial.record.records
+            else None
+        )
         self.transfer: Continue | None = None  # the referUrl document that ends this Dial
         self.transfer_task: asyncio.Task[None] | None = None
+        self.withdrawn = False  # a REST redirect ended the Dial: no action request
+        self.racing = True  # the fork is undecided: commands go through the queue
+        self.caller_id: str | None = None  # From of the children, chosen once
 
     # ---- setup -----------------------------------------------------------------------
 
@@ -195,35 +228,83 @@ class DialRunner:
             )
 
     def _caller_id(self) -> str:
-        return self.dial.caller_id or self.session.from_
+        if self.caller_id is None:
+            self.caller_id = self._choose_caller_id()
+        return self.caller_id
+
+    def _choose_caller_id(self) -> str:
+        """``callerId`` normalised for a From header (E.164 for numbers); an
+        unusable one is 13214 and the caller's own number (SEMANTICS.md)."""
+        wanted = self.dial.caller_id
+        if wanted:
+            normalised = caller_id(wanted, self.services.default_region)
+            if normalised is not None:
+                return normalised
+            self.session.notify(
+                13214, f"invalid callerId {wanted!r}; the caller's number is used", error=False
+            )
+        return self.session.from_
 
     # ---- run -------------------------------------------------------------------------
 
     async def run(self) -> Continue | None:
         self._plan()
         stop_listening = self.caller.subscribe(lambda e: self.events.put_nowait((None, e)))
+        self.session.dialling = self
         try:
             await self._prepare_caller()
             if self.recording is not None and self.recording.from_ringing and self.caller.live:
-                self.recording.start()
+                self.recording.start(self.caller)
                 if self.ringback is not None:
-                    self.recording.hear(self.ringback)
-            self.group = ForkGroup.of(self.branches)
-            if self.group.start():
-                status = "failed"  # no target at all
+                    self.recording.hear_tone(self.ringback)
+            self.group = ForkGroup.of(
+                self.branches,
+                ring_timeout=self.dial.timeout + self.services.timeout_grace,
+                time_limit=self.dial.time_limit,
+                relay_early_media=self.dial.ring_tone is None,
+            )
+            if self.group.start(asyncio.get_running_loop().time()):
+                status = CallStatus.FAILED  # no target at all
             elif not self.caller.live:
                 # The caller left before the first INVITE went out: send none.
                 self.group.caller_left()
-                status = "no-answer"
+                status = CallStatus.NO_ANSWER
             else:
                 for branch in self.branches.values():
                     self._invite(branch)
                 status = await self._race()
         finally:
+            self.racing = False
             stop_listening()
             self._stop_ringback()
             await self._end_children()
+            self.session.dialling = None
+        if self.withdrawn:
+            if self.recording is not None:
+                await self.recording.finish()
+            raise Withdrawn
         return await self._report(status)
+
+    def deliver(self, command: NewDocument) -> None:
+        """A REST redirect of the parent call while this Dial runs.
+
+        While the fork is undecided it is withdrawn; once it is over, only its
+        action request is skipped.
+        """
+        if self.racing:
+            self.events.put_nowait((None, command))
+        else:
+            self.withdrawn = True
+
+    def cancel_child(self, call_sid: str) -> bool:
+        """``Status=canceled`` for one of this Dial's children; False if it is not ringing."""
+        for branch in self.branches.values():
+            if branch.leg is not None and branch.leg.call_sid == call_sid:
+                if branch.leg.answered or not branch.leg.live:
+                    return False
+                self.events.put_nowait((branch.key, CancelCall()))
+                return True
+        return False
 
     async def _prepare_caller(self) -> None:
         dial, caller = self.dial, self.caller
@@ -259,6 +340,7 @@ class DialRunner:
             branch.target_uri,
         )
         branch.leg = leg
+        self.services.calls.add(ChildCall(self, branch, leg), top_level=False)
         leg.keep_final_response = isinstance(branch.target, rcml.Sip)
         branch.started = datetime.now(UTC)
         key = branch.key
@@ -281,58 +363,46 @@ class DialRunner:
         )
         return branch.callbacks
 
-    async def _race(self) -> str:
-        """Feed events to the fork group until it finishes; returns DialCallStatus."""
+    async def _race(self) -> CallStatus:
+        """Feed events and deadlines to the fork group until it finishes.
+
+        Returns the DialCallStatus. The group says when it next needs the clock
+        (``get_timer``); the queue carries frozen events only.
+        """
         loop = asyncio.get_running_loop()
-        timeout = self.dial.timeout + self.services.timeout_grace
-        timer = loop.call_later(timeout, lambda: self.events.put_nowait((None, "timeout")))
-        limit: asyncio.TimerHandle | None = None
-        try:
-            while True:
-                key, event = await self.events.get()
+        group = self.group
+        while True:
+            deadline = group.get_timer()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    key, event = await self.events.get()
+            except TimeoutError:
+                actions = group.handle_timer(loop.time())
+            else:
                 if key is None:
                     actions = self._caller_event(event)
                 else:
                     actions = self._branch_event(self.branches[key], event)
-                bridged = await self._apply(actions)
-                if bridged:
-                    timer.cancel()
-                    limit = loop.call_later(
-                        self.dial.time_limit,
-                        lambda: self.events.put_nowait((None, "time-limit")),
-                    )
-                for action in actions:
-                    if isinstance(action, Finished):
-                        return action.dial_call_status
-        finally:
-            timer.cancel()
-            if limit is not None:
-                limit.cancel()
+            await self._apply(actions)
+            for action in actions:
+                if isinstance(action, Finished):
+                    self.withdrawn = action.withdrawn
+                    return action.dial_call_status
 
     def _caller_event(self, event: Event) -> list[Action]:
         group = self.group
         match event:
-            case "timeout":
-                for key in group.ringing_branches():
-                    self._branch(key).cancel_status = "no-answer"
-                return group.timed_out()
-            case "time-limit":
-                if self.winner is not None and self.winner.leg is not None:
-                    self.winner.leg.hangup()
-                return []
             case DtmfReceived(digit="*") if self.dial.hangup_on_star and self.bridged_at:
-                if self.winner is not None and self.winner.leg is not None:
-                    self.winner.leg.hangup()
-                return []
+                return group.hangup_on_star()
             case TransferRequested(refer_to=target):
                 self.session.notify(13802, f"REFER to {target} from the caller declined")
                 return []
             case LegEnded():
                 if self.winner is not None:
                     return group.bridge_ended()
-                for key in group.pending_branches():
-                    self._branch(key).cancel_status = "canceled"
                 return group.caller_left()
+            case Redirect() | RunTwiml():
+                return group.withdrawn()
         return []
 
     def _branch_event(self, branch: Branch, event: Event) -> list[Action]:
@@ -349,9 +419,7 @@ class DialRunner:
                     callbacks.answered()
                 return group.answered(branch.key, screened=branch.screened)
             case LegMediaReady():
-                if group.early_media_branch == branch.key and self.winner is None:
-                    self._relay_early_media(branch)
-                return []
+                return group.media_ready(branch.key)
             case LegEnded(sip_code=code):
                 if callbacks is not None:
                     callbacks.completed(
@@ -366,32 +434,37 @@ class DialRunner:
             case TransferDecided():
                 self._transfer_decided(branch, event)
                 return []
-            case "screen-passed":
+            case ScreenEnded(passed=True):
                 return group.screen_passed(branch.key)
-            case "screen-failed":
+            case ScreenEnded(passed=False):
                 if branch.leg is not None:
                     branch.leg.hangup()
                 return []
+            case CancelCall():
+                return group.branch_canceled(branch.key)
         return []
 
-    async def _apply(self, actions: list[Action]) -> bool:
-        """Carry out the fork group's actions; True when a bridge was made."""
-        bridged = False
+    async def _apply(self, actions: list[Action]) -> None:
+        """Carry out the fork group's actions, in order."""
         for action in actions:
             match action:
-                case Cancel(branch=key):
+                case Cancel(branch=key, status=status):
                     branch = self._branch(key)
                     if branch.cancel_status is None:
-                        branch.cancel_status = "canceled"
+                        branch.cancel_status = status
                     if branch.leg is not None:
                         branch.leg.hangup()
+                case HangUp(branch=key):
+                    leg = self._branch(key).leg
+                    if leg is not None:
+                        leg.hangup()
                 case RelayEarlyMedia(branch=key):
                     self._relay_early_media(self._branch(key))
                 case Screen(branch=key):
                     self._start_screening(self._branch(key))
                 case Bridge(branch=key):
-                    bridged = await self._bridge(self._branch(key))
-        return bridged
+                    if await self._bridge(self._branch(key)):
+                        self.group.bridged(asyncio.get_running_loop().time())
 
     def _branch(self, key: Hashable) -> Branch:
         """The branch a fork-group decision names (its keys are our int keys)."""
@@ -400,14 +473,14 @@ class DialRunner:
 
     def _relay_early_media(self, branch: Branch) -> None:
         leg = branch.leg
-        if leg is None or self.dial.ring_tone is not None or not leg.media_ready.is_set():
+        if leg is None or not leg.media_ready.is_set():
             return
         if self.dial.answer_on_bridge:
             self.caller.ring(early_media=True)
-        if self.caller.audio() is None:
+        if not self.caller.media_ready.is_set():
             return  # the caller's 183 media comes up shortly; LegMediaReady retries
         self._stop_ringback()
-        self.services.engine.connect(leg, self.caller)
+        self.session.media.connect(leg, self.caller)
         if self.recording is not None:
             self.recording.hear(leg)
 
@@ -423,14 +496,14 @@ class DialRunner:
             await self.session.wait_media(leg)
         except CallGone:
             return False  # the caller's LegEnded is queued and ends the race
-        engine = self.services.engine
-        engine.connect(self.caller, leg)
-        engine.connect(leg, self.caller)
+        media = self.session.media
+        media.connect(self.caller, leg)
+        media.connect(leg, self.caller)
         self.bridged_at = datetime.now(UTC)
         leg.transfers_allowed = bool(self.dial.refer_url)
         if self.recording is not None:
-            self.recording.start()  # record-from-answer starts here; no-op if running
-            self.recording.hear_caller()
+            self.recording.start(self.caller)  # record-from-answer starts here, once
+            self.recording.hear_own(self.caller)
             self.recording.hear(leg)
         if self.session.answered_at is None:
             self.session.answered_at = self.bridged_at
@@ -441,7 +514,7 @@ class DialRunner:
     def _start_screening(self, branch: Branch) -> None:
         async def screen() -> None:
             passed = await self._screen(branch)
-            self.events.put_nowait((branch.key, "screen-passed" if passed else "screen-failed"))
+            self.events.put_nowait((branch.key, ScreenEnded(passed)))
 
         branch.screen = asyncio.get_running_loop().create_task(screen())
 
@@ -528,8 +601,7 @@ class DialRunner:
     def _start_ringback(self) -> None:
         code = self.dial.ring_tone or self.services.default_ringtone
         path = self.services.ringback_file(code)
-        self.ringback = self.services.engine.player(path, loop=True)
-        self.ringback.start(self.caller)
+        self.ringback = self.session.media.play(path, loop=True)
 
     def _stop_ringback(self) -> None:
         player, self.ringback = self.ringback, None
@@ -604,18 +676,20 @@ class DialRunner:
                     ended=ended,
                     status=branch.final_status(),
                 )
+                self.services.calls.remove(branch.leg.call_sid)
 
-    async def _report(self, status: str) -> Continue | None:
+    async def _report(self, status: CallStatus) -> Continue | None:
         now = datetime.now(UTC)
         duration = int((now - self.bridged_at).total_seconds()) if self.bridged_at else 0
         ring_end = self.bridged_at or now
         last = self.winner or _last_invited(self.branches)
-        if status != "completed" and not self.caller.answered:
-            code = RELEASE_CODES.get(status)
-            if code is None and last is not None and last.leg is not None:
-                sip = last.leg.final_code or 0
-                code = (sip, last.leg.final_reason) if 400 <= sip < 700 else None
-            self.session.release_code = code or (503, "Service Unavailable")
+        if status is not CallStatus.COMPLETED and not self.caller.answered:
+            last_leg = last.leg if last is not None else None
+            self.session.release_code = release_code(
+                status,
+                last_leg.final_code if last_leg is not None else None,
+                last_leg.final_reason if last_leg is not None else "",
+            )
         extra = {
             "DialCallStatus": status,
             "DialCallSid": last.leg.call_sid if last and last.leg else "",
@@ -636,6 +710,50 @@ class DialRunner:
         if not self.caller.live:
             return Continue(None, self.dial.action)
         return Continue(doc, self.dial.action)
+
+
+class ChildCall:
+    """A ``<Dial>`` child as the REST API reaches it while it is live.
+
+    ``Status=canceled`` withdraws it while it rings (the Dial's status is then
+    ``canceled``), ``Status=completed`` hangs it up. Redirecting a child out of
+    its bridge is not supported: redirect the parent call.
+    """
+
+    def __init__(self, runner: DialRunner, branch: Branch, leg: Leg):
+        self.runner = runner
+        self.branch = branch
+        self.leg = leg
+        self.call_sid = leg.call_sid
+
+    def view(self) -> CallView:
+        branch, leg = self.branch, self.leg
+        return CallView(
+            sid=self.call_sid,
+            parent_call_sid=self.runner.caller.call_sid,
+            to=branch.to,
+            from_=self.runner._caller_id(),
+            status=leg.machine.call_status if leg.live else branch.final_status(),
+            direction="outbound-dial",
+            start_time=branch.started,
+            end_time=None,
+            answer_time=branch.answered,
+            date_created=branch.started,
+        )
+
+    def deliver(self, command: Command) -> None:
+        if not self.leg.live:
+            raise Refused(ERROR_CALL_ENDED, "Call is not in-progress. Cannot redirect.")
+        match command:
+            case CancelCall():
+                self.runner.cancel_child(self.call_sid)  # an answered child stays
+            case HangUpCall():
+                self.leg.hangup()
+            case _:
+                raise Refused(
+                    ERROR_CALL_ENDED,
+                    "A <Dial> child cannot be redirected; redirect its parent call",
+                )
 
 
 class WhisperScript(LegScript):

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 from media.audio import wav_duration
-from switch.engine import Leg
-from switch.engine.events import DtmfReceived, LegEvent
+from switch.call.events import DtmfReceived, LegEvent
+from switch.call.media import CallMedia
+from switch.call.protocol import Leg
 from switch.rcml import model as rcml
 from switch.rcml.parser import parse
 from switch.webhook import FetchedDocument, WebhookError
@@ -35,6 +36,10 @@ MEDIA_WAIT = 5.0  # seconds to wait for audio after answering
 
 class CallGone(Exception):
     """The leg hung up while a verb was running."""
+
+
+class Withdrawn(Exception):
+    """A REST command replaced what the call was doing (a redirect during ``<Dial>``)."""
 
 
 @dataclass
@@ -78,6 +83,7 @@ class LegScript:
         self.fallback = fallback
         self.log = log
         self.answered_at: datetime | None = None
+        self.media = CallMedia(services.engine, leg)
 
     def params(self) -> dict[str, str]:
         raise NotImplementedError
@@ -238,9 +244,8 @@ class LegScript:
     async def play_file(self, path: Path, loops: int) -> None:
         duration = wav_duration(path)
         for _ in range(loops):
-            player = self.services.engine.player(path, loop=False)
+            player = self.media.play(path, loop=False)
             try:
-                player.start(self.leg)
                 await self.wait(duration + 0.05)
             finally:
                 player.close()

@@ -16,10 +16,11 @@ import aiohttp
 
 from media.audio import MAX_DOWNLOAD, AudioCache
 from media.tones import ensure_tone_files
+from switch.call.protocol import Leg, MediaEngine
+from switch.call.registry import CallRegistry
+from switch.call.status import final_status
 from switch.config import Config, NumberConfig, Trunk
 from switch.config_clients import ClientConfig
-from switch.engine import Engine, Leg
-from switch.leg import final_call_status
 from switch.numbers import InvalidNumber, to_e164
 from switch.recordings import SpareSides
 from switch.registrar.service import Registrar
@@ -82,7 +83,7 @@ class Services:
         config: Config,
         store: Store,
         webhooks: WebhookClient,
-        engine: Engine,
+        engine: MediaEngine,
         http: aiohttp.ClientSession,
         workers: WorkerPool | None = None,
     ):
@@ -109,6 +110,7 @@ class Services:
             if (app := NumberApp.of_client(c, demo_url)) is not None
         }
         self.registrar: Registrar | None = None  # set by the switch once created
+        self.calls = CallRegistry(config.dial.max_calls)
         self.spares = SpareSides()  # filled at start from what a previous run left
 
     # ---- numbers and addresses -------------------------------------------------------
@@ -157,11 +159,7 @@ class Services:
 
     @staticmethod
     def final_status(leg: Leg) -> str:
-        return final_call_status(
-            answered=leg.was_answered,
-            sip_code=leg.final_code,
-            cancelled=leg.cancelled_by_us,
-        )
+        return final_status(leg.was_answered, leg.final_code)
 
     def record_leg(
         self,
@@ -177,6 +175,7 @@ class Services:
         call_reason: str | None = None,
         ended: datetime | None = None,
         status: str | None = None,
+        caller_name: str = "",
     ) -> None:
         end = ended or datetime.now(UTC)
         duration = int((end - answered).total_seconds()) if answered else 0
@@ -197,5 +196,6 @@ class Services:
                 trunk=trunk,
                 call_reason=call_reason,
                 duration=max(0, duration),
+                caller_name=caller_name,
             )
         )

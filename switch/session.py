@@ -1,38 +1,63 @@
 """One call's RCML session: fetch a document, run its verbs in order, repeat.
 
-A session starts when an INVITE for one of our numbers arrives. It asks the
-number's app for a document (Twilio's voice request), runs each verb, follows
+A session runs a call that is up: an inbound INVITE for one of our numbers (or
+from a client), or an API-created call once answered (switch/api_calls.py). It
+asks the app for a document (Twilio's voice request), runs each verb, follows
 ``<Redirect>`` and ``<Dial action>`` to the next document, and hangs up when no
 verb is left. Fetch and parse failures go to the fallback URL when one is
 configured (with ``ErrorCode``/``ErrorUrl``), otherwise the caller hears a short
 "application error" and the call ends. Every failure is a notification with
 its Twilio error code, logged with the CallSid and stored for the call.
+
+The session is the call's actor for the REST API: ``deliver`` takes a command
+(switch/call/commands.py). A new document (``Url`` or ``Twiml``) replaces the
+running one at once: the verb in progress is cancelled, or, inside a
+``<Dial>``, the fork is withdrawn (children cancelled or hung up, their
+callbacks sent, no action request); then the new document runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from switch.engine import Leg
+from switch.call.commands import CancelCall, Command, HangUpCall, NewDocument, Redirect
+from switch.call.protocol import Leg
+from switch.call.registry import CallView, Refused
+from switch.call.status import CallStatus
+from switch.dial_callbacks import BranchCallbacks
 from switch.rcml import model as rcml
-from switch.script import CallGone, Continue, Fallback, LegScript
+from switch.script import CallGone, Continue, Fallback, LegScript, Withdrawn
 from switch.sipmsg import display_name, uri_user
-from switch.timestamps import rfc2822
 
 if TYPE_CHECKING:
+    from switch.dial import DialRunner
     from switch.services import NumberApp, Services
 
 log = logging.getLogger("dialswitch.call")
 
+ERROR_CALL_ENDED = 21220
+
 
 class CallSession(LegScript):
-    """Runs the RCML of one inbound call leg."""
+    """Runs the RCML of one call that is up; the call's actor."""
 
     def __init__(
-        self, services: Services, leg: Leg, app: NumberApp, to: str, from_: str | None = None
+        self,
+        services: Services,
+        leg: Leg,
+        app: NumberApp,
+        *,
+        to: str,
+        from_: str,
+        direction: str,
+        caller_name: str = "",
+        extra_params: Mapping[str, str] | None = None,
+        callbacks: BranchCallbacks | None = None,
+        started: datetime | None = None,
     ):
         fallback = (
             Fallback(app.voice_fallback_url, app.voice_fallback_method)
@@ -41,51 +66,147 @@ class CallSession(LegScript):
         )
         adapter = logging.LoggerAdapter(log, {"call_sid": leg.call_sid})
         super().__init__(services, leg, app.voice_url, fallback, adapter)
+        self.call_sid = leg.call_sid
         self.app = app
+        self.from_ = from_
+        self.to = to
+        self.direction = direction
+        self.caller_name = caller_name
+        self.started = started or datetime.now(UTC)
+        self.release_code: tuple[int, str] | None = None  # for an unanswered caller
+        self._extra_params = dict(extra_params or {})
+        self.callbacks = callbacks
+        if callbacks is None and app.status_callback:
+            callbacks = BranchCallbacks(
+                services.webhooks,
+                url=app.status_callback,
+                method=app.status_callback_method,
+                events=(),
+                params=self.params,
+            )
+            self.callbacks = callbacks
+        self.dialling: DialRunner | None = None  # the <Dial> running, if any
+        self.pending: NewDocument | None = None  # a REST redirect not taken yet
+        self._step_task: asyncio.Task[rcml.Document | None] | None = None
+        self.initial: rcml.Document | None = None  # a document given up front (Twiml)
+
+    @classmethod
+    def inbound(
+        cls, services: Services, leg: Leg, app: NumberApp, to: str, from_: str | None = None
+    ) -> CallSession:
+        """The session of an INVITE we received (from a trunk or a client)."""
         request = leg.request
         assert request is not None
         from_header = request.header("from") or ""
-        self.from_ = from_ or services.caller_number(uri_user(from_header))
-        self.to = to
-        self.caller_name = display_name(from_header)
-        self.started = datetime.now(UTC)
-        self.release_code: tuple[int, str] | None = None  # for an unanswered caller
-        leg.machine.log = self.log
-        self._sip_headers = {f"SipHeader_{k}": v for k, v in request.x_headers().items()}
+        extra = {f"SipHeader_{k}": v for k, v in request.x_headers().items()}
+        extra["SipCallId"] = leg.sip_call_id
+        extra["SipSourceIp"] = leg.source.rsplit(":", 1)[0].strip("[]")
+        return cls(
+            services,
+            leg,
+            app,
+            to=to,
+            from_=from_ or services.caller_number(uri_user(from_header)),
+            direction="inbound",
+            caller_name=display_name(from_header),
+            extra_params=extra,
+        )
 
     # ---- parameters ------------------------------------------------------------------
 
-    def call_status(self) -> str:
-        if not self.leg.live:
-            return "completed"
-        return "in-progress" if self.leg.answered else "ringing"
+    def call_status(self) -> CallStatus:
+        return self.leg.machine.call_status
 
     def params(self) -> dict[str, str]:
         """Twilio's voice-request parameters of this call."""
-        leg = self.leg
         params = {
-            "CallSid": leg.call_sid,
+            "CallSid": self.call_sid,
             "AccountSid": self.services.account_sid,
             "From": self.from_,
             "To": self.to,
             "Caller": self.from_,
             "Called": self.to,
-            "CallStatus": self.call_status(),
+            "CallStatus": str(self.call_status()),
             "ApiVersion": "2010-04-01",
-            "Direction": "inbound",
+            "Direction": self.direction,
             "CallerName": self.caller_name,
-            "SipCallId": leg.sip_call_id,
-            "SipSourceIp": leg.source.rsplit(":", 1)[0].strip("[]"),
         }
-        params.update(self._sip_headers)
+        params.update(self._extra_params)
         return params
+
+    def view(self) -> CallView:
+        return CallView(
+            sid=self.call_sid,
+            parent_call_sid=None,
+            to=self.to,
+            from_=self.from_,
+            status=self.call_status(),
+            direction=self.direction,
+            start_time=self.started,
+            end_time=None,
+            answer_time=self.answered_at,
+            caller_name=self.caller_name,
+            date_created=self.started,
+        )
+
+    # ---- REST commands ---------------------------------------------------------------
+
+    def deliver(self, command: Command) -> None:
+        leg = self.leg
+        if not leg.live:
+            raise Refused(ERROR_CALL_ENDED, "Call is not in-progress. Cannot redirect.")
+        match command:
+            case HangUpCall():
+                leg.hangup()
+            case CancelCall():
+                if not leg.answered:  # Twilio leaves an answered call alone
+                    leg.hangup(487, "Request Terminated")
+            case _:
+                self.log.info("%s: redirected by the REST API", self.call_sid)
+                self.pending = command
+                if self.dialling is not None:
+                    self.dialling.deliver(command)
+                elif self._step_task is not None:
+                    self._step_task.cancel()
+
+    async def _step(self, work: Awaitable[rcml.Document | None]) -> rcml.Document | None:
+        """Await one piece of the call (a fetch, a document's verbs); a REST redirect
+        interrupts it and the new document is returned instead."""
+        task = asyncio.ensure_future(work)
+        self._step_task = task
+        try:
+            return await task
+        except (asyncio.CancelledError, Withdrawn):
+            if self.pending is None:
+                raise
+        finally:
+            self._step_task = None
+        command, self.pending = self.pending, None
+        return await self._step(self._document_for(command))
+
+    async def _document_for(self, command: NewDocument) -> rcml.Document | None:
+        if isinstance(command, Redirect):
+            self.document_url = command.url
+            return await self.fetch(command.url, command.method, {})
+        for notice in command.document.notices:
+            self.notify(notice.code, notice.message, error=notice.level == "error")
+        return command.document
+
+    async def _verbs(self, document: rcml.Document) -> rcml.Document | None:
+        return await self.execute(document)
 
     # ---- the session -----------------------------------------------------------------
 
+    async def first_document(self) -> rcml.Document | None:
+        if self.initial is not None:
+            return self.initial
+        return await self.fetch(self.app.voice_url, self.app.voice_method, {})
+
     async def run(self) -> None:
         try:
-            document = await self.fetch(self.app.voice_url, self.app.voice_method, {})
-            await self.run_document(document)
+            document = await self._step(self.first_document())
+            while document is not None and self.leg.live:
+                document = await self._step(self._verbs(document))
             if self.release_code is None and self.leg.live:
                 # Twilio answers every call it does not <Reject>, even when the
                 # document does nothing: answer, then hang up below.
@@ -93,9 +214,12 @@ class CallSession(LegScript):
         except CallGone:
             pass
         except Exception:
-            self.log.exception("%s: session failed", self.leg.call_sid)
+            self.log.exception("%s: session failed", self.call_sid)
         finally:
             await self.finish()
+
+    def final_status(self) -> str:
+        return self.services.final_status(self.leg)
 
     async def finish(self) -> None:
         leg = self.leg
@@ -107,30 +231,25 @@ class CallSession(LegScript):
         try:
             await asyncio.wait_for(asyncio.shield(leg.ended), 10)
         except TimeoutError:
-            self.log.error("%s: leg did not end after hangup", leg.call_sid)
+            self.log.error("%s: leg did not end after hangup", self.call_sid)
+        ended = datetime.now(UTC)
+        status = self.final_status()
         self.services.record_leg(
             leg,
             parent_sid=None,
             from_=self.from_,
             to=self.to,
-            direction="inbound",
+            direction=self.direction,
             started=self.started,
             answered=self.answered_at,
+            ended=ended,
+            status=status,
+            caller_name=self.caller_name,
         )
-        if self.app.status_callback:
-            ended = datetime.now(UTC)
+        self.services.calls.remove(self.call_sid)
+        if self.callbacks is not None:
             duration = int((ended - self.answered_at).total_seconds()) if self.answered_at else 0
-            params = self.params()
-            params.update(
-                CallStatus=self.services.final_status(leg),
-                CallDuration=str(duration),
-                Timestamp=rfc2822(ended),
-                CallbackSource="call-progress-events",
-                SequenceNumber="0",
-            )
-            self.services.webhooks.post_callback(
-                self.app.status_callback, self.app.status_callback_method, params, key=leg.call_sid
-            )
+            self.callbacks.completed(status, duration)
 
     async def dial(self, verb: rcml.Dial) -> Continue | None:
         from switch.dial import DialRunner

@@ -48,7 +48,7 @@ DB_NAME = "dialswitch.sqlite3"
 
 Direction = Literal["inbound", "outbound-dial", "outbound-api"]
 FinalStatus = Literal["completed", "busy", "no-answer", "failed", "canceled"]
-"""The CallStatus values a leg can end with (Twilio)."""
+"""The CallStatus values a leg can end with (switch/call/status.py owns the words)."""
 NotificationLevel = Literal["error", "warning"]
 RecordingStatus = Literal["in-progress", "completed", "absent", "failed"]
 """Where a recording is: being written, finished, finished without audio, lost."""
@@ -127,14 +127,21 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX recordings_open ON recordings (status, callback_pending)
         WHERE status = 'in-progress' OR callback_pending;
     """,
+    """
+    ALTER TABLE legs ADD COLUMN caller_name TEXT NOT NULL DEFAULT '';
+    CREATE INDEX legs_to ON legs (to_, start_time);
+    CREATE INDEX legs_from ON legs (from_, start_time);
+    """,
 )
 """Schema steps: ``MIGRATIONS[n]`` takes the database from user_version n to n + 1."""
 
 _LEG_COLUMNS = (
     "call_sid, parent_call_sid, account_sid, from_, to_, direction, start_time,"
-    " answer_time, end_time, status, sip_code, sip_call_id, trunk, call_reason, duration"
+    " answer_time, end_time, status, sip_code, sip_call_id, trunk, call_reason, duration,"
+    " caller_name"
 )
-_INSERT_LEG = f"INSERT INTO legs ({_LEG_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+_INSERT_LEG = f"INSERT INTO legs ({_LEG_COLUMNS}) VALUES ({', '.join('?' * 16)})"
+_DELETE_LEG = "DELETE FROM legs WHERE call_sid = ?"
 _SELECT_LEG = f"SELECT {_LEG_COLUMNS} FROM legs WHERE call_sid = ?"
 _SELECT_CHILD_LEGS = (
     f"SELECT {_LEG_COLUMNS} FROM legs WHERE parent_call_sid = ? ORDER BY start_time, rowid"
@@ -234,6 +241,7 @@ class LegRecord:
     call_reason: str | None
     duration: int
     """Whole seconds from answer to end; 0 for a leg never answered."""
+    caller_name: str = ""
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -323,7 +331,7 @@ def _from_text(text: str) -> datetime:
 
 def _leg_from_row(row: tuple[Any, ...]) -> LegRecord:
     (sid, parent, account, from_, to, direction, start, answer, end, *rest) = row
-    status, sip_code, sip_call_id, trunk, call_reason, duration = rest
+    status, sip_code, sip_call_id, trunk, call_reason, duration, caller_name = rest
     return LegRecord(
         call_sid=sid,
         parent_call_sid=parent,
@@ -340,6 +348,7 @@ def _leg_from_row(row: tuple[Any, ...]) -> LegRecord:
         trunk=trunk,
         call_reason=call_reason,
         duration=duration,
+        caller_name=caller_name,
     )
 
 
@@ -532,6 +541,7 @@ class Store:
                     rec.trunk,
                     rec.call_reason,
                     rec.duration,
+                    rec.caller_name,
                 ),
             )
         except sqlite3.IntegrityError as e:
@@ -545,6 +555,50 @@ class Store:
         """The child legs a call dialled, oldest first."""
         rows = self._db.execute(_SELECT_CHILD_LEGS, (call_sid,)).fetchall()
         return [_leg_from_row(row) for row in rows]
+
+    def find_legs(
+        self,
+        limit: int,
+        offset: int = 0,
+        *,
+        to: str | None = None,
+        from_: str | None = None,
+        status: str | None = None,
+        parent_call_sid: str | None = None,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+    ) -> list[LegRecord]:
+        """Ended legs matching every filter given, newest first (the Calls list)."""
+        where, params = [], []
+        for column, value in (
+            ("to_ = ?", to),
+            ("from_ = ?", from_),
+            ("status = ?", status),
+            ("parent_call_sid = ?", parent_call_sid),
+        ):
+            if value is not None:
+                where.append(column)
+                params.append(value)
+        if started_after is not None:
+            where.append("start_time >= ?")
+            params.append(_to_text(started_after))
+        if started_before is not None:
+            where.append("start_time < ?")
+            params.append(_to_text(started_before))
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        sql = (
+            f"SELECT {_LEG_COLUMNS} FROM legs{clause}"
+            " ORDER BY start_time DESC, rowid DESC LIMIT ? OFFSET ?"
+        )
+        rows = self._db.execute(sql, (*params, limit, offset)).fetchall()
+        return [_leg_from_row(row) for row in rows]
+
+    def delete_leg(self, call_sid: str) -> bool:
+        """Remove an ended call's record (and its notifications); False if there was none."""
+        deleted = self._write(_DELETE_LEG, (call_sid,)).rowcount > 0
+        if deleted:
+            self._write("DELETE FROM notifications WHERE call_sid = ?", (call_sid,))
+        return deleted
 
     def recent_legs(self, limit: int) -> list[LegRecord]:
         """The `limit` legs that started last, newest first."""

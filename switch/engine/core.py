@@ -33,6 +33,8 @@ from pathlib import Path
 import pjsua2 as pj
 
 from switch import sipcheck
+from switch.call import protocol
+from switch.call.protocol import MediaError
 from switch.engine.legs import Leg, _PjCall, add_headers, guarded
 from switch.sipmsg import SipMessage
 
@@ -45,7 +47,7 @@ CLOSED_TOKEN = struct.Struct("l")  # a recorder-closed token: a C long, native o
 CLOSED_READ = CLOSED_TOKEN.size * 1024  # bytes taken per read: whole tokens only
 
 
-class EngineError(Exception):
+class EngineError(MediaError):
     """pjsua2 refused an operation (e.g. a recorder on a full disk)."""
 
 
@@ -182,8 +184,8 @@ class Player:
         self._player.createPlayer(str(path), 0 if loop else pj.PJMEDIA_FILE_NO_LOOP)
         engine._players.add(self)
 
-    def start(self, leg: Leg) -> bool:
-        media = leg.audio()
+    def start(self, leg: protocol.Leg) -> bool:
+        media = _audio(leg)
         if self._player is None or media is None:
             return False
         self._player.startTransmit(media)
@@ -214,20 +216,22 @@ class Recorder:
         recorder = pj.AudioMediaRecorder()
         recorder.createRecorder(str(path))
         self._recorder: pj.AudioMediaRecorder | None = recorder
-        self._legs: list[Leg] = []
+        self._legs: list[protocol.Leg] = []
         self._closed: asyncio.Future[None] | None = None
         engine._recorders.add(self)
 
-    def hear(self, leg: Leg) -> bool:
+    def hear(self, leg: protocol.Leg) -> bool:
         """Record what ``leg``'s peer sends (once its media is up)."""
-        media = leg.audio()
+        media = _audio(leg)
         if self._recorder is None or media is None or leg in self._legs:
             return False
         media.startTransmit(self._recorder)
         self._legs.append(leg)
         return True
 
-    def hear_player(self, player: Player) -> None:
+    def hear_player(self, player: protocol.Player) -> None:
+        if not isinstance(player, Player):
+            return
         if self._recorder is not None and player._player is not None:
             player._player.startTransmit(self._recorder)
 
@@ -490,9 +494,9 @@ class Engine:
         if self._calls.get(call.slot) is call:
             del self._calls[call.slot]
 
-    def connect(self, source: Leg, sink: Leg) -> bool:
+    def connect(self, source: protocol.Leg, sink: protocol.Leg) -> bool:
         """Let ``sink`` hear ``source`` (one direction)."""
-        a, b = source.audio(), sink.audio()
+        a, b = _audio(source), _audio(sink)
         if a is None or b is None:
             return False
         a.startTransmit(b)
@@ -553,6 +557,11 @@ class Engine:
             "recorders": len(self._recorders),
             "media_ports": ports,
         }
+
+
+def _audio(leg: protocol.Leg) -> pj.AudioMedia | None:
+    """The bridge port of a leg of this engine (None for any other kind, or no media)."""
+    return leg.audio() if isinstance(leg, Leg) else None
 
 
 def _transport_type(listener: Listener) -> int:

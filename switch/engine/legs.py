@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pjsua2 as pj
 
-from switch.engine.events import (
+from switch.call.events import (
     DtmfReceived,
     LegAnswered,
     LegEnded,
@@ -26,7 +26,7 @@ from switch.engine.events import (
     LegProgressed,
     TransferRequested,
 )
-from switch.leg import LegMachine, LegState
+from switch.call.leg import LegInput, LegMachine, LegState
 from switch.sipmsg import SipMessage
 
 if TYPE_CHECKING:
@@ -143,12 +143,11 @@ class Leg:
         self.request = request  # inbound: the INVITE we received
         self.final_response: SipMessage | None = None  # outbound: final answer
         self.keep_final_response = False  # parse it (for DialSip* params) only if asked
-        self.machine = LegMachine(call_sid)
+        self.machine = LegMachine(call_sid, outbound)
         self.sip_call_id = ""
         self.source = ""  # inbound: "ip:port" the INVITE came from
         self.final_code: int | None = None
         self.final_reason = ""
-        self.cancelled_by_us = False
         self.was_answered = False
         self.transfers_allowed = False  # accept the next REFER (a <Dial referUrl> bridge)
         self._refer: SipMessage | None = None  # the REFER being decided
@@ -171,7 +170,7 @@ class Leg:
 
     @property
     def answered(self) -> bool:
-        return self.machine.state is LegState.ANSWERED
+        return self.machine.answered
 
     def subscribe(self, fn: Callable[[LegEvent], None]) -> Callable[[], None]:
         """Receive this leg's events; returns a function that unsubscribes."""
@@ -189,7 +188,7 @@ class Leg:
         if not early_media and self.state in (LegState.RINGING, LegState.EARLY_MEDIA):
             return
         self._respond(183 if early_media else 180)
-        self.machine.move(LegState.EARLY_MEDIA if early_media else LegState.RINGING)
+        self.machine.process(LegInput.EARLY_MEDIA if early_media else LegInput.RANG)
 
     def answer(self) -> None:
         """Inbound only: send 200 OK. The leg becomes ANSWERED when the ACK arrives."""
@@ -210,8 +209,6 @@ class Leg:
         call = self._call
         if call is None or call.gone:
             return
-        if self.outbound and not self.answered:
-            self.cancelled_by_us = True
         prm = pj.CallOpParam(True)
         if sip_code is not None and not self.outbound and not self.answered:
             prm.statusCode = sip_code
@@ -294,16 +291,12 @@ class Leg:
             loop.call_soon(fn, event)
 
     def _progress(self, code: int) -> None:
-        early = code == 183 and self.state is not LegState.EARLY_MEDIA
-        new = LegState.EARLY_MEDIA if code == 183 else LegState.RINGING
-        if self.state is LegState.EARLY_MEDIA and new is LegState.RINGING:
-            return
-        if self.machine.move(new) or early:
+        if self.machine.process(LegInput.EARLY_MEDIA if code == 183 else LegInput.RANG):
             self._emit(LegProgressed(code, early_media=code == 183))
 
     def _answered(self) -> None:
         self.was_answered = True
-        if self.machine.move(LegState.ANSWERED):
+        if self.machine.process(LegInput.ANSWERED):
             self._emit(LegAnswered())
 
     def _media_active(self, call: _PjCall, index: int) -> None:
@@ -317,7 +310,7 @@ class Leg:
         self.final_reason = reason
         self._call = None
         self._media_index = None
-        self.machine.move(LegState.ENDED)
+        self.machine.process(LegInput.ENDED)
         if call is not None:
             self.engine._release(call)
         event = LegEnded(code, reason)
@@ -327,7 +320,7 @@ class Leg:
 
     def _mark_calling(self, sip_call_id: str) -> None:
         self.sip_call_id = sip_call_id
-        self.machine.move(LegState.CALLING)
+        self.machine.process(LegInput.INVITED)
 
 
 def _refer_target(refer_to: str) -> str:

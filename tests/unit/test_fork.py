@@ -7,7 +7,7 @@ from collections.abc import Hashable
 
 import pytest
 
-from switch.fork import (
+from switch.call.fork import (
     Action,
     BranchState,
     Bridge,
@@ -16,6 +16,7 @@ from switch.fork import (
     ForkGroup,
     RelayEarlyMedia,
 )
+from switch.call.status import CallStatus
 
 
 def started(*keys: Hashable) -> ForkGroup:
@@ -103,7 +104,11 @@ def test_repeated_answer_of_the_winner_changes_nothing() -> None:
 
 def test_answer_after_timeout_is_cancelled() -> None:
     group = started("a", "b")
-    assert group.timed_out() == [Cancel("a"), Cancel("b"), Finished("no-answer", None)]
+    assert group.timed_out() == [
+        Cancel("a", CallStatus.NO_ANSWER),
+        Cancel("b", CallStatus.NO_ANSWER),
+        Finished("no-answer", None),
+    ]
     assert group.answered("a") == [Cancel("a")]
     assert group.winner is None
 
@@ -205,7 +210,7 @@ def test_first_final_code_of_a_branch_is_kept() -> None:
 def test_timeout_with_one_branch_in_early_media_cancels_it() -> None:
     group = started("a")
     assert group.early_media("a") == [RelayEarlyMedia("a")]
-    assert group.timed_out() == [Cancel("a"), Finished("no-answer", None)]
+    assert group.timed_out() == [Cancel("a", CallStatus.NO_ANSWER), Finished("no-answer", None)]
     assert group.branches["a"] is BranchState.CANCELLED
 
 
@@ -213,7 +218,11 @@ def test_timeout_cancels_only_live_branches() -> None:
     group = started("a", "b", "c")
     group.failed("b", 486)
     actions = group.timed_out()
-    assert actions == [Cancel("a"), Cancel("c"), Finished("no-answer", None)]
+    assert actions == [
+        Cancel("a", CallStatus.NO_ANSWER),
+        Cancel("c", CallStatus.NO_ANSWER),
+        Finished("no-answer", None),
+    ]
 
 
 def test_timeout_after_the_bridge_is_ignored() -> None:

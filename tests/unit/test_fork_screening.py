@@ -1,6 +1,7 @@
 """Whisper screening in the fork group: an answered branch runs its document first."""
 
-from switch.fork import Bridge, Cancel, Finished, ForkGroup, Screen
+from switch.call.fork import Bridge, Cancel, Finished, ForkGroup, Screen
+from switch.call.status import CallStatus
 
 
 def test_screened_answer_does_not_cancel_the_others() -> None:
@@ -42,7 +43,7 @@ def test_second_screened_pass_after_a_winner_is_hung_up() -> None:
 def test_timeout_keeps_a_branch_in_its_whisper() -> None:
     group = ForkGroup.of(["a", "b"])
     group.answered("a", screened=True)
-    assert group.timed_out() == [Cancel("b")]
+    assert group.timed_out() == [Cancel("b", CallStatus.NO_ANSWER)]
     assert not group.finished
     assert group.screen_passed("a") == [Bridge("a")]
 

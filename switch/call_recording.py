@@ -1,10 +1,14 @@
-"""``<Dial record>``: two side recorders while the dial runs, one file at the end.
+"""A recording of a call: two side recorders while it runs, one file at the end.
 
-The parent side records what the caller says; the child side records what
-the caller hears (ringback and early media when recording from ringing, then
-the called party). Both recorders start in the same tick, so a dual file puts
-them sample-aligned on channels 1 and 2. When the dial ends the side files are
-merged (switch/recordings.py, in a worker process), the row is completed and
+Two users: ``<Dial record>`` (source ``DialVerb``) and an API call created with
+``Record=true`` (source ``OutboundAPI``). The parent side records what the
+call's own leg says (the caller of a Dial, the called party of an API call);
+the child side records what that leg hears (for a Dial: ringback and early
+media when recording from ringing, then the called party; for an API call:
+every prompt, tone and bridged party, through ``CallMedia.listen``). Both
+recorders start in the same tick, so a dual file puts them sample-aligned on
+channels 1 and 2. When the recording ends the side files are merged
+(switch/recordings.py, in a worker process), the row is completed and
 ``recordingStatusCallback`` gets the events it asked for. A recording that
 never started (record-from-answer and nobody answered) is reported ``absent``.
 A recorder that cannot start (disk full) never affects the call.
@@ -14,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from switch.engine import EngineError, Leg, Player, Recorder
+from switch.call.protocol import Leg, MediaError, Player, Recorder
 from switch.rcml import model as rcml
 from switch.recordings import (
     callback_params,
@@ -32,16 +38,50 @@ from switch.recordings import (
 from switch.store import RecordingRecord
 
 if TYPE_CHECKING:
-    from switch.dial import DialRunner
+    from switch.services import Services
 
 log = logging.getLogger("dialswitch.call")
 
+Notify = Callable[..., None]
 
-class DialRecording:
-    def __init__(self, runner: DialRunner):
-        self.runner = runner
-        self.services = runner.services
-        self.dial = runner.dial
+
+@dataclass(frozen=True)
+class RecordingSettings:
+    """What to record and whom to tell (Twilio's recording parameters)."""
+
+    dual: bool
+    from_ringing: bool
+    track: rcml.RecordingTrack
+    trim: bool
+    callback_url: str | None
+    callback_method: str
+    callback_events: tuple[str, ...]
+    source: str
+
+    @classmethod
+    def of_dial(cls, dial: rcml.Dial, resolve: Callable[[str], str]) -> RecordingSettings:
+        """``<Dial record ...>``; a relative ``recordingStatusCallback`` is resolved."""
+        url = dial.recording_status_callback
+        return cls(
+            dual=dial.record.dual,
+            from_ringing=dial.record.from_ringing,
+            track=dial.recording_track,
+            trim=dial.trim is rcml.Trim.TRIM_SILENCE,
+            callback_url=resolve(url) if url else None,
+            callback_method=dial.recording_status_callback_method.value,
+            callback_events=tuple(e.value for e in dial.recording_status_callback_event),
+            source="DialVerb",
+        )
+
+
+class CallRecording:
+    def __init__(
+        self, services: Services, call_sid: str, settings: RecordingSettings, notify: Notify
+    ):
+        self.services = services
+        self.call_sid = call_sid
+        self.settings = settings
+        self.notify = notify
         self.parent: Recorder | None = None
         self.child: Recorder | None = None
         self.record: RecordingRecord | None = None
@@ -59,20 +99,15 @@ class DialRecording:
 
     @property
     def from_ringing(self) -> bool:
-        return self.dial.record.from_ringing
-
-    @property
-    def callback_url(self) -> str | None:
-        """``recordingStatusCallback``, relative URLs resolved against the document's."""
-        url = self.dial.recording_status_callback
-        return self.runner.session.resolve(url) if url else None
+        return self.settings.from_ringing
 
     @property
     def started(self) -> bool:
         return self.record is not None
 
-    def start(self) -> None:
-        """Create the row and both recorders; the call goes on if that fails."""
+    def start(self, own: Leg) -> None:
+        """Create the row and both recorders, the parent hearing ``own``; the call
+        goes on if that fails."""
         if self.started:
             return
         services = self.services
@@ -82,42 +117,48 @@ class DialRecording:
         try:
             self.parent = services.engine.recorder(parent_path)
             self.child = services.engine.recorder(child_path)
-        except EngineError as error:
-            self.runner.session.notify(
-                16101, f"nothing recorded: the recorder could not start ({error})"
-            )
+        except MediaError as error:
+            self.notify(16101, f"nothing recorded: the recorder could not start ({error})")
             self._close()
             return
-        dial = self.dial
-        dual = dial.record.dual and dial.recording_track is rcml.RecordingTrack.BOTH
+        settings = self.settings
+        dual = settings.dual and settings.track is rcml.RecordingTrack.BOTH
         self.record = services.store.create_recording(
             sid=self.sid,
             account_sid=services.account_sid,
-            call_sid=self.runner.caller.call_sid,
+            call_sid=self.call_sid,
             channels=2 if dual else 1,
-            track=dial.recording_track.value,
-            trim=dial.trim is rcml.Trim.TRIM_SILENCE,
+            track=settings.track.value,
+            trim=settings.trim,
             start_time=datetime.now(UTC),
-            callback_url=self.callback_url,
-            callback_method=dial.recording_status_callback_method.value,
-            callback_events=tuple(e.value for e in dial.recording_status_callback_event),
+            callback_url=settings.callback_url,
+            callback_method=settings.callback_method,
+            callback_events=settings.callback_events,
+            source=settings.source,
         )
-        self.hear_caller()
-        if rcml.RecordingEvent.IN_PROGRESS in dial.recording_status_callback_event:
+        self.hear_own(own)
+        if rcml.RecordingEvent.IN_PROGRESS.value in settings.callback_events:
             self._callback(self.record)
 
-    def hear_caller(self) -> None:
+    def hear_own(self, own: Leg) -> None:
+        """What the call's own leg says (channel 1)."""
         if self.parent is not None:
-            self.parent.hear(self.runner.caller)
+            self.parent.hear(own)
 
-    def hear(self, source: Leg | Player) -> None:
-        """Something the caller hears: a called party's audio or a generated tone."""
-        if self.child is None:
-            return
-        if isinstance(source, Player):
-            self.child.hear_player(source)
-        else:
+    @property
+    def hearing(self) -> Recorder | None:
+        """The recorder of what the call's own leg hears (channel 2), while recording."""
+        return self.child
+
+    def hear(self, source: Leg) -> None:
+        """A called party's audio, which the caller hears."""
+        if self.child is not None:
             self.child.hear(source)
+
+    def hear_tone(self, tone: Player) -> None:
+        """A generated tone the caller hears (ringback)."""
+        if self.child is not None:
+            self.child.hear_player(tone)
 
     async def finish(self) -> dict[str, str]:
         """Close, merge and report; the action's RecordingUrl/Sid/Duration params."""
@@ -129,17 +170,19 @@ class DialRecording:
         storage = services.config.storage.path
         record = self.record
         if record is None:
+            settings = self.settings
             record = services.store.create_recording(
                 sid=self.sid,
                 account_sid=services.account_sid,
-                call_sid=self.runner.caller.call_sid,
+                call_sid=self.call_sid,
                 channels=1,
-                track=self.dial.recording_track.value,
+                track=settings.track.value,
                 trim=False,
                 start_time=datetime.now(UTC),
-                callback_url=self.callback_url,
-                callback_method=self.dial.recording_status_callback_method.value,
-                callback_events=tuple(e.value for e in self.dial.recording_status_callback_event),
+                callback_url=settings.callback_url,
+                callback_method=settings.callback_method,
+                callback_events=settings.callback_events,
+                source=settings.source,
             )
             record = services.store.update_recording(record.sid, status="absent", error_code=16101)
             spare = await services.workers.run(
@@ -152,13 +195,9 @@ class DialRecording:
         services.spares.add(outcome.spare)
         if outcome.problem is not None and outcome.status == "completed":
             # Twilio has no code for a recording cut short: 16101 is its nearest.
-            self.runner.session.notify(
-                16101, f"recording cut short: {outcome.problem}", error=False
-            )
+            self.notify(16101, f"recording cut short: {outcome.problem}", error=False)
         elif outcome.problem is not None:
-            self.runner.session.notify(
-                outcome.error_code or 16101, f"nothing recorded: {outcome.problem}"
-            )
+            self.notify(outcome.error_code or 16101, f"nothing recorded: {outcome.problem}")
         record = store_outcome(services.store, record, outcome)
         self._final_callback(record)
         if record.status != "completed":

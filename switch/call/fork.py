@@ -15,9 +15,18 @@ Rules (Twilio's ``<Dial>``, see SEMANTICS.md "Fork"):
 - a failure (486, 603, 404, 5xx) ends only its branch while others ring;
 - the timeout, or the caller leaving, cancels every live branch;
 - exactly one ``Finished`` action per group, carrying the aggregated
-  ``DialCallStatus``: any answer -> completed; timeout -> no-answer; all
-  busy -> busy; otherwise no-answer if any branch was not answered in time,
-  else failed.
+  ``DialCallStatus``: any answer -> completed; timeout -> no-answer; a branch
+  cancelled through the REST API -> canceled; all busy -> busy; otherwise
+  no-answer if any branch was not answered in time, else failed;
+- a ``Cancel`` names the status the withdrawn branch ends with: ``no-answer``
+  on the timeout, ``canceled`` otherwise;
+- the live call can be withdrawn as a whole (a REST redirect or hang-up):
+  pending branches are cancelled, the bridged one is hung up, and the group
+  finishes without asking for the action.
+
+The group owns its deadlines as aioquic's connection does: ``get_timer()``
+says when it next wants ``handle_timer(now)``, which fires the ring timeout
+(``<Dial timeout>`` plus grace) before a bridge and ``timeLimit`` after it.
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
+
+from switch.call.status import BUSY_CODES, NO_ANSWER_CODES, CallStatus
 
 
 class BranchState(enum.Enum):
@@ -37,7 +48,15 @@ class BranchState(enum.Enum):
 
 @dataclass(frozen=True)
 class Cancel:
-    """CANCEL (or BYE, if it already answered) this branch."""
+    """CANCEL (or BYE, if it already answered) this branch; it ends with ``status``."""
+
+    branch: Hashable
+    status: CallStatus = CallStatus.CANCELED
+
+
+@dataclass(frozen=True)
+class HangUp:
+    """End the bridged branch (``timeLimit``, ``hangupOnStar``, a withdrawn call)."""
 
     branch: Hashable
 
@@ -67,14 +86,12 @@ class RelayEarlyMedia:
 class Finished:
     """The group is decided; report ``dial_call_status`` to the action URL."""
 
-    dial_call_status: str
+    dial_call_status: CallStatus
     winner: Hashable | None
+    withdrawn: bool = False  # ended by a REST command: no action request
 
 
-Action = Cancel | Bridge | Screen | RelayEarlyMedia | Finished
-
-_BUSY_CODES = frozenset({486, 600, 603})
-_NO_ANSWER_CODES = frozenset({408, 480, 487})
+Action = Cancel | HangUp | Bridge | Screen | RelayEarlyMedia | Finished
 
 
 @dataclass
@@ -87,10 +104,27 @@ class ForkGroup:
     finished: bool = False
     early_media_branch: Hashable | None = None
     deadline_passed: bool = False
+    ring_timeout: float | None = None  # seconds of ringing before giving up
+    time_limit: float | None = None  # seconds a bridge may last
+    relay_early_media: bool = True  # False when a ringTone was asked for
+    api_canceled: bool = False  # a branch was cancelled through the REST API
+    _deadline: float | None = None
+    _limit_at: float | None = None
 
     @classmethod
-    def of(cls, keys: Iterable[Hashable]) -> ForkGroup:
-        return cls(branches={key: BranchState.RINGING for key in keys})
+    def of(
+        cls,
+        keys: Iterable[Hashable],
+        ring_timeout: float | None = None,
+        time_limit: float | None = None,
+        relay_early_media: bool = True,
+    ) -> ForkGroup:
+        return cls(
+            branches={key: BranchState.RINGING for key in keys},
+            ring_timeout=ring_timeout,
+            time_limit=time_limit,
+            relay_early_media=relay_early_media,
+        )
 
     def ringing_branches(self) -> list[Hashable]:
         return [k for k, s in self.branches.items() if s is BranchState.RINGING]
@@ -100,21 +134,53 @@ class ForkGroup:
         live = (BranchState.RINGING, BranchState.SCREENING)
         return [k for k, s in self.branches.items() if s in live]
 
-    def _cancel(self, keys: list[Hashable]) -> list[Action]:
+    def _cancel(
+        self, keys: list[Hashable], status: CallStatus = CallStatus.CANCELED
+    ) -> list[Action]:
         actions: list[Action] = []
         for key in keys:
             self.branches[key] = BranchState.CANCELLED
-            actions.append(Cancel(key))
+            actions.append(Cancel(key, status))
         return actions
 
-    def _cancel_all_ringing(self) -> list[Action]:
-        return self._cancel(self.ringing_branches())
-
-    def start(self) -> list[Action]:
+    def start(self, now: float = 0.0) -> list[Action]:
         """Called once after the branches were created: an empty group ends now."""
         if not self.branches:
-            return self._finish("failed")
+            return self._finish(CallStatus.FAILED)
+        if self.ring_timeout is not None:
+            self._deadline = now + self.ring_timeout
         return []
+
+    # ---- deadlines -------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` is next due (loop time), or None."""
+        if self.finished:
+            return None
+        if self.winner is None:
+            return None if self.deadline_passed else self._deadline
+        return self._limit_at
+
+    def handle_timer(self, now: float) -> list[Action]:
+        """Fire whichever deadline has passed by ``now``."""
+        if self.finished:
+            return []
+        if self.winner is None:
+            if self._deadline is not None and now >= self._deadline and not self.deadline_passed:
+                return self.timed_out()
+            return []
+        if self._limit_at is not None and now >= self._limit_at:
+            self._limit_at = None
+            return [HangUp(self.winner)]
+        return []
+
+    def bridged(self, now: float) -> list[Action]:
+        """The winner's audio is connected: ``timeLimit`` counts from here."""
+        if self.time_limit is not None and self.winner is not None and not self.finished:
+            self._limit_at = now + self.time_limit
+        return []
+
+    # ---- inputs ----------------------------------------------------------------------
 
     def early_media(self, key: Hashable) -> list[Action]:
         """A branch sent 183 with SDP. Relayed only when it is the sole target."""
@@ -122,6 +188,17 @@ class ForkGroup:
             return []
         if len(self.branches) == 1 and self.early_media_branch is None:
             self.early_media_branch = key
+            return [RelayEarlyMedia(key)] if self.relay_early_media else []
+        return []
+
+    def media_ready(self, key: Hashable) -> list[Action]:
+        """A branch's audio came up: relay it now if it is the early-media branch."""
+        if (
+            self.relay_early_media
+            and key == self.early_media_branch
+            and self.winner is None
+            and not self.finished
+        ):
             return [RelayEarlyMedia(key)]
         return []
 
@@ -172,7 +249,7 @@ class ForkGroup:
         if self.finished or self.winner is not None or self.pending_branches():
             return []
         if self.deadline_passed:
-            return self._finish("no-answer")
+            return self._finish(CallStatus.NO_ANSWER)
         return self._finish(self._aggregate())
 
     def timed_out(self) -> list[Action]:
@@ -184,31 +261,69 @@ class ForkGroup:
         if self.finished or self.winner is not None:
             return []
         self.deadline_passed = True
-        actions = self._cancel_all_ringing()
+        actions = self._cancel(self.ringing_branches(), CallStatus.NO_ANSWER)
         if self.pending_branches():
             return actions
-        return [*actions, *self._finish("no-answer")]
+        return [*actions, *self._finish(CallStatus.NO_ANSWER)]
 
     def caller_left(self) -> list[Action]:
         """The caller CANCELled or hung up while the fork was ringing."""
         if self.finished or self.winner is not None:
             return []
-        return [*self._cancel(self.pending_branches()), *self._finish("no-answer")]
+        return [*self._cancel(self.pending_branches()), *self._finish(CallStatus.NO_ANSWER)]
+
+    def hangup_on_star(self) -> list[Action]:
+        """The caller pressed ``*`` with ``hangupOnStar``: the bridged branch is hung up."""
+        if self.finished or self.winner is None:
+            return []
+        return [HangUp(self.winner)]
+
+    def branch_canceled(self, key: Hashable) -> list[Action]:
+        """The REST API cancelled this branch (``Status=canceled`` on a ringing child)."""
+        if self.finished or self.branches.get(key) not in (
+            BranchState.RINGING,
+            BranchState.SCREENING,
+        ):
+            return []
+        self.api_canceled = True
+        actions = self._cancel([key])
+        if self.pending_branches():
+            return actions
+        return [*actions, *self._finish(self._aggregate())]
+
+    def withdrawn(self) -> list[Action]:
+        """The call was redirected or hung up through the REST API while dialling.
+
+        Every pending branch is cancelled and the bridged one hung up; the group
+        finishes at once with ``withdrawn`` set: the action is not requested.
+        """
+        if self.finished:
+            return []
+        actions = self._cancel(self.pending_branches())
+        if self.winner is not None:
+            actions.append(HangUp(self.winner))
+            status = CallStatus.COMPLETED
+        else:
+            status = CallStatus.CANCELED
+        self.finished = True
+        return [*actions, Finished(status, self.winner, withdrawn=True)]
 
     def bridge_ended(self) -> list[Action]:
         """The bridged call ended, from either side or by ``timeLimit``."""
         if self.finished or self.winner is None:
             return []
-        return self._finish("completed")
+        return self._finish(CallStatus.COMPLETED)
 
-    def _aggregate(self) -> str:
+    def _aggregate(self) -> CallStatus:
+        if self.api_canceled:
+            return CallStatus.CANCELED
         codes = [self.final_codes.get(k, 0) for k in self.branches]
-        if codes and all(c in _BUSY_CODES for c in codes):
-            return "busy"
-        if any(c in _NO_ANSWER_CODES for c in codes):
-            return "no-answer"
-        return "failed"
+        if codes and all(c in BUSY_CODES for c in codes):
+            return CallStatus.BUSY
+        if any(c in NO_ANSWER_CODES for c in codes):
+            return CallStatus.NO_ANSWER
+        return CallStatus.FAILED
 
-    def _finish(self, status: str) -> list[Action]:
+    def _finish(self, status: CallStatus) -> list[Action]:
         self.finished = True
         return [Finished(status, self.winner)]
