@@ -451,6 +451,103 @@ async def test_tcp_registration_is_reached_over_its_connection(switch, app_serve
     assert_bridged(caller_audio, phone_audio, 600, 1000)
 
 
+async def test_client_whisper_and_status_callbacks(switch, app_server, workdir):
+    """<Client url> runs its whisper document on the answering phone before the bridge,
+    and <Client statusCallback> reports every event of the child leg, as <Number> does."""
+    app_server.routes["/voice"] = dial_client(
+        '<Client url="/whisper" statusCallback="/client-status"'
+        ' statusCallbackEvent="initiated ringing answered completed">grace</Client>',
+        timeout="15",
+    )
+    app_server.routes["/whisper"] = '<Response><Pause length="1"/></Response>'
+    app_server.routes["/client-status"] = "<Response/>"
+    app_server.routes["/action"] = "<Response><Hangup/></Response>"
+    caller_audio, phone_audio = RtpPeer(600), RtpPeer(1000)
+    await caller_audio.start()
+    await phone_audio.start()
+    main, ooc = sipp_reg.registered_uas(
+        register("grace", password=CLIENTS["grace"]),
+        sipp.callee("answer", rtp_port=phone_audio.port, ring_ms=300),
+    )
+    phone = Peer(workdir, "grace", main, ooc=ooc)
+    try:
+        await phone.start(switch.target(), timeout_s=40)
+        await wait_registered(phone)
+        await call_number(switch, workdir, caller_audio.port, hangup_after_ms=3500)
+        assert await phone.wait(20) == 0, phone.failure(phone.process.returncode or -1)
+    finally:
+        caller_audio.close()
+        phone_audio.close()
+        await phone.stop()
+        await unregister_all(switch, workdir, "grace")
+    (whisper,) = app_server.hits("/whisper")
+    (voice,) = app_server.hits("/voice")
+    assert whisper.params["Direction"] == "outbound-dial"
+    assert whisper.params["To"] == "client:grace"
+    assert whisper.params["ParentCallSid"] == voice.params["CallSid"]
+    events = await app_server.wait_for("/client-status", 4)
+    assert [e.params["CallStatus"] for e in events] == [
+        "initiated",
+        "ringing",
+        "in-progress",
+        "completed",
+    ]
+    assert [e.params["SequenceNumber"] for e in events] == ["0", "1", "2", "3"]
+    assert {e.params["CallSid"] for e in events} == {whisper.params["CallSid"]}
+    assert {e.params["To"] for e in events} == {"client:grace"}
+    assert int(events[-1].params["CallDuration"]) >= 1
+    (action,) = app_server.hits("/action")
+    assert action.params["DialCallStatus"] == "completed"
+    assert_bridged(caller_audio, phone_audio, 600, 1000)
+
+
+async def test_api_call_to_a_client_rings_its_registrations(switch, app_server, workdir):
+    """calls.create(to="client:dave") rings every registration; the first to answer
+    runs the document with Direction=outbound-api, the other is cancelled."""
+    from twilio.rest import Client
+
+    from tests.integration.conftest import ACCOUNT_SID, AUTH_TOKEN
+
+    app_server.routes["/api-voice"] = '<Response><Pause length="1"/><Hangup/></Response>'
+    winner_audio = RtpPeer(1000)
+    await winner_audio.start()
+    phones = []
+    for name, answer in (
+        ("dave-desk", sipp.callee("answer", rtp_port=winner_audio.port, ring_ms=300)),
+        ("dave-mobile", sipp.callee("ring")),
+    ):
+        main, ooc = sipp_reg.registered_uas(register("dave", password=CLIENTS["dave"]), answer)
+        phone = Peer(workdir, name, main, ooc=ooc)
+        await phone.start(switch.target(), timeout_s=40)
+        await wait_registered(phone)
+        phones.append(phone)
+    client = Client(ACCOUNT_SID, AUTH_TOKEN)
+    client.api.base_url = switch.http
+    try:
+        created = await asyncio.to_thread(
+            client.calls.create,
+            to="client:dave",
+            from_="client:front-desk",
+            url=app_server.url("/api-voice"),
+        )
+        for phone in phones:
+            assert await phone.wait(20) == 0, phone.failure(phone.process.returncode or -1)
+    finally:
+        winner_audio.close()
+        for phone in phones:
+            await phone.stop()
+        await unregister_all(switch, workdir, "dave")
+    (voice,) = await app_server.wait_for("/api-voice")
+    assert voice.params["CallSid"] == created.sid
+    assert voice.params["Direction"] == "outbound-api"
+    assert (voice.params["From"], voice.params["To"]) == ("client:front-desk", "client:dave")
+    desk, mobile = (p.messages().received() for p in phones)
+    assert any(m.startswith("BYE ") for m in desk)
+    assert any(m.startswith("CANCEL ") for m in mobile)
+    invite = next(m for m in mobile if m.startswith("INVITE "))
+    assert "sip:front-desk@" in header_values(invite, "From")[0], invite
+
+
 # ---- 6. calls from clients --------------------------------------------------------------
 
 
