@@ -747,6 +747,8 @@ class ChildCall:
         match command:
             case CancelCall():
                 self.runner.cancel_child(self.call_sid)  # an answered child stays
+            case HangUpCall() if not self.leg.answered:
+                self.runner.cancel_child(self.call_sid)  # a ringing one is cancelled
             case HangUpCall():
                 self.leg.hangup()
             case _:

@@ -157,10 +157,6 @@ class Services:
 
     # ---- records ---------------------------------------------------------------------
 
-    @staticmethod
-    def final_status(leg: Leg) -> str:
-        return final_status(leg.was_answered, leg.final_code)
-
     def record_leg(
         self,
         leg: Leg,
@@ -190,7 +186,7 @@ class Services:
                 start_time=started,
                 answer_time=answered,
                 end_time=end,
-                status=(status or self.final_status(leg)),  # type: ignore[arg-type]
+                status=(status or final_status(leg.was_answered, leg.final_code)),  # type: ignore[arg-type]
                 sip_code=leg.final_code,
                 sip_call_id=leg.sip_call_id or None,
                 trunk=trunk,

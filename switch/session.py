@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from switch.call.commands import CancelCall, Command, HangUpCall, NewDocument, Redirect
 from switch.call.protocol import Leg
 from switch.call.registry import CallView, Refused
-from switch.call.status import CallStatus
+from switch.call.status import CallStatus, final_status
 from switch.dial_callbacks import BranchCallbacks
 from switch.rcml import model as rcml
 from switch.script import CallGone, Continue, Fallback, LegScript, Withdrawn
@@ -89,6 +89,7 @@ class CallSession(LegScript):
         self.pending: NewDocument | None = None  # a REST redirect not taken yet
         self._step_task: asyncio.Task[rcml.Document | None] | None = None
         self.initial: rcml.Document | None = None  # a document given up front (Twiml)
+        self.withdrawn_as: CallStatus | None = None  # ended unanswered by the REST API
 
     @classmethod
     def inbound(
@@ -156,10 +157,11 @@ class CallSession(LegScript):
         if not leg.live:
             raise Refused(ERROR_CALL_ENDED, "Call is not in-progress. Cannot redirect.")
         match command:
-            case HangUpCall():
+            case HangUpCall() if leg.answered:
                 leg.hangup()
-            case CancelCall():
-                if not leg.answered:  # Twilio leaves an answered call alone
+            case HangUpCall() | CancelCall():
+                if not leg.answered:  # Twilio leaves an answered call alone on cancel
+                    self.withdrawn_as = CallStatus.CANCELED
                     leg.hangup(487, "Request Terminated")
             case _:
                 self.log.info("%s: redirected by the REST API", self.call_sid)
@@ -218,8 +220,9 @@ class CallSession(LegScript):
         finally:
             await self.finish()
 
-    def final_status(self) -> str:
-        return self.services.final_status(self.leg)
+    def final_status(self) -> CallStatus:
+        leg = self.leg
+        return final_status(leg.was_answered, leg.final_code, self.withdrawn_as)
 
     async def finish(self) -> None:
         leg = self.leg

@@ -296,6 +296,40 @@ async def test_redirect_in_the_middle_of_a_ringing_dial(
 
 
 @bounded(40)
+async def test_cancel_a_ringing_inbound_call(
+    switch: SwitchProcess, app_server: AppServer, workdir
+) -> None:
+    """An inbound call kept unanswered by <Dial answerOnBridge>: Status=canceled
+    refuses it with 487, its target is cancelled, and it ends ``canceled``."""
+    ringing = sipp.Sipp(workdir, "ringing", sipp.callee("ring"))
+    app_server.routes["/voice"] = (
+        '<Response><Dial answerOnBridge="true" timeout="30">'
+        f"<Sip>sip:callee@127.0.0.1:{ringing.port}</Sip></Dial></Response>"
+    )
+    audio = RtpPeer(None)
+    await audio.start()
+    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, audio.port, expect_final=487))
+    client = client_for(switch)
+    await ringing.start()
+    try:
+        await caller.start(switch.target())
+        (voice,) = await app_server.wait_for("/voice")
+        sid = voice.params["CallSid"]
+        await until(lambda: client.calls.list(parent_call_sid=sid, status="ringing"))
+        assert (await call(client.calls(sid).fetch)).status == "ringing"
+        await call(client.calls(sid).update, status="canceled")
+        await caller.finish(20)
+        await ringing.finish(10)
+    finally:
+        for peer in (caller, ringing):
+            await peer.stop()
+        audio.close()
+    assert any(m.startswith("CANCEL ") for m in ringing.messages().received())
+    ended = await until(lambda: (c := client.calls(sid).fetch()).status != "ringing" and c)
+    assert ended.status == "canceled"
+
+
+@bounded(40)
 async def test_cancel_one_dial_child_makes_dial_call_status_canceled(
     switch: SwitchProcess, app_server: AppServer, workdir
 ) -> None:
