@@ -42,8 +42,11 @@ unit: test-tools
 integration: test-tools
 	$(VENV)/bin/pytest -q tests/integration
 
+# The unit and component tiers run first, under the call path's coverage floor
+# (pyproject.toml, [tool.coverage.report]); then the integration tier.
 test: test-tools lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q tests/unit tests/component --cov --cov-report=term
+	$(VENV)/bin/pytest -q tests/integration
 
 bench: install test-tools
 	$(PY) bench/dial_bench.py

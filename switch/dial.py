@@ -289,12 +289,12 @@ class DialRunner:
         """A REST redirect of the parent call while this Dial runs.
 
         While the fork is undecided it is withdrawn; once it is over, only its
-        action request is skipped.
+        action request is skipped. Either way the Dial ends ``Withdrawn``, even
+        when the fork finishes in the same tick and the command stays unread.
         """
+        self.withdrawn = True
         if self.racing:
             self.events.put_nowait((None, command))
-        else:
-            self.withdrawn = True
 
     def cancel_child(self, call_sid: str) -> bool:
         """``Status=canceled`` for one of this Dial's children; False if it is not ringing."""
@@ -386,7 +386,7 @@ class DialRunner:
             await self._apply(actions)
             for action in actions:
                 if isinstance(action, Finished):
-                    self.withdrawn = action.withdrawn
+                    self.withdrawn = self.withdrawn or action.withdrawn
                     return action.dial_call_status
 
     def _caller_event(self, event: Event) -> list[Action]:
@@ -400,7 +400,12 @@ class DialRunner:
             case LegEnded():
                 if self.winner is not None:
                     return group.bridge_ended()
+                if self.session.withdrawn_as is CallStatus.CANCELED:
+                    return group.caller_left(CallStatus.CANCELED)  # by the REST API
                 return group.caller_left()
+            case LegMediaReady() if group.early_media_branch is not None:
+                # The caller's own 183 media came up after the branch's: relay now.
+                return group.media_ready(group.early_media_branch)
             case Redirect() | RunTwiml():
                 return group.withdrawn()
         return []

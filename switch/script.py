@@ -311,7 +311,9 @@ class LegScript:
                 got.clear()
                 waiter = asyncio.ensure_future(got.wait())
                 waits: set[asyncio.Future[Any]] = {waiter, self.leg.ended}
-                done, _ = await asyncio.wait(waits, timeout=verb.timeout)
+                done, _ = await asyncio.wait(
+                    waits, timeout=verb.timeout, return_when=asyncio.FIRST_COMPLETED
+                )
                 waiter.cancel()
                 if self.leg.ended.done():
                     raise CallGone

@@ -266,11 +266,15 @@ class ForkGroup:
             return actions
         return [*actions, *self._finish(CallStatus.NO_ANSWER)]
 
-    def caller_left(self) -> list[Action]:
-        """The caller CANCELled or hung up while the fork was ringing."""
+    def caller_left(self, status: CallStatus = CallStatus.NO_ANSWER) -> list[Action]:
+        """The caller CANCELled or hung up while the fork was ringing.
+
+        ``status`` is the DialCallStatus: ``canceled`` when the REST API withdrew
+        the caller, else ``no-answer``.
+        """
         if self.finished or self.winner is not None:
             return []
-        return [*self._cancel(self.pending_branches()), *self._finish(CallStatus.NO_ANSWER)]
+        return [*self._cancel(self.pending_branches()), *self._finish(status)]
 
     def hangup_on_star(self) -> list[Action]:
         """The caller pressed ``*`` with ``hangupOnStar``: the bridged branch is hung up."""
