@@ -80,7 +80,9 @@ class Switch:
         self._resend_recording_callbacks(store, webhooks)
         self.services.spares = SpareSides(sweep_side_files(store, config.storage.path))
         store.group_commits(asyncio.get_running_loop())
-        http_app = build_app(engine.counts, lambda: self.ready)
+        http_app = build_app(
+            lambda: {**engine.counts(), "actors": len(self.services.calls)}, lambda: self.ready
+        )
         calls_api = CallsResource(self.services)
         add_api_routes(http_app, store, config, workers, calls_api)
         runner = web.AppRunner(http_app)

@@ -269,6 +269,10 @@ class DialRunner:
                 # The caller left before the first INVITE went out: send none.
                 self.group.caller_left()
                 status = CallStatus.NO_ANSWER
+            elif self.withdrawn:
+                # Redirected through the REST API while the caller was being answered.
+                self.group.withdrawn()
+                status = CallStatus.CANCELED
             else:
                 for branch in self.branches.values():
                     self._invite(branch)

@@ -1,8 +1,9 @@
 """The HTTP side: health and metrics, and the built-in demo app.
 
 ``GET /healthz`` answers 200 once SIP and HTTP are serving, with the live
-counts of calls and media objects (tests check them for leaks after each
-call). ``/demo/voice`` is the app behind ``voice_url = "demo:"``.
+counts of calls and media objects, and of call actors reachable by CallSid
+(tests check them for leaks after each call). ``/demo/voice`` is the app
+behind ``voice_url = "demo:"``.
 """
 
 from __future__ import annotations

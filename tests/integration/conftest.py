@@ -187,7 +187,8 @@ class SwitchProcess:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             health = await self.health()
-            idle = all(health.get(kind) == 0 for kind in ("calls", "players", "recorders"))
+            kinds = ("calls", "players", "recorders", "actors")
+            idle = all(health.get(kind) == 0 for kind in kinds)
             if idle and health.get("media_ports") == IDLE_MEDIA_PORTS:
                 return health
             if asyncio.get_running_loop().time() > deadline:
