@@ -11,6 +11,8 @@
   while queued or ringing; a call that has ended is 21220.
 - ``DELETE Calls/{CallSid}.json``: 204, an ended call's record gone; a live
   call cannot be deleted (409, 20409).
+- ``GET Calls/{CallSid}/Notifications.json``: the errors and warnings the call
+  hit (each with its Twilio code and the URL involved), oldest first.
 
 Dates are RFC 2822, as Twilio's. Twiml given to create or update is parsed
 here, so a broken document is a 400 naming the parameter, not a failed call.
@@ -42,7 +44,7 @@ from switch.rcml import model as rcml
 from switch.rcml.parser import parse
 from switch.recordings import API_VERSION
 from switch.rest import ACCOUNT_PATH, AccountGuard, PageRequest, RestError, page_body
-from switch.store import LegRecord
+from switch.store import LegRecord, Notification
 from switch.timestamps import rfc2822
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,32 @@ def call_json(view: CallView, account_sid: str) -> dict[str, Any]:
             "recordings": f"{uri}/Recordings.json",
             "notifications": f"{uri}/Notifications.json",
         },
+    }
+
+
+def notification_json(notification: Notification, account_sid: str) -> dict[str, Any]:
+    """Twilio's Notification resource of a call (``log`` 0 is an error, 1 a warning)."""
+    sid = f"NO{notification.id:032x}"
+    call = f"/{API_VERSION}/Accounts/{account_sid}/Calls/{notification.call_sid}"
+    moment = rfc2822(notification.time)
+    return {
+        "sid": sid,
+        "account_sid": account_sid,
+        "call_sid": notification.call_sid,
+        "api_version": API_VERSION,
+        "error_code": str(notification.code),
+        "log": "0" if notification.level == "error" else "1",
+        "message_text": notification.message,
+        "message_date": moment,
+        "more_info": f"https://www.twilio.com/docs/errors/{notification.code}",
+        "request_url": notification.url or "",
+        "request_method": None,
+        "request_variables": None,
+        "response_headers": None,
+        "response_body": None,
+        "date_created": moment,
+        "date_updated": moment,
+        "uri": f"{call}/Notifications/{sid}.json",
     }
 
 
@@ -251,6 +279,17 @@ class CallsResource:
         )
         return web.json_response(body)
 
+    async def notifications(self, request: web.Request) -> web.Response:
+        view = self._found(request)
+        page = PageRequest.of(request.query)
+        found = self.services.store.notifications(view.sid)
+        items = [
+            notification_json(n, self.account_sid)
+            for n in found[page.offset : page.offset + page.size]
+        ]
+        has_next = len(found) > page.offset + page.size
+        return web.json_response(page_body("notifications", items, request.path, page, has_next))
+
     async def close(self) -> None:
         """Wait for the API calls' actors (their legs were hung up by the engine)."""
         if self.tasks:
@@ -372,3 +411,5 @@ def add_calls_routes(app: web.Application, guarded: AccountGuard, calls: CallsRe
     app.router.add_get(one, guarded(calls.fetch))
     app.router.add_post(one, guarded(calls.update))
     app.router.add_delete(one, guarded(calls.delete))
+    notifications = f"{account}/Calls/{{call_sid:CA[0-9a-f]{{32}}}}/Notifications.json"
+    app.router.add_get(notifications, guarded(calls.notifications))

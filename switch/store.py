@@ -154,7 +154,7 @@ _INSERT_NOTIFICATION = (
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
 _SELECT_NOTIFICATIONS = (
-    "SELECT call_sid, code, level, message, url, time FROM notifications"
+    "SELECT call_sid, code, level, message, url, time, id FROM notifications"
     " WHERE call_sid = ? ORDER BY time, id"
 )
 _RECORDING_COLUMNS = (
@@ -266,6 +266,8 @@ class Notification:
     message: str
     url: str | None
     time: datetime
+    id: int = 0
+    """Its row, once stored: the Notification's sid is made of it."""
 
 
 @dataclass(frozen=True)
@@ -625,8 +627,8 @@ class Store:
         """The notifications of one call, oldest first."""
         rows = self._db.execute(_SELECT_NOTIFICATIONS, (call_sid,)).fetchall()
         return [
-            Notification(sid, code, level, message, url, _from_text(time))
-            for sid, code, level, message, url, time in rows
+            Notification(sid, code, level, message, url, _from_text(time), id)
+            for sid, code, level, message, url, time, id in rows
         ]
 
     def replace_bindings(self, identity: str, rows: Iterable[Mapping[str, Any]]) -> None:

@@ -154,6 +154,30 @@ async def test_twiml_runs_without_a_url_and_send_digits_go_first(
 
 
 @bounded(40)
+async def test_notifications_tell_what_was_not_carried_out(
+    switch: SwitchProcess, app_server: AppServer, workdir
+) -> None:
+    callee = await callee_on_trunk(switch, workdir, sipp.callee("busy"))
+    client = client_for(switch)
+    try:
+        created = await call(
+            client.calls.create,
+            to=CALLEE,
+            from_=NUMBER,
+            twiml="<Response/>",
+            machine_detection="Enable",
+        )
+        await callee.finish(20)
+    finally:
+        await callee.stop()
+    notes = await call(client.calls(created.sid).notifications.list)
+    assert [(n.error_code, n.log) for n in notes] == [("12200", "1")]
+    assert "MachineDetection" in notes[0].message_text
+    assert notes[0].call_sid == created.sid
+    await until(lambda: client.calls(created.sid).fetch().status == "busy")
+
+
+@bounded(40)
 async def test_cancel_while_ringing_sends_cancel_and_reports_canceled(
     switch: SwitchProcess, app_server: AppServer, workdir
 ) -> None:
