@@ -125,8 +125,8 @@ def test_notifications_of_a_call_oldest_first(store: Store) -> None:
     store.record_notification("CA01", 11200, "error", "fetch failed", "https://x.example/", T0)
     store.record_notification("CA02", 12100, "error", "not XML", None, T0)
     assert store.notifications("CA01") == [
-        Notification("CA01", 11200, "error", "fetch failed", "https://x.example/", T0),
-        Notification("CA01", 13212, "warning", "bad timeout", None, later),
+        Notification("CA01", 11200, "error", "fetch failed", "https://x.example/", T0, id=2),
+        Notification("CA01", 13212, "warning", "bad timeout", None, later, id=1),
     ]
     assert store.notifications("CA03") == []
 
