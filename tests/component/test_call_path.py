@@ -664,3 +664,28 @@ async def test_rest_commands_to_a_bridged_child(harness: Harness) -> None:
     with pytest.raises(Refused) as refused:
         child.deliver(HangUpCall())
     assert refused.value.code == 21220
+
+
+# ---- callerId --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("caller_id", "from_user", "notified"),
+    [
+        ("(415) 555-1212", "+14155551212", []),
+        ("client:desk", "desk", []),
+        ("front-desk", "front-desk", []),
+        ("not a number!", CALLER, [13214]),
+    ],
+)
+async def test_caller_id_is_normalised_for_the_from_header(
+    harness: Harness, caller_id: str, from_user: str, notified: list[int]
+) -> None:
+    harness.app.documents["/voice"] = dial(number(ALICE), attrs=f'callerId="{caller_id}"')
+    harness.engine.far_end(ALICE, rejects(486, "Busy Here"))
+    call = harness.call()
+    await call.finished()
+    (alice,) = harness.engine.placed_to(ALICE)
+    assert alice.from_uri.startswith(f"sip:{from_user}@"), alice.from_uri
+    codes = [n.code for n in harness.services.store.notifications(call.leg.call_sid)]
+    assert [c for c in codes if c == 13214] == notified

@@ -479,6 +479,8 @@ def serve_wav(samples: npt.NDArray[np.int16]) -> Callable[[web.Request], web.Res
 @pytest.mark.parametrize(
     ("kwargs", "status", "code"),
     [
+        ({"to": "", "from_": NUMBER, "url": "http://x.test/"}, 400, 21201),
+        ({"to": CALLEE, "from_": "", "url": "http://x.test/"}, 400, 21213),
         ({"to": "not a number", "from_": NUMBER, "url": "http://x.test/"}, 400, 21211),
         ({"to": "client:nobody", "from_": NUMBER, "url": "http://x.test/"}, 400, 21211),
         ({"to": "sip:@@", "from_": NUMBER, "url": "http://x.test/"}, 400, 21211),
