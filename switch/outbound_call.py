@@ -71,6 +71,7 @@ class ApiCall:
         self.session: CallSession | None = None
         self.redirect: NewDocument | None = None  # an update before answer: used at answer
         self.events: asyncio.Queue[tuple[int | None, LegEvent | Command]] = asyncio.Queue()
+        self._unsubscribe: list[Callable[[], None]] = []
         self.log = logging.LoggerAdapter(log, {"call_sid": call_sid})
         self.callbacks: BranchCallbacks | None = None
         if request.status_callback:
@@ -141,6 +142,8 @@ class ApiCall:
             self.log.exception("%s: API call failed", self.call_sid)
             for leg in self.legs.values():
                 leg.hangup()
+            if self.session is None and not self.status.final:
+                self._end(CallStatus.FAILED, self._last_leg())
         finally:
             self.services.calls.remove(self.call_sid)
 
@@ -199,7 +202,7 @@ class ApiCall:
                 target_uri,
             )
             self.legs[key] = leg
-            leg.subscribe(self._listener(key))
+            self._unsubscribe.append(leg.subscribe(self._listener(key)))
             if not leg.live:
                 self.events.put_nowait((key, LegEnded(leg.final_code or 500, leg.final_reason)))
         if self.callbacks is not None:
@@ -231,6 +234,8 @@ class ApiCall:
                         self.legs[branch].hangup()
                     case Bridge(branch=branch):
                         assert isinstance(branch, int)
+                        for unsubscribe in self._unsubscribe:  # the session listens now
+                            unsubscribe()
                         return self.legs[branch]
                     case Finished(dial_call_status=status):
                         await self._wait_ended()
