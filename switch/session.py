@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from switch.call.commands import CancelCall, Command, HangUpCall, NewDocument, Redirect
 from switch.call.protocol import Leg
@@ -171,18 +171,28 @@ class CallSession(LegScript):
                 elif self._step_task is not None:
                     self._step_task.cancel()
 
-    async def _step(self, work: Awaitable[rcml.Document | None]) -> rcml.Document | None:
+    async def _step(self, work: Coroutine[Any, Any, rcml.Document | None]) -> rcml.Document | None:
         """Await one piece of the call (a fetch, a document's verbs); a REST redirect
-        interrupts it and the new document is returned instead."""
-        task = asyncio.ensure_future(work)
-        self._step_task = task
-        try:
-            return await task
-        except (asyncio.CancelledError, Withdrawn):
-            if self.pending is None:
-                raise
-        finally:
-            self._step_task = None
+        interrupts it and the new document is returned instead.
+
+        A redirect that came between two pieces, or in the tick a piece ended, is
+        taken as well: the piece's own result is dropped.
+        """
+        result = None
+        if self.pending is None:
+            task = asyncio.ensure_future(work)
+            self._step_task = task
+            try:
+                result = await task
+            except (asyncio.CancelledError, Withdrawn):
+                if self.pending is None:
+                    raise
+            finally:
+                self._step_task = None
+        else:
+            work.close()
+        if self.pending is None:
+            return result
         command, self.pending = self.pending, None
         return await self._step(self._document_for(command))
 
