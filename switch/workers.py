@@ -15,8 +15,9 @@ pipe and never blocks the loop. The rest wait in the pool's queue for the least 
 worker that has room.
 
 The processes are spawned, never forked (forking a process that runs pjsua2's timer
-and media threads is unsafe), ignore SIGINT (a Ctrl-C in a terminal reaches the whole
-process group; the switch decides when they stop), exit when the switch dies, even by
+and media threads is unsafe), ignore SIGINT and SIGTERM (a Ctrl-C in a terminal, and
+systemd's stop, signal the whole process group; the switch decides when they stop,
+after handing them the last recordings to finish), exit when the switch dies, even by
 SIGKILL, and run at a lower CPU priority, so calls come first when the cores are busy.
 Work submitted before `WorkerPool.start` or after `WorkerPool.close` runs in a thread;
 so does the job a worker was running when it died (a new worker replaces it): slower
@@ -67,6 +68,7 @@ class WorkerDied(Exception):
 def _serve(conn: Connection) -> None:
     """A worker's life: run each job the switch sends, answer, until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.nice(NICENESS)
     parent = multiprocessing.parent_process()

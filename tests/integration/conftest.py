@@ -198,9 +198,12 @@ class SwitchProcess:
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
 
-    async def start(self, log_path: Path | None = None, timeout: float = 30) -> None:
+    async def start(
+        self, log_path: Path | None = None, timeout: float = 30, own_group: bool = False
+    ) -> None:
         """Start ``python -m switch`` on ``config``, its output appended to ``log_path``
-        (given, or the handle's); return once it serves /healthz."""
+        (given, or the handle's); return once it serves /healthz. ``own_group``: in a
+        process group of its own, which a test may signal as systemd does."""
         if log_path is not None:
             self.log_path = log_path
         assert self.config is not None and self.log_path is not None
@@ -215,6 +218,7 @@ class SwitchProcess:
                 stdout=log,
                 stderr=log,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                start_new_session=own_group,
             )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import re
 import secrets
@@ -34,6 +35,7 @@ from tests.integration.conftest import (
     free_tcp_port,
     new_switch,
     run_command,
+    wait_gone,
     write_config,
 )
 from tests.support import sipp
@@ -418,11 +420,13 @@ async def test_check_config_reports_a_port_in_use_along_with_file_problems(workd
 
 
 @contextlib.asynccontextmanager
-async def own_switch(workdir: Path, app: str) -> AsyncIterator[SwitchProcess]:
+async def own_switch(
+    workdir: Path, app: str, own_group: bool = False
+) -> AsyncIterator[SwitchProcess]:
     """A switch process of this test alone (as conftest's switch_process starts one)."""
     handle = new_switch(workdir, app)
     try:
-        await handle.start(workdir / "own-switch.log")
+        await handle.start(workdir / "own-switch.log", own_group=own_group)
         yield handle
     finally:
         if handle.process is not None and handle.process.returncode is None:
@@ -473,3 +477,57 @@ async def test_sigterm_hangs_up_live_calls_and_exits_0(app_server: AppServer, wo
             await callee.stop()
             caller_audio.close()
             callee_audio.close()
+
+
+async def test_sigterm_to_the_process_group_finishes_a_recorded_call(
+    app_server: AppServer, workdir: Path
+):
+    """systemd stops a service by signalling its whole process group: the recording
+    workers get SIGTERM too. They must outlive it until the switch has handed them the
+    last recording; the switch BYEs the call, finishes the file and exits 0, with no
+    worker death or traceback in its log."""
+    app_server.reset()
+    app_server.routes["/voice"] = (
+        f'<Response><Dial record="record-from-answer-dual" recordingStatusCallback="/rec">'
+        f"<Number>{CALLEE}</Number></Dial></Response>"
+    )
+    app_server.routes["/rec"] = "<Response/>"
+    caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000)
+    await caller_audio.start()
+    await callee_audio.start()
+    async with own_switch(workdir, app_server.base, own_group=True) as own:
+        assert own.process is not None
+        callee = sipp.Sipp(
+            workdir,
+            "callee",
+            sipp.callee("answer", rtp_port=callee_audio.port),
+            port=own.trunk_port,
+        )
+        caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
+        try:
+            await callee.start(timeout_s=40)
+            await caller.start(own.target(), timeout_s=40)
+            await app_server.wait_for("/voice", timeout=15)
+            await callee_audio.wait_for_audio(1.5, timeout=15)
+            workers = own.children()
+            assert workers, "no recording workers"
+            os.killpg(own.process.pid, signal.SIGTERM)
+            code = await asyncio.wait_for(own.process.wait(), 20)
+            for peer in (caller, callee):
+                await peer.finish(10)
+                assert any(s.startswith("BYE ") for s in peer.messages().received_starts())
+        finally:
+            await caller.stop()
+            await callee.stop()
+            caller_audio.close()
+            callee_audio.close()
+        log = own.log()
+        assert code == 0, f"exit {code} after SIGTERM to the group:\n{log[-4000:]}"
+        assert "Traceback" not in log and " died " not in log, log[-4000:]
+        for pid in workers:
+            assert await wait_gone(pid, 10), f"worker {pid} outlived the switch"
+        (done,) = await app_server.wait_for("/rec", timeout=10)
+        assert done.params["RecordingStatus"] == "completed"
+        assert int(done.params["RecordingDuration"]) >= 1
+        (row,) = own.query("SELECT status, channels FROM recordings")
+        assert row == {"status": "completed", "channels": 2}
