@@ -435,6 +435,15 @@ def _build(root: _Table) -> Config:
     log = _build_log(root.table("log"))
     registrar = build_registrar(root.table("registrar"))
     clients = build_clients(root.tables("clients"), METHODS, _parse_voice_url, _checked)
+    for i, client in enumerate(clients):
+        offered = set(registrar.digest_algorithms)
+        if client.digest_algorithms is not None and not set(client.digest_algorithms) <= offered:
+            root.problems.append(
+                Problem(
+                    f"clients[{i}].digest_algorithms",
+                    f"must be among the [registrar] digest_algorithms {sorted(offered)}",
+                )
+            )
     api = _build_api(root.table("api"))
     root.finish()
     return Config(

@@ -28,7 +28,10 @@ class RegistrarConfig:
     failure_window: int = 60
     block_seconds: int = 300
     register_rate: float = 20.0  # REGISTERs per second one source may send
-    digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")  # offered in this order
+    # Offered in this order. MD5 alone by default: SIPp and browser SIP stacks read
+    # only the first challenge, and Debian's baresip gives up on any 401 that lists
+    # SHA-256 at all; a fleet of RFC 8760 phones can be offered ["SHA-256", "MD5"].
+    digest_algorithms: tuple[str, ...] = ("MD5",)
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class ClientConfig:
     voice_method: str
     voice_fallback_url: str | None
     voice_fallback_method: str
+    digest_algorithms: tuple[str, ...] | None = None
+    """The algorithms this client may authenticate with (None: any the registrar offers)."""
 
 
 def build_registrar(t: Any) -> RegistrarConfig:
@@ -64,15 +69,15 @@ def build_registrar(t: Any) -> RegistrarConfig:
     return config
 
 
-def _algorithms(t: Any) -> tuple[str, ...]:
+def _algorithms(t: Any, default: tuple[str, ...] | None = ("MD5",)) -> Any:
     items = t.strings("digest_algorithms", required=False)
     if items is None:
-        return ("SHA-256", "MD5")
+        return default
     names = tuple(name.upper() for _, name in items)
     unknown = [name for name in names if name not in ("SHA-256", "MD5")]
     if unknown or not names or len(set(names)) != len(names):
         t.problem("digest_algorithms", 'expected "SHA-256" and/or "MD5", each once')
-        return ("SHA-256", "MD5")
+        return default
     return names
 
 
@@ -101,6 +106,7 @@ def build_clients(
         voice_method = t.choice("voice_method", "POST", methods, "upper")
         fallback = checked(t, "voice_fallback_url", t.string("voice_fallback_url"), check_url)
         fallback_method = t.choice("voice_fallback_method", "POST", methods, "upper")
+        algorithms = _algorithms(t, None)
         t.finish()
         clients.append(
             ClientConfig(
@@ -110,6 +116,7 @@ def build_clients(
                 voice_method=voice_method,
                 voice_fallback_url=fallback,
                 voice_fallback_method=fallback_method,
+                digest_algorithms=algorithms,
             )
         )
     return tuple(clients)

@@ -342,7 +342,7 @@ class DigestChallenger:
         *,
         max_tracked_nonces: int = 10_000,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
-        algorithms: tuple[Algorithm, ...] = (Algorithm.SHA256, Algorithm.MD5),
+        algorithms: tuple[Algorithm, ...] = (Algorithm.MD5, Algorithm.SHA256),
     ) -> None:
         if not algorithms:
             raise ValueError("offer at least one digest algorithm")
@@ -386,6 +386,7 @@ class DigestChallenger:
         now: float,
         *,
         request_uri: str | None = None,
+        allowed: Callable[[str, Algorithm], bool] | None = None,
     ) -> AuthResult:
         """Check a request's Authorization header value(s) against this realm.
 
@@ -393,6 +394,8 @@ class DigestChallenger:
         realms); the first Digest one for this realm counts. An unknown user and a
         wrong password give the same answer, after the same amount of hashing.
         ``request_uri``, when given, must equal the digest-uri (RFC 7616 section 3.4.6).
+        ``allowed(username, algorithm)``, when given, may refuse an algorithm for a
+        user: the answer is then the one a wrong password gets.
         """
         found = self._select(header_value)
         if isinstance(found, AuthResult):
@@ -409,6 +412,8 @@ class DigestChallenger:
             return _malformed("digest uri does not match the Request-URI", claimed)
 
         password = lookup_password(credentials.username)
+        if allowed is not None and not allowed(credentials.username, credentials.algorithm):
+            password = None
         expected = response_for(
             algorithm=credentials.algorithm,
             username=credentials.username,

@@ -50,6 +50,13 @@ class Registrar:
         self.config = config
         self.realm = realm
         self.passwords = {c.identity: c.password for c in clients}
+        # Challenges are the same for every identity (nothing tells which exist); a
+        # client limited to some algorithms is refused the others at verification.
+        self.algorithms = {
+            c.identity: frozenset(Algorithm(name) for name in c.digest_algorithms)
+            for c in clients
+            if c.digest_algorithms is not None
+        }
         self.store = store
         self.clock = clock
         self.digest = DigestChallenger(
@@ -94,7 +101,9 @@ class Registrar:
         if self.throttle.blocked(source_ip, now):
             return None, Reply(403, "Forbidden")
         values = message.header_values(header)
-        result = self.digest.verify(method, values or None, self.passwords.get, now)
+        result = self.digest.verify(
+            method, values or None, self.passwords.get, now, allowed=self._allowed
+        )
         if result.ok:
             self.throttle.record_success(source_ip, now)
             return result.username, None
@@ -113,6 +122,10 @@ class Registrar:
             log.warning("registrar: %s blocked after repeated failures", source_ip)
         log.info("registrar: failed authentication from %s", source_ip)
         return None, Reply(403, "Forbidden")
+
+    def _allowed(self, identity: str, algorithm: Algorithm) -> bool:
+        limited = self.algorithms.get(identity)
+        return limited is None or algorithm in limited
 
     # ---- REGISTER --------------------------------------------------------------------
 

@@ -3,8 +3,9 @@ register, a SIPp trunk caller, RTP parties with distinct tones. Each test assert
 on what the peers saw (responses, the INVITEs they got, decoded audio) and on
 what the app received.
 
-SIPp's digest only does MD5 from the first challenge header, so this file's
-switch offers MD5 first. Throttles count per source address: the abuse tests
+SIPp's digest only does MD5 from the first challenge header: this file's switch
+offers MD5, then SHA-256 (the order the registrar keeps when SHA-256 is enabled),
+which SIPp must be able to answer. Throttles count per source address: the abuse tests
 send from 127.0.0.2 to 127.0.0.5 (Linux routes all of 127.0.0.0/8 on lo), so
 the other tests, from 127.0.0.1, are never blocked by them.
 """

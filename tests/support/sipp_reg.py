@@ -19,7 +19,7 @@ Scenario builders (SIPp XML, one call each):
 - ``offerless_invite``: an INVITE without SDP, as scanners send, and its refusal.
 
 SIPp's ``[authentication]`` only does MD5 and reads only the first challenge
-header, so configs used with it list MD5 first in ``digest_algorithms``.
+header: the registrar's default offer lists MD5 first for such clients.
 """
 
 from __future__ import annotations

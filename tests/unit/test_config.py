@@ -572,3 +572,22 @@ def test_check_config_reports_unwritable_storage(tmp_path: Path) -> None:
 
 def test_check_config_returns_load_problems(tmp_path: Path) -> None:
     assert check_config(write(tmp_path, text(sip=""))) == [("sip.listen", "required")]
+
+
+def test_digest_algorithms_default_and_per_client(tmp_path: Path) -> None:
+    """MD5 alone is offered by default (stock phones give up on SHA-256); a client may
+    be limited to some of what the registrar offers, never to more."""
+    clients = (
+        '\n[[clients]]\nidentity = "alice"\npassword = "alice-secret"\n'
+        'digest_algorithms = ["sha-256"]\n'
+        '\n[[clients]]\nidentity = "bob"\npassword = "bob-secret-2"\n'
+    )
+    offered = load(
+        tmp_path, text() + '\n[registrar]\ndigest_algorithms = ["SHA-256", "MD5"]\n' + clients
+    )
+    assert offered.registrar.digest_algorithms == ("SHA-256", "MD5")
+    assert [c.digest_algorithms for c in offered.clients] == [("SHA-256",), None]
+    assert load(tmp_path, text()).registrar.digest_algorithms == ("MD5",)
+    (problem,) = problems(tmp_path, text() + clients)
+    assert problem.key == "clients[0].digest_algorithms"
+    assert "['MD5']" in problem.message

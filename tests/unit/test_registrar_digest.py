@@ -225,10 +225,11 @@ def test_rfc2069_form_without_qop() -> None:
 # Challenges.
 
 
-def test_challenge_offers_sha256_then_md5_with_one_nonce(challenger: DigestChallenger) -> None:
+def test_challenge_offers_md5_then_sha256_with_one_nonce(challenger: DigestChallenger) -> None:
+    """MD5 first by default: clients that read only the first challenge can answer it."""
     values = challenger.challenge(T0)
     assert [value.split()[0] for value in values] == ["Digest", "Digest"]
-    sha256, md5 = (Challenge.parse(value) for value in values)
+    md5, sha256 = (Challenge.parse(value) for value in values)
     assert (sha256.algorithm, md5.algorithm) == (Algorithm.SHA256, Algorithm.MD5)
     assert sha256.nonce == md5.nonce
     assert sha256.realm == md5.realm == REALM
@@ -236,6 +237,20 @@ def test_challenge_offers_sha256_then_md5_with_one_nonce(challenger: DigestChall
     assert sha256.opaque and sha256.opaque == md5.opaque
     assert not sha256.stale
     assert 'qop="auth"' in values[0]
+
+
+def test_an_algorithm_refused_for_a_user_gets_the_wrong_password_answer(
+    challenger: DigestChallenger,
+) -> None:
+    def only_sha256(user: str, algorithm: Algorithm) -> bool:
+        return algorithm is Algorithm.SHA256
+
+    _, md5 = answer(challenger, T0, algorithm=Algorithm.MD5)
+    refused = challenger.verify("REGISTER", md5, PASSWORDS.get, T0, allowed=only_sha256)
+    assert refused.failure is AuthFailure.UNKNOWN_USER_OR_BAD_PASSWORD
+    _, sha256 = answer(challenger, T0, algorithm=Algorithm.SHA256)
+    accepted = challenger.verify("REGISTER", sha256, PASSWORDS.get, T0, allowed=only_sha256)
+    assert accepted.ok and accepted.username == "alice"
 
 
 def test_each_challenge_has_a_fresh_nonce(challenger: DigestChallenger) -> None:
