@@ -249,7 +249,7 @@ class DialRunner:
 
     async def run(self) -> Continue | None:
         self._plan()
-        stop_listening = self.caller.subscribe(lambda e: self.events.put_nowait((None, e)))
+        stop_listening = self.session.listen(lambda e: self.events.put_nowait((None, e)))
         self.session.dialling = self
         try:
             await self._prepare_caller()

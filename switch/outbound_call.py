@@ -278,14 +278,13 @@ class ApiCall:
         self.session = session
         self.services.calls.replace(session)
         recording = self._record(session) if request.record else None
-        limit = asyncio.get_running_loop().call_later(request.time_limit, leg.hangup)
+        session.limit_time(request.time_limit)
         try:
             if request.send_digits:
                 with contextlib.suppress(CallGone):
                     await session.send_digits(leg, request.send_digits)
             await session.run()
         finally:
-            limit.cancel()
             if recording is not None:
                 if recording.hearing is not None:
                     session.media.unlisten(recording.hearing)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,6 +88,14 @@ class LegScript:
 
     def params(self) -> dict[str, str]:
         raise NotImplementedError
+
+    def listen(self, fn: Callable[[LegEvent], None]) -> Callable[[], None]:
+        """Receive the events of this script's leg; returns a function that stops them.
+
+        A call's session hands them out from its inbox; a whisper script, which has
+        no actor of its own, takes them from the leg.
+        """
+        return self.leg.subscribe(fn)
 
     def resolve(self, url: str) -> str:
         """A URL from a document, relative ones resolved against the document's URL."""
@@ -296,7 +305,7 @@ class LegScript:
                 digits.append(event.digit)
                 got.set()
 
-        unsubscribe = self.leg.subscribe(on_event)
+        unsubscribe = self.listen(on_event)
         try:
             for prompt in verb.prompts:
                 if digits:

@@ -9,22 +9,34 @@ configured (with ``ErrorCode``/``ErrorUrl``), otherwise the caller hears a short
 "application error" and the call ends. Every failure is a notification with
 its Twilio error code, logged with the CallSid and stored for the call.
 
-The session is the call's actor for the REST API: ``deliver`` takes a command
-(switch/call/commands.py). A new document (``Url`` or ``Twiml``) replaces the
-running one at once: the verb in progress is cancelled, or, inside a
-``<Dial>``, the fork is withdrawn (children cancelled or hung up, their
-callbacks sent, no action request); then the new document runs.
+The session is the call's actor. Everything addressed to the call arrives in
+one inbox, in order: the events of its leg, REST commands (``deliver``,
+switch/call/commands.py) and its own timers (an API call's ``TimeLimit``). One
+dispatcher takes them out: a command acts on the call, a timer hangs it up, a
+leg event goes to whatever is listening (``listen``: a ``<Gather>``, a
+``<Dial>``'s runner). A new document (``Url`` or ``Twiml``) replaces the running
+one at once: the piece of the call in progress (a fetch, a verb) is cancelled,
+or, inside a ``<Dial>``, the fork is withdrawn (children cancelled or hung up,
+their callbacks sent, no action request); then the new document runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from switch.call.commands import CancelCall, Command, HangUpCall, NewDocument, Redirect
+from switch.call.commands import (
+    CancelCall,
+    Command,
+    HangUpCall,
+    NewDocument,
+    Redirect,
+    RunTwiml,
+)
+from switch.call.events import LegEvent, TimeLimitReached
 from switch.call.protocol import Leg
 from switch.call.registry import CallView, Refused
 from switch.call.status import CallStatus, final_status
@@ -40,6 +52,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("dialswitch.call")
 
 ERROR_CALL_ENDED = 21220
+
+CallInput = LegEvent | Command | TimeLimitReached
+"""What a call's inbox carries."""
 
 
 class CallSession(LegScript):
@@ -90,6 +105,10 @@ class CallSession(LegScript):
         self._step_task: asyncio.Task[rcml.Document | None] | None = None
         self.initial: rcml.Document | None = None  # a document given up front (Twiml)
         self.withdrawn_as: CallStatus | None = None  # ended unanswered by the REST API
+        self.inbox: asyncio.Queue[CallInput] = asyncio.Queue()
+        self._listeners: list[Callable[[LegEvent], None]] = []
+        self._time_limit: asyncio.TimerHandle | None = None
+        self._unsubscribe = leg.subscribe(self.inbox.put_nowait)
 
     @classmethod
     def inbound(
@@ -153,9 +172,38 @@ class CallSession(LegScript):
     # ---- REST commands ---------------------------------------------------------------
 
     def deliver(self, command: Command) -> None:
+        """A REST command, into the inbox; ``Refused`` (21220) once the call has ended."""
+        if not self.leg.live:
+            raise Refused(ERROR_CALL_ENDED, "Call is not in-progress. Cannot redirect.")
+        self.inbox.put_nowait(command)
+
+    def limit_time(self, seconds: float) -> None:
+        """Hang the call up ``seconds`` from now (through the inbox, as any input)."""
+        loop = asyncio.get_running_loop()
+        self._time_limit = loop.call_later(seconds, self.inbox.put_nowait, TimeLimitReached())
+
+    def listen(self, fn: Callable[[LegEvent], None]) -> Callable[[], None]:
+        self._listeners.append(fn)
+        return lambda: self._listeners.remove(fn) if fn in self._listeners else None
+
+    async def _dispatch(self) -> None:
+        """Take every input out of the inbox, in order, for as long as the call runs."""
+        while True:
+            item = await self.inbox.get()
+            match item:
+                case HangUpCall() | CancelCall() | Redirect() | RunTwiml():
+                    self._command(item)
+                case TimeLimitReached():
+                    self.log.info("%s: time limit reached", self.call_sid)
+                    self.leg.hangup()
+                case _:
+                    for fn in list(self._listeners):
+                        fn(item)
+
+    def _command(self, command: Command) -> None:
         leg = self.leg
         if not leg.live:
-            raise Refused(ERROR_CALL_ENDED, "Call is not in-progress. Cannot redirect.")
+            return
         match command:
             case HangUpCall() if leg.answered:
                 leg.hangup()
@@ -215,6 +263,7 @@ class CallSession(LegScript):
         return await self.fetch(self.app.voice_url, self.app.voice_method, {})
 
     async def run(self) -> None:
+        dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
         try:
             document = await self._step(self.first_document())
             while document is not None and self.leg.live:
@@ -229,6 +278,10 @@ class CallSession(LegScript):
             self.log.exception("%s: session failed", self.call_sid)
         finally:
             await self.finish()
+            dispatcher.cancel()
+            self._unsubscribe()
+            if self._time_limit is not None:
+                self._time_limit.cancel()
 
     def final_status(self) -> CallStatus:
         leg = self.leg

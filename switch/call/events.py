@@ -53,4 +53,9 @@ class TransferRequested:
     accepted: bool
 
 
+@dataclass(frozen=True)
+class TimeLimitReached:
+    """The call's own time limit ran out (an API call's ``TimeLimit``)."""
+
+
 LegEvent = LegProgressed | LegAnswered | LegMediaReady | LegEnded | DtmfReceived | TransferRequested

@@ -454,8 +454,10 @@ async def test_redirect_in_the_tick_the_fork_finishes_is_not_lost(harness: Harne
     await asyncio.sleep(0)  # the 486 is queued to the dial runner first
     call.session.deliver(Redirect(harness.url("/redirected"), "POST"))
     await call.finished()
+    # Inputs are taken in order: the 486 ends the Dial (its action may be asked
+    # for), then the redirect replaces whatever runs: the action's document never
+    # runs, the redirected one does.
     assert harness.app.requests("/redirected")
-    assert harness.app.requests("/after-dial") == []
     assert call.leg.dtmf_sent == "3"
 
 
@@ -689,3 +691,22 @@ async def test_caller_id_is_normalised_for_the_from_header(
     assert alice.from_uri.startswith(f"sip:{from_user}@"), alice.from_uri
     codes = [n.code for n in harness.services.store.notifications(call.leg.call_sid)]
     assert [c for c in codes if c == 13214] == notified
+
+
+# ---- the call's inbox ------------------------------------------------------------------
+
+
+async def test_everything_for_the_call_goes_through_its_one_inbox(harness: Harness) -> None:
+    """The caller's leg has one listener, the session's inbox, also while a <Dial>
+    runs; commands, the leg's events and the time limit are taken out in order."""
+    harness.app.documents["/voice"] = dial(number(ALICE))
+    harness.engine.far_end(ALICE, rings())
+    call = harness.call()
+    await all_ringing(harness, 1)
+    assert len(call.leg._subscribers) == 1  # the inbox, not the Dial's runner
+    call.session.limit_time(0.01)  # as an API call's TimeLimit
+    await call.finished()
+    (action,) = harness.app.requests("/after-dial")
+    assert action.params["DialCallStatus"] == "no-answer"  # hung up while ringing
+    assert call.leg.sent[-1] in ("BYE", "603")
+    assert call.session.inbox.empty()
