@@ -19,6 +19,7 @@ from switch.config import Config
 from switch.engine import Engine, EngineSettings, Listener, TrunkAccount
 from switch.engine.core import RegisterRequest
 from switch.http import build_app
+from switch.metrics import CONTENT_TYPE, Metrics
 from switch.numbers import InvalidNumber, request_uri_user_to_e164
 from switch.outbound_call import ApiCall
 from switch.recordings import (
@@ -30,6 +31,7 @@ from switch.recordings import (
 )
 from switch.registrar.bindings import Source
 from switch.registrar.service import Registrar
+from switch.rest import AccountGuard
 from switch.services import Services, new_call_sid
 from switch.session import CallSession
 from switch.sipmsg import uri_user
@@ -58,6 +60,7 @@ class Switch:
         make_partial_dirs(config.storage.path)
         store = Store.open(config.storage.path)
         hooks = config.webhooks
+        metrics = Metrics()
         webhooks = WebhookClient(
             WebhookSettings(
                 connect_timeout=hooks.connect_timeout,
@@ -68,13 +71,15 @@ class Switch:
             ),
             config.account.sid,
             config.account.auth_token,
+            observer=metrics.webhook,
         )
         http_client = aiohttp.ClientSession()
         self.registrar = Registrar(config.registrar, config.sip.domain, config.clients, store)
         engine = Engine(self._engine_settings(), self._incoming, self._register)
         workers = WorkerPool()
         await workers.start()
-        self.services = Services(config, store, webhooks, engine, http_client, workers)
+        self.services = Services(config, store, webhooks, engine, http_client, workers, metrics)
+        metrics.watch(lambda: self._levels(engine, webhooks))
         self.services.registrar = self.registrar
         engine.start(new_call_sid)
         self._resend_recording_callbacks(store, webhooks)
@@ -85,6 +90,8 @@ class Switch:
         )
         calls_api = CallsResource(self.services)
         add_api_routes(http_app, store, config, workers, calls_api)
+        guard = AccountGuard(config.account.sid, config.account.auth_token)
+        http_app.router.add_get("/metrics", guard(self._metrics))
         runner = web.AppRunner(http_app)
         await runner.setup()
         site = web.TCPSite(runner, config.http.host, config.http.port)
@@ -120,6 +127,25 @@ class Switch:
         store.close()
         log.info("stopped")
         return 0
+
+    def _levels(self, engine: Engine, webhooks: WebhookClient) -> dict[str, tuple[str, float]]:
+        """The gauges of /metrics, read from whoever owns each fact."""
+        counts = engine.counts()
+        calls = self.services.calls
+        return {
+            "calls_active": ("Top-level calls live (inbound and API).", calls.top_level),
+            "call_actors": ("Live calls reachable by CallSid, Dial children included.", len(calls)),
+            "legs": ("SIP legs the engine holds.", counts["calls"]),
+            "players": ("Audio players open.", counts["players"]),
+            "recorders": ("Recorders open.", counts["recorders"]),
+            "media_ports": ("Conference bridge ports in use.", counts["media_ports"]),
+            "registrations": ("Live registrations of clients.", len(self.registrar.table)),
+            "callbacks_queued": ("Status callbacks waiting for delivery.", webhooks.queued),
+        }
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = self.services.metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     def _resend_recording_callbacks(self, store: Store, webhooks: WebhookClient) -> None:
         """Finish recordings a crash left open and send the callbacks still owed."""

@@ -352,6 +352,7 @@ class ApiCall:
             )
         )
         self.services.calls.remove(self.call_sid)
+        self.services.metrics.call_ended("outbound-api", status, self.started or self.created, None)
         self.log.info("%s: API call ended %s", self.call_sid, status)
         if self.callbacks is not None:
             self.callbacks.completed(status, 0)

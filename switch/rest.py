@@ -70,7 +70,7 @@ def not_found(request: web.Request) -> web.Response:
 
 
 class AccountGuard:
-    """Basic auth of the configured account, then the AccountSid of the path."""
+    """Basic auth of the configured account, then the AccountSid of the path (if any)."""
 
     def __init__(self, account_sid: str, auth_token: str):
         self.account_sid = account_sid
@@ -85,7 +85,7 @@ class AccountGuard:
                     "Authenticate",
                     {hdrs.WWW_AUTHENTICATE: f'Basic realm="{REALM}"'},
                 )
-            if request.match_info["account_sid"] != self.account_sid:
+            if request.match_info.get("account_sid", self.account_sid) != self.account_sid:
                 return not_found(request)
             try:
                 return await handler(request)

@@ -21,6 +21,7 @@ from switch.call.registry import CallRegistry
 from switch.call.status import final_status
 from switch.config import Config, NumberConfig, Trunk
 from switch.config_clients import ClientConfig
+from switch.metrics import Metrics
 from switch.numbers import InvalidNumber, to_e164
 from switch.recordings import SpareSides
 from switch.registrar.service import Registrar
@@ -86,8 +87,10 @@ class Services:
         engine: MediaEngine,
         http: aiohttp.ClientSession,
         workers: WorkerPool | None = None,
+        metrics: Metrics | None = None,
     ):
         self.config = config
+        self.metrics = metrics or Metrics()
         self.store = store
         self.webhooks = webhooks
         self.engine = engine
@@ -175,6 +178,8 @@ class Services:
     ) -> None:
         end = ended or datetime.now(UTC)
         duration = int((end - answered).total_seconds()) if answered else 0
+        final = status or final_status(leg.was_answered, leg.final_code)
+        self.metrics.call_ended(direction, final, started, answered)
         self.store.record_leg(
             LegRecord(
                 call_sid=leg.call_sid,
@@ -186,7 +191,7 @@ class Services:
                 start_time=started,
                 answer_time=answered,
                 end_time=end,
-                status=(status or final_status(leg.was_answered, leg.final_code)),  # type: ignore[arg-type]
+                status=final,  # type: ignore[arg-type]
                 sip_code=leg.final_code,
                 sip_call_id=leg.sip_call_id or None,
                 trunk=trunk,

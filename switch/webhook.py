@@ -89,6 +89,8 @@ ERROR_LABELS: Mapping[int, str] = {
 }
 
 ErrorHook = Callable[[int, str, str], object]
+Observer = Callable[[str, float, int | None], object]
+"""Told of every request: kind (document, callback), seconds, error code or None."""
 """Called as ``hook(code, message, url)`` after each failure, e.g. to store a
 notification for the account."""
 
@@ -348,8 +350,10 @@ class WebhookClient:
         *,
         on_error: ErrorHook | None = None,
         resolver: AbstractResolver | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.settings = settings
+        self._observer = observer
         self.account_sid = account_sid
         self._auth_token = auth_token
         self._on_error = on_error
@@ -373,12 +377,15 @@ class WebhookClient:
         error with the method, URL, cause and CallSid (the caller need not log it again)."""
         method = _normalise_method(method)
         pairs = self._with_account(param_pairs(params))
+        started = time.monotonic()
         try:
             request = self._request(url, method, pairs, document=True)
             result = await self._perform(request)
         except WebhookError as exc:
+            self._observe("document", started, exc.code)
             self._report(exc, pairs, on_error, logging.ERROR)  # the call's own error line
             raise
+        self._observe("document", started, None)
         assert isinstance(result, FetchedDocument)
         return result
 
@@ -506,11 +513,24 @@ class WebhookClient:
                 queue.task_done()
 
     async def _deliver(self, item: _Callback) -> None:
+        started = time.monotonic()
         try:
             request = self._request(item.url, item.method, item.pairs, document=False)
             await self._perform(request)
         except WebhookError as exc:
+            self._observe("callback", started, exc.code)
             self._report(exc, item.pairs, item.on_error)
+        else:
+            self._observe("callback", started, None)
+
+    def _observe(self, kind: str, started: float, error_code: int | None) -> None:
+        if self._observer is not None:
+            self._observer(kind, time.monotonic() - started, error_code)
+
+    @property
+    def queued(self) -> int:
+        """Status callbacks waiting for delivery."""
+        return sum(queue.qsize() for queue in self._queues)
 
     def _drop(self, item: _Callback, reason: str) -> None:
         error = WebhookError(11200, reason, item.url.partition("#")[0], method=item.method)

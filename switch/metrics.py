@@ -1,0 +1,91 @@
+"""Prometheus metrics of the switch, served at ``GET /metrics``.
+
+The official ``prometheus_client`` library keeps the series in a registry of
+the switch's own (not the library's global one). Two kinds:
+
+- events, counted as they happen: calls by direction and final status
+  (``dialswitch_calls_total``), the time from a leg's start to its answer
+  (``dialswitch_call_setup_seconds``), webhook requests by kind and outcome
+  (``dialswitch_webhook_requests_total``, outcome ``ok`` or the Twilio error
+  code) and their latency (``dialswitch_webhook_seconds``);
+- levels, read when the metrics are scraped: live calls and call actors, legs,
+  players, recorders and media ports of the engine, registrations, and status
+  callbacks queued.
+
+The endpoint is behind the REST API's Basic auth (AccountSid and AuthToken).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+SETUP_BUCKETS = (0.5, 1, 2, 3, 5, 8, 13, 20, 30, 45, 60, 120)
+"""Seconds from INVITE to answer: people take seconds to pick up."""
+WEBHOOK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15)
+
+
+class _Levels(Collector):
+    """Gauges computed at scrape time from whoever owns each fact."""
+
+    def __init__(self, read: Callable[[], Mapping[str, tuple[str, float]]]):
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        for name, (help_text, value) in self._read().items():
+            yield GaugeMetricFamily(f"dialswitch_{name}", help_text, value=value)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.calls = Counter(
+            "dialswitch_calls",
+            "Call legs ended, by direction and final CallStatus.",
+            ("direction", "status"),
+            registry=self.registry,
+        )
+        self.setup = Histogram(
+            "dialswitch_call_setup_seconds",
+            "Seconds from a leg's start to its answer, answered legs only.",
+            ("direction",),
+            buckets=SETUP_BUCKETS,
+            registry=self.registry,
+        )
+        self.webhooks = Counter(
+            "dialswitch_webhook_requests",
+            "Webhook requests (documents and callbacks) by outcome: ok or the error code.",
+            ("kind", "outcome"),
+            registry=self.registry,
+        )
+        self.webhook_seconds = Histogram(
+            "dialswitch_webhook_seconds",
+            "Seconds a webhook request took, retries and redirects included.",
+            ("kind",),
+            buckets=WEBHOOK_BUCKETS,
+            registry=self.registry,
+        )
+
+    def watch(self, read: Callable[[], Mapping[str, tuple[str, float]]]) -> None:
+        """Levels to read at each scrape: name -> (help, value)."""
+        self.registry.register(_Levels(read))
+
+    def call_ended(
+        self, direction: str, status: str, started: datetime, answered: datetime | None
+    ) -> None:
+        self.calls.labels(direction, status).inc()
+        if answered is not None:
+            self.setup.labels(direction).observe(max(0.0, (answered - started).total_seconds()))
+
+    def webhook(self, kind: str, seconds: float, error_code: int | None) -> None:
+        self.webhooks.labels(kind, "ok" if error_code is None else str(error_code)).inc()
+        self.webhook_seconds.labels(kind).observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
