@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import signal
+import time
 from collections.abc import Sequence
 
 import aiohttp
@@ -18,6 +19,7 @@ from switch.call.protocol import Leg
 from switch.config import Config
 from switch.engine import Engine, EngineSettings, Listener, TrunkAccount
 from switch.engine.core import RegisterRequest
+from switch.floods import FloodGuard
 from switch.http import build_app
 from switch.metrics import CONTENT_TYPE, Metrics
 from switch.numbers import InvalidNumber, request_uri_user_to_e164
@@ -75,7 +77,15 @@ class Switch:
         )
         http_client = aiohttp.ClientSession()
         self.registrar = Registrar(config.registrar, config.sip.domain, config.clients, store)
-        engine = Engine(self._engine_settings(), self._incoming, self._register)
+        limits = config.limits
+        self.floods = FloodGuard(
+            limits.invite_rate,
+            limits.invite_burst,
+            limits.options_rate,
+            limits.options_burst,
+            limits.trusted,
+        )
+        engine = Engine(self._engine_settings(), self._incoming, self._register, self._admit)
         workers = WorkerPool()
         await workers.start()
         self.services = Services(config, store, webhooks, engine, http_client, workers, metrics)
@@ -174,6 +184,12 @@ class Switch:
             ],
             log_level=5 if self.config.log.level == "debug" else 1,
         )
+
+    def _admit(self, method: str, source_ip: str) -> tuple[int, str, str] | None:
+        refused = self.floods.admit(method, source_ip, time.monotonic())
+        if refused is not None:
+            self.services.metrics.flood_refused(method)
+        return refused
 
     def _register(self, request: RegisterRequest) -> tuple[int, str, Sequence[tuple[str, str]]]:
         source = Source(request.transport, request.host, request.port)

@@ -182,6 +182,17 @@ class DialConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """Per-source limits on out-of-dialog INVITEs and OPTIONS (switch/floods.py)."""
+
+    invite_rate: float = 100.0
+    invite_burst: float = 200.0
+    options_rate: float = 50.0
+    options_burst: float = 100.0
+    trusted: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ApiConfig:
     calls_per_second: float
     """Calls the REST API starts per second; the excess waits as ``queued`` (Twilio's CPS)."""
@@ -216,6 +227,7 @@ class Config:
     registrar: RegistrarConfig = RegistrarConfig()
     clients: tuple[ClientConfig, ...] = ()
     api: ApiConfig = ApiConfig(10.0)
+    limits: LimitsConfig = LimitsConfig()
 
     def client(self, identity: str) -> ClientConfig | None:
         """A registered client's configuration, or None for an unknown identity."""
@@ -445,10 +457,41 @@ def _build(root: _Table) -> Config:
                 )
             )
     api = _build_api(root.table("api"))
+    limits = _build_limits(root.table("limits"))
     root.finish()
     return Config(
-        sip, http, account, trunks, numbers, storage, dial, webhooks, log, registrar, clients, api
+        sip,
+        http,
+        account,
+        trunks,
+        numbers,
+        storage,
+        dial,
+        webhooks,
+        log,
+        registrar,
+        clients,
+        api,
+        limits,
     )
+
+
+def _build_limits(t: _Table) -> LimitsConfig:
+    default = LimitsConfig()
+    invite_rate = t.number("invite_rate", default.invite_rate, 0.1, 100_000)
+    invite_burst = t.number("invite_burst", max(default.invite_burst, invite_rate), 1, 1_000_000)
+    options_rate = t.number("options_rate", default.options_rate, 0.1, 100_000)
+    options_burst = t.number(
+        "options_burst", max(default.options_burst, options_rate), 1, 1_000_000
+    )
+    trusted: list[str] = []
+    for key, text in t.strings("trusted", required=False) or []:
+        try:
+            trusted.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError:
+            t.problems.append(Problem(key, f"{text!r} is not an IP address or network"))
+    t.finish()
+    return LimitsConfig(invite_rate, invite_burst, options_rate, options_burst, tuple(trusted))
 
 
 def _build_api(t: _Table) -> ApiConfig:

@@ -7,7 +7,8 @@ the switch's own (not the library's global one). Two kinds:
   (``dialswitch_calls_total``), the time from a leg's start to its answer
   (``dialswitch_call_setup_seconds``), webhook requests by kind and outcome
   (``dialswitch_webhook_requests_total``, outcome ``ok`` or the Twilio error
-  code) and their latency (``dialswitch_webhook_seconds``);
+  code) and their latency (``dialswitch_webhook_seconds``), requests refused by
+  the per-source limits (``dialswitch_flood_refused_total``);
 - levels, read when the metrics are scraped: live calls and call actors, legs,
   players, recorders and media ports of the engine, registrations, and status
   callbacks queued.
@@ -64,6 +65,12 @@ class Metrics:
             ("kind", "outcome"),
             registry=self.registry,
         )
+        self.floods = Counter(
+            "dialswitch_flood_refused",
+            "Out-of-dialog requests refused 503 by the per-source limits, by method.",
+            ("method",),
+            registry=self.registry,
+        )
         self.webhook_seconds = Histogram(
             "dialswitch_webhook_seconds",
             "Seconds a webhook request took, retries and redirects included.",
@@ -71,6 +78,9 @@ class Metrics:
             buckets=WEBHOOK_BUCKETS,
             registry=self.registry,
         )
+
+    def flood_refused(self, method: str) -> None:
+        self.floods.labels(method).inc()
 
     def watch(self, read: Callable[[], Mapping[str, tuple[str, float]]]) -> None:
         """Levels to read at each scrape: name -> (help, value)."""

@@ -91,14 +91,17 @@ class RegisterRequest:
 
 
 RegisterHandler = Callable[[RegisterRequest], tuple[int, str, Sequence[tuple[str, str]]]]
+AdmitHandler = Callable[[str, str], tuple[int, str, str] | None]
+"""(method, source IP) of an out-of-dialog request -> None, or (status, reason, Retry-After)."""
 
 
 class _Endpoint(pj.Endpoint):  # type: ignore[misc]
     """pjsua2's endpoint with our REGISTER hook (deploy/pjsua2/patches/0004)."""
 
-    def __init__(self, on_register: RegisterHandler | None):
+    def __init__(self, on_register: RegisterHandler | None, admit: AdmitHandler | None = None):
         super().__init__()
         self.on_register = on_register
+        self.admit = admit
 
     @guarded
     def onRxRegister(self, prm: pj.OnRxRegisterParam) -> None:  # noqa: N802 - pjsua2 name
@@ -128,6 +131,13 @@ class _Endpoint(pj.Endpoint):  # type: ignore[misc]
         unknown scheme gets a fresh challenge).
         """
         raw = prm.wholeMsg.encode("utf-8", "surrogateescape")
+        if prm.parsed and not prm.dialogExists and self.admit is not None:
+            method = raw[:8].split(b" ", 1)[0].decode("ascii", "replace")
+            refused = self.admit(method, _split_hostport(prm.srcAddress)[0])
+            if refused is not None:
+                prm.statusCode, prm.reason, retry_after = refused
+                add_headers(prm.headers, [("Retry-After", retry_after)])
+                return
         datagram = prm.transportType.upper().startswith("UDP")
         answer = sipcheck.screen(raw, datagram=datagram, dialog_exists=prm.dialogExists)
         if prm.parsed:
@@ -259,10 +269,12 @@ class Engine:
         settings: EngineSettings,
         on_incoming: Callable[[Leg], None],
         on_register: RegisterHandler | None = None,
+        admit: AdmitHandler | None = None,
     ):
         self.settings = settings
         self.on_incoming = on_incoming
         self.on_register = on_register
+        self.admit = admit
         self.loop = asyncio.get_running_loop()
         self._endpoint: pj.Endpoint | None = None
         self._default_account: _Account | None = None
@@ -282,7 +294,7 @@ class Engine:
 
     def start(self, sid_factory: Callable[[], str]) -> None:
         self._sid_factory = sid_factory
-        ep = _Endpoint(self.on_register)
+        ep = _Endpoint(self.on_register, self.admit)
         ep.libCreate()
         cfg = pj.EpConfig()
         cfg.uaConfig.threadCnt = 0

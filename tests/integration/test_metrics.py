@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.conftest import ACCOUNT_SID, AUTH_TOKEN, NUMBER, AppServer, SwitchProcess
 from tests.support import sipp
 from tests.support.rtp_peer import RtpPeer
+from tests.support.sipraw import SipUdp, assert_alive
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -71,3 +72,27 @@ async def test_metrics_count_a_known_sequence_of_calls(
         assert value(after, f"dialswitch_{gauge}") == 0, gauge
     assert value(after, "dialswitch_media_ports") == 1  # the bridge's own port
     assert value(after, "dialswitch_callbacks_queued") == 0
+
+
+async def test_an_options_flood_from_one_source_is_refused_503_and_counted(
+    switch: SwitchProcess,
+) -> None:
+    """A source past its OPTIONS burst (100 by default) gets 503 with Retry-After;
+    another source is still served, and /metrics counts the refusals."""
+    _, text = await scrape(switch)
+    before = value(samples(text), "dialswitch_flood_refused_total", method="OPTIONS")
+    async with SipUdp(switch.target(), local="127.0.0.9") as noisy:
+        for _ in range(160):
+            noisy.send(noisy.request("OPTIONS", f"sip:{switch.target()}"))
+        answers = []
+        while (response := await noisy.final(timeout=2.0)) is not None:
+            answers.append(response)
+    statuses = [a.status for a in answers]
+    assert len(statuses) == 160
+    assert 100 <= statuses.count(200) < 160
+    refused = [a for a in answers if a.status == 503]
+    assert refused and all(a.header("Retry-After") == "5" for a in refused)
+    await assert_alive(switch)  # 127.0.0.1 is another source
+    _, text = await scrape(switch)
+    after = value(samples(text), "dialswitch_flood_refused_total", method="OPTIONS")
+    assert after - before == len(refused)

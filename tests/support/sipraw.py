@@ -37,11 +37,13 @@ class _Protocol(asyncio.DatagramProtocol):
 
 
 class SipUdp:
-    """One UDP socket on 127.0.0.1 talking to the switch at ``target`` ("host:port")."""
+    """One UDP socket on ``local`` (127.0.0.1 by default) talking to the switch at
+    ``target`` ("host:port")."""
 
-    def __init__(self, target: str):
+    def __init__(self, target: str, local: str = "127.0.0.1"):
         host, _, port = target.rpartition(":")
         self.remote = (host, int(port))
+        self.local = local
         self.transport: asyncio.DatagramTransport | None = None
         self.protocol = _Protocol()
         self.port = 0
@@ -49,7 +51,7 @@ class SipUdp:
     async def __aenter__(self) -> SipUdp:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: self.protocol, local_addr=("127.0.0.1", 0)
+            lambda: self.protocol, local_addr=(self.local, 0)
         )
         self.transport = transport
         self.port = int(transport.get_extra_info("sockname")[1])
@@ -105,13 +107,13 @@ class SipUdp:
         to = f"<{uri}>" + (f";tag={to_tag}" if to_tag else "")
         lines = [
             f"{method} {uri} SIP/2.0",
-            f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch={branch};rport",
+            f"Via: SIP/2.0/UDP {self.local}:{self.port};branch={branch};rport",
             "Max-Forwards: 70",
-            f"From: <sip:tester@127.0.0.1:{self.port}>;tag=t{uuid.uuid4().hex[:8]}",
+            f"From: <sip:tester@{self.local}:{self.port}>;tag=t{uuid.uuid4().hex[:8]}",
             f"To: {to}",
             f"Call-ID: {call_id}",
             f"CSeq: {cseq or f'1 {method}'}",
-            f"Contact: <sip:tester@127.0.0.1:{self.port}>",
+            f"Contact: <sip:tester@{self.local}:{self.port}>",
         ]
         if extra:
             lines.append(extra.rstrip("\r\n"))

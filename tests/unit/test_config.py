@@ -591,3 +591,16 @@ def test_digest_algorithms_default_and_per_client(tmp_path: Path) -> None:
     (problem,) = problems(tmp_path, text() + clients)
     assert problem.key == "clients[0].digest_algorithms"
     assert "['MD5']" in problem.message
+
+
+def test_limits_table(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        text(extra='[limits]\ninvite_rate = 30\ntrusted = ["203.0.113.0/24", "2001:db8::1"]\n'),
+    )
+    limits = config.limits
+    assert (limits.invite_rate, limits.invite_burst) == (30, 200)
+    assert (limits.options_rate, limits.options_burst) == (50, 100)
+    assert limits.trusted == ("203.0.113.0/24", "2001:db8::1/128")
+    problem = only_problem(tmp_path, text(extra='[limits]\ntrusted = ["carrier.example"]\n'))
+    assert problem.key == "limits.trusted[0]"
