@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
 import aiohttp
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
@@ -60,9 +61,9 @@ def target_number(i: int) -> str:
 # ---- ports and /proc ---------------------------------------------------------------
 
 
-def free_udp_port() -> int:
+def free_udp_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -85,8 +86,9 @@ def free_port_pair() -> int:
     raise RuntimeError("no free UDP+TCP port")
 
 
-def free_media_block() -> int:
-    """An even port P with UDP P..P+3 free: SIPp's audio and video RTP/RTCP sockets."""
+def free_media_block(host: str = "127.0.0.1") -> int:
+    """An even port P with UDP P..P+3 free on ``host``: SIPp's audio and video RTP/RTCP
+    sockets."""
     for _ in range(200):
         base = random.randrange(61000, 65500, 2)  # above the ephemeral range and RTP
         socks = []
@@ -94,7 +96,7 @@ def free_media_block() -> int:
             for port in range(base, base + 4):
                 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 socks.append(sock)
-                sock.bind(("127.0.0.1", port))
+                sock.bind((host, port))
             return base
         except OSError:
             continue
@@ -234,7 +236,8 @@ def step_medians(steps: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, 
 class Switch:
     """``python -m switch`` in ``workdir``: one number (NUMBER -> ``app_base``/voice)
     and one trunk per target (trunk i: prefix target_number(i) -> its own port).
-    ``extra_toml`` is appended to the config as it is."""
+    ``extra_toml`` is appended to the config as it is (it must not have a ``[limits]``
+    table: that one comes from ``trusted``)."""
 
     workdir: Path
     targets: int
@@ -243,6 +246,12 @@ class Switch:
     max_calls: int
     rtp_ports: str
     extra_toml: str = ""
+    # [limits] trusted: sources the switch's per-source INVITE/OPTIONS limits
+    # (default 100 INVITEs/s, burst 200) never apply to. The benches' own load comes
+    # from 127.0.0.1 at up to 600 calls/s, so by default 127.0.0.1 is trusted, as a
+    # carrier's signalling address would be; otherwise the limiter, not the switch's
+    # capacity, would be measured. () leaves the limits on for every source.
+    trusted: tuple[str, ...] = ("127.0.0.1",)
     sip_port: int = field(default_factory=free_port_pair)
     http_port: int = field(default_factory=free_tcp_port)
     trunk_ports: list[int] = field(default_factory=list)
@@ -271,6 +280,12 @@ prefixes = ["{target_number(i)}"]
 """
             for i, port in enumerate(self.trunk_ports, start=1)
         )
+        limits = (
+            "\n[limits]\n# bench load from these sources is never throttled (bench/benchlib.py)\n"
+            f"trusted = [{', '.join(json.dumps(t) for t in self.trusted)}]\n"
+            if self.trusted
+            else ""
+        )
         config = self.workdir / "dialswitch.toml"
         config.write_text(
             f"""# written by bench/benchlib.py
@@ -298,7 +313,7 @@ total_timeout = 15.0
 
 [log]
 level = "{self.log_level}"
-{trunks}
+{limits}{trunks}
 [[numbers]]
 number = "{NUMBER}"
 voice_url = "{self.app_base}/voice"
@@ -343,6 +358,25 @@ voice_url = "{self.app_base}/voice"
             if response.status != 200:
                 raise ValueError(f"healthz {response.status}")
             return dict(await response.json())
+
+    async def metrics(self) -> str:
+        """The text of /metrics (Basic auth AccountSid:AuthToken, as the REST API)."""
+        assert self._session is not None
+        auth = aiohttp.BasicAuth(ACCOUNT_SID, AUTH_TOKEN)
+        url = f"http://127.0.0.1:{self.http_port}/metrics"
+        async with self._session.get(url, auth=auth) as response:
+            if response.status != 200:
+                raise ValueError(f"metrics {response.status}")
+            return await response.text()
+
+    async def metric(self, sample: str, labels: dict[str, str] | None = None) -> float | None:
+        """One sample of /metrics (0 for a counter with no such label yet; None when
+        /metrics does not answer)."""
+        try:
+            text = await self.metrics()
+        except (aiohttp.ClientError, ValueError, TimeoutError):
+            return None
+        return metric_value(text, sample, labels or {})
 
     async def live_calls(self) -> int:
         """/healthz ``calls`` (-1 when it does not answer)."""
@@ -405,6 +439,17 @@ voice_url = "{self.app_base}/voice"
         except TimeoutError:
             self.process.kill()
             return await self.process.wait()
+
+
+def metric_value(text: str, sample: str, labels: dict[str, str]) -> float:
+    """The value of the sample ``sample`` (e.g. ``dialswitch_flood_refused_total``)
+    whose labels include ``labels``, in a Prometheus text exposition; 0 when absent
+    (a labelled counter has no sample until its first increment)."""
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return 0.0
 
 
 # ---- SIPp ----------------------------------------------------------------------------
@@ -539,11 +584,21 @@ class Sipp:
     """One SIPp process of a load step, with its stat CSV, <log> file and error file.
 
     ``scenario`` is a file name in ``workdir``; when it is not there, it is copied
-    from bench/scenarios (SIPp writes its files next to the scenario).
+    from bench/scenarios (SIPp writes its files next to the scenario). ``local_ip``:
+    the address SIPp binds its SIP and media sockets to (``-i``, ``-mi``).
     """
 
-    def __init__(self, workdir: Path, name: str, scenario: str, port: int, rtp_echo: bool):
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        scenario: str,
+        port: int,
+        rtp_echo: bool,
+        local_ip: str = "127.0.0.1",
+    ):
         self.workdir = workdir
+        self.local_ip = local_ip
         self.name = name
         self.scenario = workdir / scenario
         if not self.scenario.exists():
@@ -565,13 +620,13 @@ class Sipp:
             "-sf",
             str(self.scenario),
             "-i",
-            "127.0.0.1",
+            self.local_ip,
             "-p",
             str(self.port),
             "-mi",
-            "127.0.0.1",
+            self.local_ip,
             "-mp",
-            str(free_media_block()),
+            str(free_media_block(self.local_ip)),
             "-nostdin",
             "-trace_stat",
             "-stf",

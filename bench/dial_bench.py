@@ -18,6 +18,15 @@ Modes: a fixed run (``--rate --calls --hold``), ``--find-max`` (rate steps, stop
 at the first step with a failed call) and ``--concurrency K`` (RSS growth per
 concurrent call). ``--repeat`` runs the mode several times, each with a fresh
 switch, and reports medians. See bench/README.md for what each figure means.
+
+``--flood RATE`` (fixed run only): while the calls run, a second SIPp UAC bound to
+127.0.0.2 -- a source the switch does not trust, unlike the callers' 127.0.0.1 --
+sends RATE out-of-dialog INVITEs per second to a number the switch does not own
+(``scenarios/flood.xml``: INVITE, 404 if the per-source limit admits it, 503 if it
+refuses it, ACK). It starts ``FLOOD_LEAD_S`` before the first call and runs until
+the calls are over, bounded by ``-m RATE * seconds`` and ``-timeout``; the step
+reports its INVITEs, 404s, 503s, the rest, and the switch's
+``dialswitch_flood_refused_total{method="INVITE"}`` delta from /metrics.
 """
 
 from __future__ import annotations
@@ -25,8 +34,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import statistics
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +65,12 @@ from benchlib import (
     write_bytes,
     xml_response,
 )
+
+FLOOD_IP = "127.0.0.2"  # not in the bench switch's [limits] trusted (only 127.0.0.1 is)
+FLOOD_NUMBER = "+15005550199"  # not one of the switch's numbers: an admitted INVITE gets 404
+FLOOD_LEAD_S = 2.0  # the flood runs this long before the first call (its bucket is empty)
+FLOOD_TAIL_S = 1.0  # ... and this long after the last call should have ended
+FLOOD_RECV_TIMEOUT_S = 5.0  # a flood INVITE without a final response by then: timeout
 
 # Target 1: benchlib's answering callee, keyed by the From user, which the switch
 # forwards from the caller (caller.xml's From user is +1415<call_number>).
@@ -128,6 +145,7 @@ class StepResult:
     webhook_hits: int = 0
     series: list[list[float]] = field(default_factory=list)  # [t s, cpu %, rss kB, legs] per ~1 s
     sipp_errors: list[str] = field(default_factory=list)
+    flood: dict[str, Any] = field(default_factory=dict)  # --flood: see Bench.flood_figures
 
     @property
     def clean(self) -> bool:
@@ -184,12 +202,13 @@ class Bench(BenchBase[WebhookApp]):
             callees.append(callee)
         caller = Sipp(d, "caller", "caller.xml", free_udp_port(), args.rtp == "both-echo")
         await asyncio.sleep(0.3)  # let the callees bind
+        flood = await self.start_flood(d, duration) if args.flood else None
 
         pid = switch.pid
         hits0 = self.app.hits
         written0 = write_bytes(pid)
         workers_cpu0, workers_written0 = workers_usage(pid)
-        monitor = StepMonitor(switch, [caller, *callees])
+        monitor = StepMonitor(switch, [caller, *callees, *([flood.sipp] if flood else [])])
         monitor.start()
         await caller.start(
             [
@@ -214,6 +233,8 @@ class Bench(BenchBase[WebhookApp]):
         monitor.mark_end()
         for callee in callees:
             result.callee_exits.append(await callee.wait(20))
+        if flood is not None:
+            result.flood = await self.finish_flood(flood)
         result.leak_check = await monitor.finish(self.baseline)
 
         # -- counters
@@ -227,7 +248,7 @@ class Bench(BenchBase[WebhookApp]):
             result.callee_ok += ctally.ok
             result.callee_failed += ctally.failed
             result.retransmissions += ctally.retransmissions
-        for sipp in (caller, *callees):
+        for sipp in (caller, *callees, *([flood.sipp] if flood else [])):
             result.sipp_errors += [f"{sipp.name}: {e}" for e in sipp.errors(3)]
         result.webhook_hits = self.app.hits - hits0
 
@@ -266,6 +287,92 @@ class Bench(BenchBase[WebhookApp]):
             result.plateau_rss_kb = monitor.plateau_rss_kb(plateau_legs)
         (d / "result.json").write_text(json.dumps(asdict(result), indent=2))
         return result
+
+    async def start_flood(self, d: Path, calls_s: float) -> Flood:
+        """Start the flooding SIPp (``--flood`` INVITEs/s from FLOOD_IP) for the calls'
+        ``calls_s`` seconds plus FLOOD_LEAD_S before and FLOOD_TAIL_S after; return
+        once the lead is over, i.e. just before the first call is to be sent."""
+        switch = self.switch
+        assert switch is not None
+        rate = self.args.flood
+        seconds = FLOOD_LEAD_S + calls_s + FLOOD_TAIL_S
+        invites = int(rate * seconds)
+        refused0 = await switch.metric("dialswitch_flood_refused_total", {"method": "INVITE"})
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if nofile == resource.RLIM_INFINITY:
+            nofile = 1 << 20
+        sipp = Sipp(d, "flood", "flood.xml", free_udp_port(FLOOD_IP), False, local_ip=FLOOD_IP)
+        t0 = time.monotonic()
+        await sipp.start(
+            [
+                "-s",
+                FLOOD_NUMBER,
+                "-r",
+                f"{rate:g}",
+                "-rp",
+                "1000",
+                "-m",
+                str(invites),
+                # Calls open at once: up to RATE x the response timeout, so that the
+                # limit never paces the flood even if the switch stops answering (below
+                # the open-file limit, which SIPp checks -l against).
+                "-l",
+                str(int(min(rate * (FLOOD_RECV_TIMEOUT_S + 1), nofile - 100))),
+            ],
+            seconds + 30,
+            FLOOD_RECV_TIMEOUT_S,
+            f"127.0.0.1:{switch.sip_port}",
+        )
+        await asyncio.sleep(FLOOD_LEAD_S)
+        return Flood(sipp, rate, seconds, invites, refused0, t0)
+
+    async def finish_flood(self, flood: Flood) -> dict[str, Any]:
+        """Wait for the flood SIPp (bounded), then its figures and the switch's count."""
+        switch = self.switch
+        assert switch is not None
+        exit_code = await flood.sipp.wait(flood.seconds + 40)
+        wall = time.monotonic() - flood.t0
+        cpu = max(0.0, flood.sipp.cpu_end - flood.sipp.cpu_start)
+        await asyncio.sleep(0.5)  # the switch's last answers (in its event loop)
+        refused1 = await switch.metric("dialswitch_flood_refused_total", {"method": "INVITE"})
+        stats = flood.sipp.stats()
+        tally = flood.sipp.tally()
+        sent = benchlib.count(stats, "OutgoingCall(C)")
+        got_404 = len(flood.sipp.events("N"))
+        got_503 = len(flood.sipp.events("R"))
+        delta = (
+            None if refused1 is None or flood.refused0 is None else int(refused1 - flood.refused0)
+        )
+        return {
+            "rate": flood.rate,
+            "planned_invites": flood.invites,
+            "planned_s": round(flood.seconds, 1),
+            "invites_sent": sent,
+            "achieved_rate": round(sent / wall, 1) if wall > 0 else None,
+            "wall_s": round(wall, 2),
+            "got_404": got_404,
+            "got_503": got_503,
+            "other": max(0, sent - got_404 - got_503),
+            "failed_calls": tally.failed,
+            "failures": tally.failures,
+            # responses to calls SIPp had finished (e.g. a 404 retransmitted for a lost ACK)
+            "dead_call_msgs": benchlib.count(stats, "DeadCallMsgs(C)"),
+            "sipp_exit": exit_code,
+            "sipp_cpu_pct": round(100 * cpu / wall, 1) if wall > 0 else 0.0,
+            "switch_refused_delta": delta,
+        }
+
+
+@dataclass
+class Flood:
+    """A running flood: its SIPp, plan, the switch's refused count before, start time."""
+
+    sipp: Sipp
+    rate: float
+    seconds: float
+    invites: int
+    refused0: float | None
+    t0: float
 
 
 # ---- modes -------------------------------------------------------------------------------
@@ -369,11 +476,29 @@ def _print_step(s: StepResult) -> None:
             f"sipp: {peers}; {app}"
         )
         print(f"       switch disk writes: {s.disk_write_kbps:.0f} KiB/s")
+    if s.flood:
+        f = s.flood
+        print(
+            f"       flood {f['rate']:g}/s from {FLOOD_IP}: {f['invites_sent']} INVITEs "
+            f"({fmt(f['achieved_rate'], 0)}/s over {f['wall_s']} s): 503 {f['got_503']}, "
+            f"404 {f['got_404']}, other/timeout {f['other']} {f['failures'] or ''}; "
+            f"switch refused_total +{f['switch_refused_delta']}; "
+            f"flood sipp {f['sipp_cpu_pct']:.0f}% (exit {f['sipp_exit']})"
+        )
     if s.failures or s.sipp_errors:
         print(f"       failures {s.failures} callee_failed={s.callee_failed}")
         print_sipp_errors(s.sipp_errors)
 
 
+FLOOD_KEYS = (
+    "invites_sent",
+    "achieved_rate",
+    "got_503",
+    "got_404",
+    "other",
+    "switch_refused_delta",
+    "sipp_cpu_pct",
+)
 STEP_KEYS = (
     "cps",
     "failed_calls",
@@ -410,7 +535,12 @@ def summarize(mode: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
             "concurrent_calls_peak_median": median([rd["concurrent_calls_peak"] for rd in rounds]),
             "rss_kb_cold_median": median([r["rss_kb_cold"] for r in runs]),
         }
-    return {"fixed_median": benchlib.step_medians([s for r in runs for s in r["steps"]], STEP_KEYS)}
+    steps = [s for r in runs for s in r["steps"]]
+    summary = {"fixed_median": benchlib.step_medians(steps, STEP_KEYS)}
+    floods = [s["flood"] for s in steps if s.get("flood")]
+    if floods:
+        summary["flood_median"] = benchlib.step_medians(floods, FLOOD_KEYS)
+    return summary
 
 
 # ---- main --------------------------------------------------------------------------------
@@ -443,6 +573,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="callee-echo",
         help="which SIPp peers echo the switch's RTP back (default callee-echo)",
     )
+    p.add_argument(
+        "--flood",
+        type=float,
+        default=None,
+        metavar="RATE",
+        help=f"fixed run only: one more SIPp from {FLOOD_IP} (not trusted) sends RATE "
+        "INVITEs/s\nto a number the switch does not own during the run (404, or 503 "
+        "from the limits)",
+    )
     benchlib.add_find_max_options(p)
     p.add_argument("--pause", type=float, default=2, help="seconds between steps")
     p.add_argument("--rounds", type=int, default=2, help="concurrency: rounds per switch")
@@ -457,6 +596,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.hold = args.hold if args.hold is not None else 1.0
     if not 1 <= args.targets <= 10:
         p.error("--targets must be 1..10")
+    if args.flood is not None and (args.find_max or args.concurrency):
+        p.error("--flood is for a fixed run (not --find-max or --concurrency)")
+    if args.flood is not None and not 1 <= args.flood <= 20000:
+        p.error("--flood must be 1..20000 INVITEs/s")
     return args
 
 
