@@ -34,11 +34,11 @@ from switch.recordings import (
 from switch.registrar.bindings import Source
 from switch.registrar.service import Registrar
 from switch.rest import AccountGuard
-from switch.services import Services, new_call_sid
+from switch.services import Services, new_call_sid, webhooks_for
 from switch.session import CallSession
 from switch.sipmsg import uri_user
 from switch.store import Store
-from switch.webhook import WebhookClient, WebhookSettings
+from switch.webhook import WebhookClient
 from switch.workers import WorkerPool
 
 log = logging.getLogger("dialswitch")
@@ -61,20 +61,8 @@ class Switch:
         config.storage.path.mkdir(parents=True, exist_ok=True)
         make_partial_dirs(config.storage.path)
         store = Store.open(config.storage.path)
-        hooks = config.webhooks
         metrics = Metrics()
-        webhooks = WebhookClient(
-            WebhookSettings(
-                connect_timeout=hooks.connect_timeout,
-                total_timeout=hooks.total_timeout,
-                connect_retries=hooks.connect_retries,
-                max_body=hooks.max_body,
-                user_agent=config.sip.user_agent,
-            ),
-            config.account.sid,
-            config.account.auth_token,
-            observer=metrics.webhook,
-        )
+        webhooks = webhooks_for(config, metrics.webhook)
         http_client = aiohttp.ClientSession()
         self.registrar = Registrar(config.registrar, config.sip.domain, config.clients, store)
         limits = config.limits

@@ -26,7 +26,7 @@ from switch.numbers import InvalidNumber, to_e164
 from switch.recordings import SpareSides
 from switch.registrar.service import Registrar
 from switch.store import LegRecord, Store
-from switch.webhook import WebhookClient
+from switch.webhook import Observer, WebhookClient, WebhookSettings
 from switch.workers import WorkerPool
 
 DEMO_SCHEME = "demo:"
@@ -72,6 +72,23 @@ class NumberApp:
             status_callback=number.status_callback,
             status_callback_method=number.status_callback_method,
         )
+
+
+def webhooks_for(config: Config, observer: Observer | None = None) -> WebhookClient:
+    """The process's webhook client, as ``[webhooks]`` and the account say."""
+    hooks = config.webhooks
+    return WebhookClient(
+        WebhookSettings(
+            connect_timeout=hooks.connect_timeout,
+            total_timeout=hooks.total_timeout,
+            connect_retries=hooks.connect_retries,
+            max_body=hooks.max_body,
+            user_agent=config.sip.user_agent,
+        ),
+        config.account.sid,
+        config.account.auth_token,
+        observer=observer,
+    )
 
 
 def new_call_sid() -> str:

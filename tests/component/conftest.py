@@ -34,10 +34,9 @@ from aiohttp.test_utils import TestServer
 import switch.dial
 from switch.call.fork import ForkGroup
 from switch.config import load_config
-from switch.services import Services
+from switch.services import Services, webhooks_for
 from switch.session import CallSession
 from switch.store import Store
-from switch.webhook import WebhookClient, WebhookSettings
 from tests.support.fakes import FakeEngine, FakeLeg
 
 ACCOUNT_SID = "AC0123456789abcdef0123456789abcdef"
@@ -231,18 +230,7 @@ async def harness(
     config_path.write_text(_config_text(base, storage))
     config = load_config(config_path)
     store = Store.open(config.storage.path)
-    hooks = config.webhooks
-    webhooks = WebhookClient(
-        WebhookSettings(
-            connect_timeout=hooks.connect_timeout,
-            total_timeout=hooks.total_timeout,
-            connect_retries=hooks.connect_retries,
-            max_body=hooks.max_body,
-            user_agent=config.sip.user_agent,
-        ),
-        config.account.sid,
-        config.account.auth_token,
-    )
+    webhooks = webhooks_for(config)
     http = aiohttp.ClientSession()
     engine = FakeEngine()
     services = Services(config, store, webhooks, engine, http)

@@ -5,11 +5,12 @@ the trunk caller; a real aiohttp app serves the documents and records every call
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import math
 import re
 import wave
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -61,10 +62,26 @@ async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
         await asyncio.sleep(0.05)
 
 
-async def callee_on_trunk(switch: SwitchProcess, workdir, scenario: str) -> sipp.Sipp:
-    peer = sipp.Sipp(workdir, "callee", scenario, port=switch.trunk_port)
+@contextlib.asynccontextmanager
+async def trunk_callee(
+    switch: SwitchProcess, workdir, behaviour: str, tone: float | None = None, **options: Any
+) -> AsyncIterator[sipp.Sipp]:
+    """The SIPp party behind the trunk (``sipp.callee``), with an RTP peer sending
+    ``tone``; both stopped when the block ends."""
+    audio = RtpPeer(tone)
+    await audio.start()
+    peer = sipp.Sipp(
+        workdir,
+        "callee",
+        sipp.callee(behaviour, rtp_port=audio.port, **options),
+        port=switch.trunk_port,
+    )
     await peer.start()
-    return peer
+    try:
+        yield peer
+    finally:
+        await peer.stop()
+        audio.close()
 
 
 @bounded(60)
@@ -73,13 +90,8 @@ async def test_created_call_is_answered_runs_its_document_and_reports_every_even
 ) -> None:
     app_server.routes["/api-voice"] = '<Response><Pause length="1"/><Hangup/></Response>'
     app_server.routes["/status"] = "<Response/>"
-    audio = RtpPeer(1000)
-    await audio.start()
-    callee = await callee_on_trunk(
-        switch, workdir, sipp.callee("answer", rtp_port=audio.port, ring_ms=300)
-    )
     client = client_for(switch)
-    try:
+    async with trunk_callee(switch, workdir, "answer", tone=1000, ring_ms=300) as callee:
         created = await call(
             client.calls.create,
             to="(555) 123-0001",
@@ -94,9 +106,6 @@ async def test_created_call_is_answered_runs_its_document_and_reports_every_even
         assert created.to == CALLEE and created._from == NUMBER
         assert created.to_formatted == "(555) 123-0001"
         await callee.finish(20)
-    finally:
-        await callee.stop()
-        audio.close()
     (voice,) = await app_server.wait_for("/api-voice")
     assert voice.params["Direction"] == "outbound-api"
     assert voice.params["CallStatus"] == "in-progress"
@@ -129,11 +138,8 @@ async def test_created_call_is_answered_runs_its_document_and_reports_every_even
 async def test_twiml_runs_without_a_url_and_send_digits_go_first(
     switch: SwitchProcess, app_server: AppServer, workdir
 ) -> None:
-    audio = RtpPeer(None)
-    await audio.start()
-    callee = await callee_on_trunk(switch, workdir, sipp.callee("answer", rtp_port=audio.port))
     client = client_for(switch)
-    try:
+    async with trunk_callee(switch, workdir, "answer") as callee:
         created = await call(
             client.calls.create,
             to=CALLEE,
@@ -142,9 +148,6 @@ async def test_twiml_runs_without_a_url_and_send_digits_go_first(
             send_digits="1#",
         )
         await callee.finish(20)
-    finally:
-        await callee.stop()
-        audio.close()
     assert any(m.startswith("BYE ") for m in callee.messages().received())
     assert app_server.requests == []  # nothing was fetched
     ended = await until(
@@ -157,9 +160,8 @@ async def test_twiml_runs_without_a_url_and_send_digits_go_first(
 async def test_notifications_tell_what_was_not_carried_out(
     switch: SwitchProcess, app_server: AppServer, workdir
 ) -> None:
-    callee = await callee_on_trunk(switch, workdir, sipp.callee("busy"))
     client = client_for(switch)
-    try:
+    async with trunk_callee(switch, workdir, "busy") as callee:
         created = await call(
             client.calls.create,
             to=CALLEE,
@@ -168,8 +170,6 @@ async def test_notifications_tell_what_was_not_carried_out(
             machine_detection="Enable",
         )
         await callee.finish(20)
-    finally:
-        await callee.stop()
     notes = await call(client.calls(created.sid).notifications.list)
     assert [(n.error_code, n.log) for n in notes] == [("12200", "1")]
     assert "MachineDetection" in notes[0].message_text
@@ -182,9 +182,8 @@ async def test_cancel_while_ringing_sends_cancel_and_reports_canceled(
     switch: SwitchProcess, app_server: AppServer, workdir
 ) -> None:
     app_server.routes["/status"] = "<Response/>"
-    callee = await callee_on_trunk(switch, workdir, sipp.callee("ring"))
     client = client_for(switch)
-    try:
+    async with trunk_callee(switch, workdir, "ring") as callee:
         created = await call(
             client.calls.create,
             to=CALLEE,
@@ -196,8 +195,6 @@ async def test_cancel_while_ringing_sends_cancel_and_reports_canceled(
         updated = await call(client.calls(created.sid).update, status="canceled")
         assert updated.sid == created.sid
         await callee.finish(20)
-    finally:
-        await callee.stop()
     assert any(m.startswith("CANCEL ") for m in callee.messages().received())
     (completed,) = await app_server.wait_for("/status")
     assert completed.params["CallStatus"] == "canceled"
@@ -215,11 +212,8 @@ async def test_hang_up_a_live_call_sends_bye(
     switch: SwitchProcess, app_server: AppServer, workdir
 ) -> None:
     app_server.routes["/api-voice"] = '<Response><Pause length="30"/></Response>'
-    audio = RtpPeer(None)
-    await audio.start()
-    callee = await callee_on_trunk(switch, workdir, sipp.callee("answer", rtp_port=audio.port))
     client = client_for(switch)
-    try:
+    async with trunk_callee(switch, workdir, "answer") as callee:
         created = await call(
             client.calls.create, to=CALLEE, from_=NUMBER, url=app_server.url("/api-voice")
         )
@@ -229,9 +223,6 @@ async def test_hang_up_a_live_call_sends_bye(
         assert live.duration is None and live.end_time is None
         await call(client.calls(created.sid).update, status="completed")
         await callee.finish(10)
-    finally:
-        await callee.stop()
-        audio.close()
     assert any(m.startswith("BYE ") for m in callee.messages().received())
     await until(lambda: client.calls(created.sid).fetch().status == "completed")
 
@@ -242,11 +233,8 @@ async def test_update_with_twiml_replaces_the_running_document(
 ) -> None:
     app_server.routes["/api-voice"] = '<Response><Pause length="30"/></Response>'
     app_server.routes["/next"] = "<Response><Hangup/></Response>"
-    audio = RtpPeer(None)
-    await audio.start()
-    callee = await callee_on_trunk(switch, workdir, sipp.callee("answer", rtp_port=audio.port))
     client = client_for(switch)
-    try:
+    async with trunk_callee(switch, workdir, "answer") as callee:
         created = await call(
             client.calls.create, to=CALLEE, from_=NUMBER, url=app_server.url("/api-voice")
         )
@@ -257,9 +245,6 @@ async def test_update_with_twiml_replaces_the_running_document(
         )
         (following,) = await app_server.wait_for("/next")
         await callee.finish(10)
-    finally:
-        await callee.stop()
-        audio.close()
     assert following.params["CallSid"] == created.sid
     assert following.params["Direction"] == "outbound-api"
 
@@ -395,11 +380,8 @@ async def test_record_makes_a_dual_recording_of_the_api_call(
     app_server.routes["/tone.wav"] = serve_wav(sine(600, 1.5))
     app_server.routes["/api-voice"] = "<Response><Play>/tone.wav</Play><Hangup/></Response>"
     app_server.routes["/rec"] = "<Response/>"
-    audio = RtpPeer(1000)
-    await audio.start()
-    callee = await callee_on_trunk(switch, workdir, sipp.callee("answer", rtp_port=audio.port))
     client = client_for(switch)
-    try:
+    async with trunk_callee(switch, workdir, "answer", tone=1000) as callee:
         created = await call(
             client.calls.create,
             to=CALLEE,
@@ -409,9 +391,6 @@ async def test_record_makes_a_dual_recording_of_the_api_call(
             recording_status_callback=app_server.url("/rec"),
         )
         await callee.finish(20)
-    finally:
-        await callee.stop()
-        audio.close()
     (done,) = await app_server.wait_for("/rec", timeout=30)
     params = done.params
     assert params["CallSid"] == created.sid
