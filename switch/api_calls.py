@@ -405,11 +405,11 @@ def _moment(name: str, text: str) -> tuple[datetime, datetime]:
 
 def add_calls_routes(app: web.Application, guarded: AccountGuard, calls: CallsResource) -> None:
     account = ACCOUNT_PATH
-    one = f"{account}/Calls/{{call_sid:CA[0-9a-f]{{32}}}}.json"
+    one = f"{account}/Calls/{{call_sid}}.json"
     app.router.add_post(f"{account}/Calls.json", guarded(calls.create))
     app.router.add_get(f"{account}/Calls.json", guarded(calls.list))
     app.router.add_get(one, guarded(calls.fetch))
     app.router.add_post(one, guarded(calls.update))
     app.router.add_delete(one, guarded(calls.delete))
-    notifications = f"{account}/Calls/{{call_sid:CA[0-9a-f]{{32}}}}/Notifications.json"
+    notifications = f"{account}/Calls/{{call_sid}}/Notifications.json"
     app.router.add_get(notifications, guarded(calls.notifications))

@@ -64,10 +64,15 @@ async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
 
 @contextlib.asynccontextmanager
 async def trunk_callee(
-    switch: SwitchProcess, workdir, behaviour: str, tone: float | None = None, **options: Any
+    switch: SwitchProcess,
+    workdir,
+    behaviour: str,
+    tone: float | None = None,
+    calls: int = 1,
+    **options: Any,
 ) -> AsyncIterator[sipp.Sipp]:
-    """The SIPp party behind the trunk (``sipp.callee``), with an RTP peer sending
-    ``tone``; both stopped when the block ends."""
+    """The SIPp party behind the trunk (``sipp.callee``, for ``calls`` calls), with an
+    RTP peer sending ``tone``; both stopped when the block ends."""
     audio = RtpPeer(tone)
     await audio.start()
     peer = sipp.Sipp(
@@ -76,6 +81,7 @@ async def trunk_callee(
         sipp.callee(behaviour, rtp_port=audio.port, **options),
         port=switch.trunk_port,
     )
+    peer.calls = calls
     await peer.start()
     try:
         yield peer
@@ -511,14 +517,25 @@ async def test_wrong_token_is_20003_and_unknown_call_is_20404(switch: SwitchProc
     with pytest.raises(TwilioRestException) as raised:
         await call(client_for(switch).calls("CA" + "0" * 32).update, status="completed")
     assert (raised.value.status, raised.value.code) == (404, 20404)
+    with pytest.raises(TwilioRestException) as raised:
+        await call(client_for(switch).calls("not-a-sid").fetch)
+    assert (raised.value.status, raised.value.code) == (404, 20404)
 
 
+@bounded(40)
 async def test_list_pages_newest_first_and_delete_removes_an_ended_call(
-    switch: SwitchProcess,
+    switch: SwitchProcess, workdir
 ) -> None:
     client = client_for(switch)
+    async with trunk_callee(switch, workdir, "busy", calls=5) as callee:
+        for _ in range(5):
+            await call(client.calls.create, to=CALLEE, from_=NUMBER, twiml="<Response/>")
+        await callee.finish(20)
+    await until(
+        lambda: not client.calls.list(status="queued") and not client.calls.list(status="ringing")
+    )
     everything = await call(client.calls.list)
-    assert len(everything) >= 5  # the calls of the tests above
+    assert len(everything) >= 5
     starts = [c.start_time for c in everything]
     assert starts == sorted(starts, reverse=True)
     paged = await call(client.calls.list, page_size=2)
