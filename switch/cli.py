@@ -18,10 +18,16 @@ from switch.config import (
 
 
 class _TextFormatter(logging.Formatter):
+    """A call's lines end with its CallSid (unless the message names it) and the SIP
+    Call-ID of its leg, so one grep finds a call by either."""
+
     def format(self, record: logging.LogRecord) -> str:
         sid = getattr(record, "call_sid", None)
         base = super().format(record)
-        return f"{base} call_sid={sid}" if sid and sid not in record.getMessage() else base
+        if sid and sid not in record.getMessage():
+            base += f" call_sid={sid}"
+        sip_call_id = getattr(record, "sip_call_id", None)
+        return f"{base} sip_call_id={sip_call_id}" if sip_call_id else base
 
 
 class _JsonFormatter(logging.Formatter):
@@ -32,9 +38,10 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        sid = getattr(record, "call_sid", None)
-        if sid:
-            entry["call_sid"] = sid
+        for name in ("call_sid", "sip_call_id"):
+            value = getattr(record, name, None)
+            if value:
+                entry[name] = value
         return json.dumps(entry)
 
 

@@ -774,8 +774,10 @@ class WhisperScript(LegScript):
 
     def __init__(self, runner: DialRunner, branch: Branch):
         assert branch.leg is not None
+        leg = branch.leg
         adapter = logging.LoggerAdapter(
-            logging.getLogger("dialswitch.call"), {"call_sid": branch.leg.call_sid}
+            logging.getLogger("dialswitch.call"),
+            {"call_sid": leg.call_sid, "sip_call_id": leg.sip_call_id},
         )
         super().__init__(runner.services, branch.leg, runner.session.document_url, None, adapter)
         self.runner = runner

@@ -79,7 +79,9 @@ class CallSession(LegScript):
             if app.voice_fallback_url
             else None
         )
-        adapter = logging.LoggerAdapter(log, {"call_sid": leg.call_sid})
+        adapter = logging.LoggerAdapter(
+            log, {"call_sid": leg.call_sid, "sip_call_id": leg.sip_call_id}
+        )
         super().__init__(services, leg, app.voice_url, fallback, adapter)
         self.call_sid = leg.call_sid
         self.app = app
