@@ -35,9 +35,11 @@ from switch.call.registry import CallView, Refused
 from switch.call.status import CallStatus
 from switch.call_request import (
     ERROR_INVALID_PARAMETER,
-    METHODS,
+    ERROR_URL,
     RequestError,
+    method_param,
     parse_call_request,
+    url_param,
 )
 from switch.outbound_call import ApiCall
 from switch.rcml import model as rcml
@@ -52,7 +54,6 @@ log = logging.getLogger(__name__)
 ERROR_NOT_FOUND = 20404
 ERROR_CONFLICT = 20409
 ERROR_CAPACITY = 20503
-ERROR_NOT_IN_PROGRESS = 21220
 _UPDATE_STATUSES: dict[str, Command] = {"completed": HangUpCall(), "canceled": CancelCall()}
 
 if TYPE_CHECKING:
@@ -225,9 +226,9 @@ class CallsResource:
         form = await request.post()
         command = _command({k: v for k, v in form.items() if isinstance(v, str)})
         live = self.services.calls.get(view.sid)
-        if live is None:
-            raise RestError(400, ERROR_NOT_IN_PROGRESS, "Call is not in-progress. Cannot redirect.")
         try:
+            if live is None:
+                raise Refused.call_ended()
             live.deliver(command)
         except Refused as refused:
             raise RestError(400, refused.code, refused.message) from None
@@ -318,12 +319,12 @@ def _command(form: dict[str, str]) -> Command:
     if twiml:
         return RunTwiml(_twiml(twiml))
     if url:
-        method = form.get("Method", "POST").strip().upper() or "POST"
-        if method not in METHODS:
-            raise RestError(400, 21209, f"Method must be GET or POST, not {method!r}")
-        if not url.startswith(("http://", "https://")):
-            raise RestError(400, 21205, f"Url {url!r} is not a valid http(s) URL")
-        return Redirect(url, method)
+        try:  # the same checks as at creation
+            checked, method = url_param(form, "Url", ERROR_URL), method_param(form, "Method")
+        except RequestError as error:
+            raise RestError(400, error.code, error.message) from None
+        assert checked is not None
+        return Redirect(checked, method)
     raise RestError(400, ERROR_INVALID_PARAMETER, "Give Url, Twiml or Status")
 
 

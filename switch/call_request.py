@@ -124,7 +124,7 @@ def parse_call_request(
         raise RequestError(ERROR_NO_FROM, "Required parameter From is missing")
     from_ = _from(from_text, kind, numbers, clients, region)
     twiml = form.get("Twiml") or None
-    url = _url(form, "Url", ERROR_URL)
+    url = url_param(form, "Url", ERROR_URL)
     if url is None and twiml is None:
         raise RequestError(ERROR_URL, "Either Url or Twiml is required")
     if url is not None and twiml is not None:
@@ -156,15 +156,15 @@ def parse_call_request(
         to_kind=kind,
         from_=from_,
         url=url,
-        method=_method(form, "Method"),
+        method=method_param(form, "Method"),
         twiml=twiml,
-        fallback_url=_url(form, "FallbackUrl", ERROR_URL),
-        fallback_method=_method(form, "FallbackMethod"),
-        status_callback=_url(form, "StatusCallback", ERROR_STATUS_CALLBACK),
+        fallback_url=url_param(form, "FallbackUrl", ERROR_URL),
+        fallback_method=method_param(form, "FallbackMethod"),
+        status_callback=url_param(form, "StatusCallback", ERROR_STATUS_CALLBACK),
         status_callback_events=_events(
             lists.get("StatusCallbackEvent", ()), CALL_EVENTS, "StatusCallbackEvent"
         ),
-        status_callback_method=_method(form, "StatusCallbackMethod"),
+        status_callback_method=method_param(form, "StatusCallbackMethod"),
         timeout=_seconds(form, "Timeout", DEFAULT_TIMEOUT, MAX_TIMEOUT),
         time_limit=_seconds(form, "TimeLimit", MAX_TIME_LIMIT, MAX_TIME_LIMIT),
         send_digits=digits,
@@ -172,14 +172,14 @@ def parse_call_request(
         sip_auth=sip_auth,
         record=_boolean(form, "Record"),
         recording_channels=_choice(form, "RecordingChannels", ("dual", "mono")),
-        recording_status_callback=_url(form, "RecordingStatusCallback", ERROR_URL),
+        recording_status_callback=url_param(form, "RecordingStatusCallback", ERROR_URL),
         recording_status_callback_events=_events(
             lists.get("RecordingStatusCallbackEvent", ()),
             RECORDING_EVENTS,
             "RecordingStatusCallbackEvent",
         )
         or frozenset({"completed"}),
-        recording_status_callback_method=_method(form, "RecordingStatusCallbackMethod"),
+        recording_status_callback_method=method_param(form, "RecordingStatusCallbackMethod"),
         recording_track=_choice(form, "RecordingTrack", ("both", "inbound", "outbound")),
         trim=_choice(form, "Trim", ("do-not-trim", "trim-silence")) == "trim-silence",
         byoc=byoc,
@@ -228,7 +228,7 @@ def _from(
     raise RequestError(ERROR_FROM_NOT_ALLOWED, f"'From' {text} is not one of this switch's numbers")
 
 
-def _url(form: Mapping[str, str], name: str, code: int) -> str | None:
+def url_param(form: Mapping[str, str], name: str, code: int) -> str | None:
     text = form.get(name, "").strip()
     if not text:
         return None
@@ -238,7 +238,7 @@ def _url(form: Mapping[str, str], name: str, code: int) -> str | None:
     return text
 
 
-def _method(form: Mapping[str, str], name: str) -> str:
+def method_param(form: Mapping[str, str], name: str) -> str:
     text = form.get(name, "").strip().upper() or "POST"
     if text not in METHODS:
         raise RequestError(ERROR_METHOD, f"{name} must be GET or POST, not {text!r}")

@@ -53,9 +53,10 @@ from switch.call.fork import (
     HangUp,
     RelayEarlyMedia,
     Screen,
+    next_actions,
 )
 from switch.call.protocol import Leg, Player
-from switch.call.registry import CallView, Refused
+from switch.call.registry import ERROR_CALL_ENDED, CallView, Refused
 from switch.call.status import CallStatus, final_status, release_code
 from switch.call_recording import CallRecording, RecordingSettings
 from switch.dial_callbacks import BranchCallbacks
@@ -68,8 +69,6 @@ from switch.sipuri import InvalidSipUri, parse_dial_uri
 
 if TYPE_CHECKING:
     from switch.session import CallSession
-
-ERROR_CALL_ENDED = 21220
 
 
 @dataclass(frozen=True)
@@ -373,25 +372,19 @@ class DialRunner:
         Returns the DialCallStatus. The group says when it next needs the clock
         (``get_timer``); the queue carries frozen events only.
         """
-        loop = asyncio.get_running_loop()
-        group = self.group
         while True:
-            deadline = group.get_timer()
-            try:
-                async with asyncio.timeout_at(deadline):
-                    key, event = await self.events.get()
-            except TimeoutError:
-                actions = group.handle_timer(loop.time())
-            else:
-                if key is None:
-                    actions = self._caller_event(event)
-                else:
-                    actions = self._branch_event(self.branches[key], event)
+            actions = await next_actions(self.group, self.events, self._event)
             await self._apply(actions)
             for action in actions:
                 if isinstance(action, Finished):
                     self.withdrawn = self.withdrawn or action.withdrawn
                     return action.dial_call_status
+
+    def _event(self, item: tuple[int | None, Event]) -> list[Action]:
+        key, event = item
+        if key is None:
+            return self._caller_event(event)
+        return self._branch_event(self.branches[key], event)
 
     def _caller_event(self, event: Event) -> list[Action]:
         group = self.group
@@ -752,7 +745,7 @@ class ChildCall:
 
     def deliver(self, command: Command) -> None:
         if not self.leg.live:
-            raise Refused(ERROR_CALL_ENDED, "Call is not in-progress. Cannot redirect.")
+            raise Refused.call_ended()
         match command:
             case CancelCall():
                 self.runner.cancel_child(self.call_sid)  # an answered child stays

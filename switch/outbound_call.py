@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from switch.call.commands import CancelCall, Command, HangUpCall, NewDocument, Redirect, RunTwiml
 from switch.call.events import LegAnswered, LegEnded, LegEvent, LegProgressed
-from switch.call.fork import Bridge, Cancel, Finished, ForkGroup
+from switch.call.fork import Action, Bridge, Cancel, Finished, ForkGroup, next_actions
 from switch.call.protocol import Leg
 from switch.call.registry import CallView
 from switch.call.status import CallStatus
@@ -40,7 +40,6 @@ from switch.rcml.model import CallEvent
 from switch.routing import NoRoute, select_trunk
 from switch.script import CallGone
 from switch.session import CallSession
-from switch.store import LegRecord
 
 if TYPE_CHECKING:
     from switch.services import NumberApp, Services
@@ -207,27 +206,23 @@ class ApiCall:
                 self.events.put_nowait((key, LegEnded(leg.final_code or 500, leg.final_reason)))
         if self.callbacks is not None:
             self.callbacks.initiated()
+
+        def handle(item: tuple[int | None, LegEvent | Command]) -> list[Action]:
+            source, event = item
+            key = -1 if source is None else source
+            match event:
+                case LegProgressed() if self.callbacks is not None:
+                    self.callbacks.ringing()
+                case LegAnswered():
+                    return group.answered(key)
+                case LegEnded(sip_code=code):
+                    return group.failed(key, code)
+                case CancelCall() | HangUpCall():
+                    return group.withdrawn()
+            return []
+
         while True:
-            try:
-                async with asyncio.timeout_at(group.get_timer()):
-                    source, event = await self.events.get()
-            except TimeoutError:
-                actions = group.handle_timer(loop.time())
-            else:
-                key = -1 if source is None else source
-                match event:
-                    case LegProgressed() if self.callbacks is not None:
-                        self.callbacks.ringing()
-                        actions = []
-                    case LegAnswered():
-                        actions = group.answered(key)
-                    case LegEnded(sip_code=code):
-                        actions = group.failed(key, code)
-                    case CancelCall() | HangUpCall():
-                        actions = group.withdrawn()
-                    case _:
-                        actions = []
-            for action in actions:
+            for action in await next_actions(group, self.events, handle):
                 match action:
                     case Cancel(branch=branch):
                         assert isinstance(branch, int)
@@ -331,37 +326,22 @@ class ApiCall:
     def _end(self, status: CallStatus, leg: Leg | None = None) -> None:
         """Record an unanswered call and send its completed callback."""
         self.status = status
-        now = datetime.now(UTC)
-        self.services.store.record_leg(
-            LegRecord(
-                call_sid=self.call_sid,
-                parent_call_sid=None,
-                account_sid=self.services.account_sid,
-                from_=self.request.from_,
-                to=self.request.to,
-                direction="outbound-api",
-                start_time=self.started or self.created,
-                answer_time=None,
-                end_time=now,
-                status=status.value,  # type: ignore[arg-type]
-                sip_code=leg.final_code if leg is not None else None,
-                sip_call_id=(leg.sip_call_id or None) if leg is not None else None,
-                trunk=None,
-                call_reason=None,
-                duration=0,
-            )
+        self.services.record_leg(
+            leg,
+            call_sid=self.call_sid,
+            parent_sid=None,
+            from_=self.request.from_,
+            to=self.request.to,
+            direction="outbound-api",
+            started=self.started or self.created,
+            answered=None,
+            status=status,
         )
         self.services.calls.remove(self.call_sid)
-        self.services.metrics.call_ended("outbound-api", status, self.started or self.created, None)
         self.log.info("%s: API call ended %s", self.call_sid, status)
         if self.callbacks is not None:
             self.callbacks.completed(status, 0)
 
     def notify(self, code: int, message: str, error: bool = True) -> None:
         """A Twilio-coded problem of this call: logged and stored."""
-        self.log.log(
-            logging.ERROR if error else logging.WARNING, "%s %d: %s", self.call_sid, code, message
-        )
-        self.services.store.record_notification(
-            self.call_sid, code, "error" if error else "warning", message, None, datetime.now(UTC)
-        )
+        self.services.notify(self.log, self.call_sid, code, message, error=error)

@@ -110,23 +110,7 @@ class LegScript:
         logged: bool = False,
     ) -> None:
         """A Twilio-coded problem of this call: logged (unless it already was) and stored."""
-        if not logged:
-            self.log.log(
-                logging.ERROR if error else logging.WARNING,
-                "%s %d: %s%s",
-                self.leg.call_sid,
-                code,
-                message,
-                f" ({url})" if url else "",
-            )
-        self.services.store.record_notification(
-            self.leg.call_sid,
-            code,
-            "error" if error else "warning",
-            message,
-            url,
-            datetime.now(UTC),
-        )
+        self.services.notify(self.log, self.leg.call_sid, code, message, url, error, logged)
 
     async def run_document(self, document: rcml.Document | None) -> None:
         """Run ``document`` and every document its verbs lead to."""

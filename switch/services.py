@@ -7,6 +7,7 @@ globals and easy to read.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -177,10 +178,35 @@ class Services:
 
     # ---- records ---------------------------------------------------------------------
 
+    def notify(
+        self,
+        log: logging.LoggerAdapter[logging.Logger],
+        call_sid: str,
+        code: int,
+        message: str,
+        url: str | None = None,
+        error: bool = True,
+        logged: bool = False,
+    ) -> None:
+        """A Twilio-coded problem of a call: logged (unless it already was) and stored."""
+        if not logged:
+            log.log(
+                logging.ERROR if error else logging.WARNING,
+                "%s %d: %s%s",
+                call_sid,
+                code,
+                message,
+                f" ({url})" if url else "",
+            )
+        self.store.record_notification(
+            call_sid, code, "error" if error else "warning", message, url, datetime.now(UTC)
+        )
+
     def record_leg(
         self,
-        leg: Leg,
+        leg: Leg | None,
         *,
+        call_sid: str = "",
         parent_sid: str | None,
         from_: str,
         to: str,
@@ -193,13 +219,18 @@ class Services:
         status: str | None = None,
         caller_name: str = "",
     ) -> None:
+        """The final record of a leg, and its count in the metrics. ``leg`` is None for a
+        call that never placed one (an API call withdrawn while queued): ``call_sid`` and
+        ``status`` then say what it was."""
         end = ended or datetime.now(UTC)
         duration = int((end - answered).total_seconds()) if answered else 0
-        final = status or final_status(leg.was_answered, leg.final_code)
-        self.metrics.call_ended(direction, final, started, answered)
+        if status is None:
+            assert leg is not None
+            status = final_status(leg.was_answered, leg.final_code)
+        self.metrics.call_ended(direction, status, started, answered)
         self.store.record_leg(
             LegRecord(
-                call_sid=leg.call_sid,
+                call_sid=leg.call_sid if leg is not None else call_sid,
                 parent_call_sid=parent_sid,
                 account_sid=self.account_sid,
                 from_=from_,
@@ -208,9 +239,9 @@ class Services:
                 start_time=started,
                 answer_time=answered,
                 end_time=end,
-                status=final,  # type: ignore[arg-type]
-                sip_code=leg.final_code,
-                sip_call_id=leg.sip_call_id or None,
+                status=status,  # type: ignore[arg-type]
+                sip_code=leg.final_code if leg is not None else None,
+                sip_call_id=(leg.sip_call_id or None) if leg is not None else None,
                 trunk=trunk,
                 call_reason=call_reason,
                 duration=max(0, duration),

@@ -51,8 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dialswitch.call")
 
-ERROR_CALL_ENDED = 21220
-
 CallInput = LegEvent | Command | TimeLimitReached
 """What a call's inbox carries."""
 
@@ -176,7 +174,7 @@ class CallSession(LegScript):
     def deliver(self, command: Command) -> None:
         """A REST command, into the inbox; ``Refused`` (21220) once the call has ended."""
         if not self.leg.live:
-            raise Refused(ERROR_CALL_ENDED, "Call is not in-progress. Cannot redirect.")
+            raise Refused.call_ended()
         self.inbox.put_nowait(command)
 
     def limit_time(self, seconds: float) -> None:

@@ -31,9 +31,11 @@ says when it next wants ``handle_timer(now)``, which fires the ring timeout
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from switch.call.status import BUSY_CODES, NO_ANSWER_CODES, CallStatus
 
@@ -331,3 +333,24 @@ class ForkGroup:
     def _finish(self, status: CallStatus) -> list[Action]:
         self.finished = True
         return [Finished(status, self.winner)]
+
+
+Input = TypeVar("Input")
+
+
+async def next_actions(
+    group: ForkGroup,
+    inputs: asyncio.Queue[Input],
+    handle: Callable[[Input], list[Action]],
+) -> list[Action]:
+    """The actions of the group's next input, or of its deadline if that comes first.
+
+    The loop of whoever drives a group (a ``<Dial>``'s runner, an API call ringing a
+    client's registrations): it carries out what this returns and calls it again.
+    """
+    try:
+        async with asyncio.timeout_at(group.get_timer()):
+            item = await inputs.get()
+    except TimeoutError:
+        return group.handle_timer(asyncio.get_running_loop().time())
+    return handle(item)

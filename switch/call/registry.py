@@ -44,6 +44,10 @@ class CallView:
         return max(0, int((self.end_time - self.answer_time).total_seconds()))
 
 
+ERROR_CALL_ENDED = 21220
+"""Twilio's "Call is not in-progress": a command for a call that has ended."""
+
+
 class Refused(Exception):
     """A command the call cannot take in its state (Twilio 21220 and friends)."""
 
@@ -51,6 +55,10 @@ class Refused(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+    @classmethod
+    def call_ended(cls) -> Refused:
+        return cls(ERROR_CALL_ENDED, "Call is not in-progress. Cannot redirect.")
 
 
 class LiveCall(Protocol):
