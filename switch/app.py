@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import aiohttp
 from aiohttp import web
 
+from switch import srtp
 from switch.api import add_api_routes
 from switch.api_calls import CallsResource
 from switch.call.commands import CancelCall
@@ -171,6 +172,7 @@ class Switch:
                 if t.username and t.password
             ],
             log_level=5 if self.config.log.level == "debug" else 1,
+            tls=sip.tls,
         )
 
     def _admit(self, method: str, source_ip: str) -> tuple[int, str, str] | None:
@@ -215,7 +217,19 @@ class Switch:
             log.info("%s: no number %r: 404", leg.call_sid, request.request_uri)
             leg.hangup(404, "Not Found")
             return
+        if not self._srtp_acceptable(leg, self.config.sip.srtp):
+            return
         self._start(CallSession.inbound(self.services, leg, app, to=number))
+
+    def _srtp_acceptable(self, leg: Leg, mode: str) -> bool:
+        """Refuse (488) an offer the caller's SRTP setting does not allow."""
+        assert leg.request is not None
+        reason = srtp.refusal(mode, leg.request.body)
+        if reason is None:
+            return True
+        log.info("%s: SDP offer refused under srtp=%s: 488 %s", leg.call_sid, mode, reason)
+        leg.hangup(488, reason, [("Warning", f'399 dialswitch "{reason}"')])
+        return False
 
     def _client_call(self, leg: Leg, identity: str) -> None:
         """A registered client places a call: digest first (407), then its own app."""
@@ -230,6 +244,9 @@ class Switch:
             return
         if user != identity:
             leg.hangup(403, "Forbidden")
+            return
+        client = self.config.client(identity)
+        if client is not None and not self._srtp_acceptable(leg, client.srtp):
             return
         app = self.services.client_apps.get(identity)
         if app is None:

@@ -88,6 +88,7 @@ class CallRequest:
     send_digits: str = ""
     sip_headers: tuple[tuple[str, str], ...] = ()
     sip_auth: tuple[str, str] | None = None
+    sip_secure: bool = False  # a sip: To with Twilio's ;secure=true: TLS and SRTP
     record: bool = False
     recording_channels: str = "dual"
     recording_status_callback: str | None = None
@@ -118,7 +119,7 @@ def parse_call_request(
     to_text = form.get("To", "").strip()
     if not to_text:
         raise RequestError(ERROR_NO_TO, "Required parameter To is missing")
-    to, kind, headers = _to(to_text, clients, region)
+    to, kind, headers, secure = _to(to_text, clients, region)
     from_text = form.get("From", "").strip()
     if not from_text:
         raise RequestError(ERROR_NO_FROM, "Required parameter From is missing")
@@ -170,6 +171,7 @@ def parse_call_request(
         send_digits=digits,
         sip_headers=headers,
         sip_auth=sip_auth,
+        sip_secure=secure,
         record=_boolean(form, "Record"),
         recording_channels=_choice(form, "RecordingChannels", ("dual", "mono")),
         recording_status_callback=url_param(form, "RecordingStatusCallback", ERROR_URL),
@@ -190,20 +192,21 @@ def parse_call_request(
 
 def _to(
     text: str, clients: Collection[str], region: str
-) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+) -> tuple[str, str, tuple[tuple[str, str], ...], bool]:
+    """(To, kind, SIP headers from the URI, ;secure=true)."""
     if text.startswith("client:"):
         identity = text.removeprefix("client:")
         if identity not in clients:
             raise RequestError(ERROR_INVALID_TO, f"Invalid 'To': no client {identity!r}")
-        return text, "client", ()
+        return text, "client", (), False
     if text.lower().startswith(("sip:", "sips:")):
         try:
             uri = parse_dial_uri(text)
         except InvalidSipUri as error:
             raise RequestError(ERROR_INVALID_TO, f"Invalid 'To': {error}") from None
-        return uri.uri, "sip", uri.headers
+        return uri.uri, "sip", uri.headers, uri.secure
     try:
-        return to_e164(text, region), "number", ()
+        return to_e164(text, region), "number", (), False
     except InvalidNumber as error:
         raise RequestError(ERROR_INVALID_TO, f"Invalid 'To' Phone Number: {error}") from None
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeAlias, TypeVar
 
 from switch.config_clients import ClientConfig, RegistrarConfig, build_clients, build_registrar
+from switch.config_tls import TlsConfig, build_tls, srtp_mode
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "config" / "dialswitch.toml"
 """The default configuration file of a repository checkout."""
@@ -47,7 +48,7 @@ _HOSTNAME = re.compile(
 )
 _HOSTPORT = re.compile(r"^(?P<host>\[[^\]]*\]|[^:\[\]]*)(?::(?P<port>[^:]*))?$")
 _TRUNK_URI = re.compile(
-    r"^sip:(?P<hostport>\[[^\]]*\](?::[^;]*)?|[^:;\[\]]+(?::[^;]*)?)"
+    r"^(?P<scheme>sips?):(?P<hostport>\[[^\]]*\](?::[^;]*)?|[^:;\[\]]+(?::[^;]*)?)"
     r"(?:;transport=(?P<transport>[A-Za-z]+))?$"
 )
 _ACCOUNT_SID = re.compile(r"^AC[0-9a-f]{32}$")
@@ -115,6 +116,9 @@ class SipConfig:
     domain: str
     """The SIP realm of digest challenges; defaults to `public_host`."""
     user_agent: str
+    tls: TlsConfig = TlsConfig()
+    srtp: str = "optional"
+    """SRTP of inbound calls from numbers, and of trunks and clients that set none."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,9 @@ class Trunk:
     prefixes: tuple[str, ...]
     username: str | None
     password: str | None = field(repr=False)
+    scheme: str = "sip"
+    """``sips`` for a trunk that must be reached over TLS end to end."""
+    srtp: str = "optional"
 
     @property
     def hostport(self) -> str:
@@ -373,6 +380,10 @@ class _Table:
             return default
         return float(value)
 
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self._get(name, bool, "true or false", required=False)
+        return default if value is None else bool(value)
+
     def choice(self, name: str, default: str, choices: Iterable[str], fold: str) -> str:
         """A string from `choices` after case folding (`fold` is "lower" or "upper")."""
         value = self.string(name, default)
@@ -439,14 +450,16 @@ def _build(root: _Table) -> Config:
     sip = _build_sip(root.table("sip"))
     http = _build_http(root.table("http"))
     account = _build_account(root.table("account"))
-    trunks = _build_trunks(root)
+    trunks = _build_trunks(root, sip)
     numbers = _build_numbers(root)
     storage = _build_storage(root.table("storage"))
     dial = _build_dial(root.table("dial"))
     webhooks = _build_webhooks(root.table("webhooks"))
     log = _build_log(root.table("log"))
     registrar = build_registrar(root.table("registrar"))
-    clients = build_clients(root.tables("clients"), METHODS, _parse_voice_url, _checked)
+    clients = build_clients(
+        root.tables("clients"), METHODS, _parse_voice_url, _checked, srtp=sip.srtp
+    )
     for i, client in enumerate(clients):
         offered = set(registrar.digest_algorithms)
         if client.digest_algorithms is not None and not set(client.digest_algorithms) <= offered:
@@ -533,6 +546,8 @@ def _build_sip(t: _Table) -> SipConfig:
     user_agent = t.string("user_agent", "dialswitch")
     if user_agent == "":
         t.problem("user_agent", "must not be empty")
+    tls = build_tls(t, needed=any(listen.transport == "tls" for listen in listens))
+    srtp = srtp_mode(t, "optional")
     t.finish()
     return SipConfig(
         listen=tuple(listens),
@@ -540,6 +555,8 @@ def _build_sip(t: _Table) -> SipConfig:
         rtp_ports=rtp_ports or range(20000, 30000),
         domain=domain or public_host or "",
         user_agent=user_agent or "dialswitch",
+        tls=tls,
+        srtp=srtp,
     )
 
 
@@ -568,7 +585,7 @@ def _build_account(t: _Table) -> AccountConfig:
     return AccountConfig(sid or "", token or "")
 
 
-def _build_trunks(root: _Table) -> tuple[Trunk, ...]:
+def _build_trunks(root: _Table, sip: SipConfig) -> tuple[Trunk, ...]:
     trunks: list[Trunk] = []
     names: dict[str, str] = {}
     prefix_owner: dict[str, str] = {}
@@ -598,10 +615,24 @@ def _build_trunks(root: _Table) -> tuple[Trunk, ...]:
             t.problem("password", "required when username is set")
         if "password" in t.data and "username" not in t.data:
             t.problem("username", "required when password is set")
+        srtp = srtp_mode(t, sip.srtp)
         t.finish()
-        host, port, transport = target or ("", None, None)
+        scheme, host, port, transport = target or ("sip", "", None, None)
+        if transport == "tls" and not any(x.transport == "tls" for x in sip.listen):
+            t.problem("uri", "TLS needs a tls: listener in sip.listen (its settings are used)")
         trunks.append(
-            Trunk(name or "", uri or "", host, port, transport, tuple(prefixes), username, password)
+            Trunk(
+                name or "",
+                uri or "",
+                host,
+                port,
+                transport,
+                tuple(prefixes),
+                username,
+                password,
+                scheme=scheme,
+                srtp=srtp,
+            )
         )
     return tuple(trunks)
 
@@ -750,17 +781,23 @@ def _parse_rtp_ports(text: str) -> range:
     return range(low, high + 1)
 
 
-def _parse_trunk_uri(text: str) -> tuple[str, int | None, str | None]:
+def _parse_trunk_uri(text: str) -> tuple[str, str, int | None, str | None]:
+    """(scheme, host, port, transport); ``sips:`` means TLS (RFC 3261 section 26.2)."""
     match = _TRUNK_URI.match(text)
     if not match:
-        raise ValueError("expected sip:host[:port][;transport=udp|tcp|tls]")
+        raise ValueError("expected sip:host[:port][;transport=udp|tcp|tls] or sips:host[:port]")
     host, port = _parse_hostport(match["hostport"], port_required=False)
+    scheme = match["scheme"]
     transport = match["transport"]
     if transport is not None:
         transport = transport.lower()
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r} (expected udp, tcp or tls)")
-    return host, port, transport
+    if scheme == "sips":
+        if transport not in (None, "tls"):
+            raise ValueError("a sips: URI is reached over TLS only")
+        transport = "tls"
+    return scheme, host, port, transport
 
 
 def _parse_http_url(text: str) -> str:

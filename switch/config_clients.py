@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from switch.config_tls import SRTP_MODES
+
 IDENTITY = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
 
@@ -44,6 +46,8 @@ class ClientConfig:
     voice_fallback_method: str
     digest_algorithms: tuple[str, ...] | None = None
     """The algorithms this client may authenticate with (None: any the registrar offers)."""
+    srtp: str = "optional"
+    """off, optional or mandatory (switch.config_tls)."""
 
 
 def build_registrar(t: Any) -> RegistrarConfig:
@@ -86,6 +90,7 @@ def build_clients(
     methods: tuple[str, ...],
     check_url: Callable[[str], str],
     checked: Callable[..., Any],
+    srtp: str = "optional",
 ) -> tuple[ClientConfig, ...]:
     """``[[clients]]``: unique identities, a password each, an optional app."""
     clients: list[ClientConfig] = []
@@ -107,6 +112,7 @@ def build_clients(
         fallback = checked(t, "voice_fallback_url", t.string("voice_fallback_url"), check_url)
         fallback_method = t.choice("voice_fallback_method", "POST", methods, "upper")
         algorithms = _algorithms(t, None)
+        srtp_mode = t.choice("srtp", srtp, SRTP_MODES, "lower")
         t.finish()
         clients.append(
             ClientConfig(
@@ -117,6 +123,7 @@ def build_clients(
                 voice_fallback_url=fallback,
                 voice_fallback_method=fallback_method,
                 digest_algorithms=algorithms,
+                srtp=srtp_mode,
             )
         )
     return tuple(clients)

@@ -57,7 +57,7 @@ from switch.call.fork import (
 )
 from switch.call.protocol import Leg, Player
 from switch.call.registry import ERROR_CALL_ENDED, CallView, Refused
-from switch.call.status import CallStatus, final_status, release_code
+from switch.call.status import ERROR_SIP_ENDPOINT, CallStatus, final_status, release_code
 from switch.call_recording import CallRecording, RecordingSettings
 from switch.dial_callbacks import BranchCallbacks
 from switch.numbers import InvalidNumber, caller_id, to_e164
@@ -101,6 +101,7 @@ class Branch:
     trunk: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
     credentials: tuple[str, str] | None = None
+    srtp: str = "optional"  # off | optional | mandatory (switch.config_tls)
     leg: Leg | None = None
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     answered: datetime | None = None
@@ -184,6 +185,7 @@ class DialRunner:
             return
         branch.trunk = trunk.name
         branch.uri = self.services.trunk_uri(trunk, number)
+        branch.srtp = trunk.srtp
 
     def _plan_sip(self, key: int, target: rcml.Sip) -> None:
         branch = Branch(key, target, to=target.uri)
@@ -198,6 +200,7 @@ class DialRunner:
         branch.uri = parsed.uri
         branch.to = parsed.uri
         branch.headers = parsed.headers
+        branch.srtp = "mandatory" if parsed.secure else self.services.srtp_for()
         if target.username and target.password:
             branch.credentials = (target.username, target.password)
 
@@ -224,6 +227,7 @@ class DialRunner:
                 uri=self.services.client_uri(identity),
                 target_uri=binding_target(binding),
                 headers=headers,
+                srtp=self.services.srtp_for(client=identity),
             )
 
     def _caller_id(self) -> str:
@@ -341,6 +345,7 @@ class DialRunner:
             branch.trunk,
             branch.credentials,
             branch.target_uri,
+            branch.srtp,
         )
         branch.leg = leg
         self.services.calls.add(ChildCall(self, branch, leg), top_level=False)
@@ -422,7 +427,9 @@ class DialRunner:
                 return group.answered(branch.key, screened=branch.screened)
             case LegMediaReady():
                 return group.media_ready(branch.key)
-            case LegEnded(sip_code=code):
+            case LegEnded(sip_code=code, failure=failure):
+                if failure:
+                    self.session.notify(ERROR_SIP_ENDPOINT, f"{branch.uri}: {failure}", error=False)
                 if callbacks is not None:
                     callbacks.completed(
                         branch.final_status(), self._duration(branch), self._recording_params()

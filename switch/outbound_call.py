@@ -30,7 +30,7 @@ from switch.call.events import LegAnswered, LegEnded, LegEvent, LegProgressed
 from switch.call.fork import Action, Bridge, Cancel, Finished, ForkGroup, next_actions
 from switch.call.protocol import Leg
 from switch.call.registry import CallView
-from switch.call.status import CallStatus
+from switch.call.status import ERROR_SIP_ENDPOINT, CallStatus
 from switch.call_recording import CallRecording, RecordingSettings
 from switch.call_request import CallRequest
 from switch.dial import binding_target
@@ -162,22 +162,26 @@ class ApiCall:
             return False
         return True
 
-    def _targets(self) -> list[tuple[str, str | None, str | None]]:
-        """(To URI, Request-URI, trunk) of each leg to place; empty: nowhere to ring."""
+    def _targets(self) -> list[tuple[str, str | None, str | None, str]]:
+        """(To URI, Request-URI, trunk, SRTP setting) of each leg to place; empty:
+        nowhere to ring."""
         services, request = self.services, self.request
         if request.to_kind == "client":
             registrar = services.registrar
             bindings = registrar.lookup(request.identity) if registrar is not None else []
             uri = services.client_uri(request.identity)
-            return [(uri, binding_target(b), None) for b in bindings]
+            srtp = services.srtp_for(client=request.identity)
+            return [(uri, binding_target(b), None, srtp) for b in bindings]
         if request.to_kind == "sip":
-            return [(request.to, None, None)]
+            return [
+                (request.to, None, None, "mandatory" if request.sip_secure else services.srtp_for())
+            ]
         try:
             trunk = select_trunk(request.to, services.trunks, request.byoc)
         except NoRoute as error:
             self.notify(13223, f"no route: {error}")
             return []
-        return [(services.trunk_uri(trunk, request.to), None, trunk.name)]
+        return [(services.trunk_uri(trunk, request.to), None, trunk.name, trunk.srtp)]
 
     async def _ring(self) -> Leg | None:
         """Place the legs and race them; the answered one, or None (the call ended)."""
@@ -190,7 +194,7 @@ class ApiCall:
         group.start(loop.time())
         self.started = datetime.now(UTC)
         from_uri = self.services.from_uri(self.request.from_)
-        for key, (uri, target_uri, trunk) in enumerate(targets):
+        for key, (uri, target_uri, trunk, srtp) in enumerate(targets):
             leg = self.services.engine.place_call(
                 self.call_sid,
                 uri,
@@ -199,6 +203,7 @@ class ApiCall:
                 trunk,
                 self.request.sip_auth,
                 target_uri,
+                srtp,
             )
             self.legs[key] = leg
             self._unsubscribe.append(leg.subscribe(self._listener(key)))
@@ -215,7 +220,11 @@ class ApiCall:
                     self.callbacks.ringing()
                 case LegAnswered():
                     return group.answered(key)
-                case LegEnded(sip_code=code):
+                case LegEnded(sip_code=code, failure=failure):
+                    if failure:
+                        self.notify(
+                            ERROR_SIP_ENDPOINT, f"{targets[key][0]}: {failure}", error=False
+                        )
                     return group.failed(key, code)
                 case CancelCall() | HangUpCall():
                     return group.withdrawn()

@@ -162,7 +162,22 @@ class Services:
 
     def trunk_uri(self, trunk: Trunk, number: str) -> str:
         transport = f";transport={trunk.transport}" if trunk.transport else ""
-        return f"sip:{number}@{trunk.hostport}{transport}"
+        if trunk.scheme == "sips":
+            transport = ""  # sips: is TLS already (RFC 3261 section 26.2)
+        return f"{trunk.scheme}:{number}@{trunk.hostport}{transport}"
+
+    def srtp_for(self, trunk: str | None = None, client: str | None = None) -> str:
+        """The SRTP setting of an outbound leg: its trunk's, its client's, or [sip] srtp."""
+        config = self.config
+        if trunk is not None:
+            found = next((t for t in config.trunks if t.name == trunk), None)
+            if found is not None:
+                return found.srtp
+        if client is not None:
+            configured = config.client(client)
+            if configured is not None:
+                return configured.srtp
+        return config.sip.srtp
 
     def ringback_file(self, code: str) -> Path:
         return self._ringback.get(code) or self._ringback[self.default_ringtone]

@@ -32,10 +32,14 @@ _URI = re.compile(r"(?P<scheme>sips?|tel):(?:(?P<user>[^@;>?]+)@)?(?P<host>[^;>?
 class SipMessage:
     start_line: str
     headers: tuple[tuple[str, str], ...]  # (name as sent, value), in order
+    body: str = ""
 
     @classmethod
     def parse(cls, text: str) -> SipMessage:
-        head = text.split("\r\n\r\n", 1)[0].split("\n\n", 1)[0]
+        head, _, body = text.partition("\r\n\r\n")
+        if "\n\n" in head:
+            head, _, rest = head.partition("\n\n")
+            body = f"{rest}\r\n\r\n{body}" if body else rest
         lines = head.replace("\r\n", "\n").split("\n")
         headers: list[tuple[str, str]] = []
         for line in lines[1:]:
@@ -45,7 +49,7 @@ class SipMessage:
             elif ":" in line:
                 name, value = line.split(":", 1)
                 headers.append((name.strip(), value.strip()))
-        return cls(start_line=lines[0].strip() if lines else "", headers=tuple(headers))
+        return cls(start_line=lines[0].strip() if lines else "", headers=tuple(headers), body=body)
 
     def header(self, name: str) -> str | None:
         wanted = canonical_name(name)

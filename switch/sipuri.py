@@ -39,6 +39,8 @@ class DialUri:
     headers: tuple[tuple[str, str], ...] = ()
     transport: str | None = None
     notices: tuple[Notice, ...] = field(default=())
+    secure: bool = False
+    """Twilio's ``;secure=true``: TLS signalling and mandatory SRTP."""
 
 
 def parse_dial_uri(text: str) -> DialUri:
@@ -55,18 +57,34 @@ def parse_dial_uri(text: str) -> DialUri:
     if not _HOSTPORT.match(host):
         raise InvalidSipUri(f"{text!r}: invalid host")
     transport = None
+    secure = False
+    kept = []
     for param in params:
         name, _, value = param.partition("=")
         if name.lower() == "transport":
             if value.lower() not in TRANSPORTS:
                 raise InvalidSipUri(f"{text!r}: transport must be udp, tcp or tls")
             transport = value.lower()
+        elif name.lower() == "secure":
+            secure = value.lower() == "true"
+            continue  # Twilio's own parameter: not sent to the far end
+        kept.append(param)
+    if secure:
+        if transport not in (None, "tls"):
+            raise InvalidSipUri(f"{text!r}: secure=true needs transport=tls")
+        if transport is None and scheme.lower() == "sip":
+            kept.append("transport=tls")
+        transport = "tls"
+    if scheme.lower() == "sips":
+        transport = "tls"
+    userpart = f"{userinfo}@" if at else ""
     headers, notices = _headers(query)
     return DialUri(
-        uri=f"{scheme.lower()}:{target}",
+        uri=f"{scheme.lower()}:{userpart}{';'.join([host, *kept])}",
         headers=headers,
         transport=transport,
         notices=notices,
+        secure=secure,
     )
 
 

@@ -25,10 +25,15 @@ class LegMediaReady:
 
 @dataclass(frozen=True)
 class LegEnded:
-    """The leg is gone. ``sip_code`` is the final status (200 after a BYE)."""
+    """The leg is gone. ``sip_code`` is the final status (200 after a BYE).
+
+    ``failure`` says, in words, why the far end was never reached when the
+    transport failed before it could answer (a TLS certificate refused); else "".
+    """
 
     sip_code: int
     reason: str
+    failure: str = ""
 
 
 @dataclass(frozen=True)

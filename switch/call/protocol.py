@@ -89,6 +89,7 @@ class MediaEngine(Protocol):
         trunk: str | None = None,
         credentials: tuple[str, str] | None = None,
         target_uri: str | None = None,
+        srtp: str = "optional",
     ) -> Leg: ...
 
     def connect(self, source: Leg, sink: Leg) -> bool: ...

@@ -54,6 +54,9 @@ _RELEASE = {
     CallStatus.NO_ANSWER: (480, "Temporarily Unavailable"),
 }
 UNAVAILABLE = (503, "Service Unavailable")
+ERROR_SIP_ENDPOINT = 32011
+"""Twilio's "error communicating with your SIP infrastructure": a leg whose far end
+could not be reached (its transport failed, e.g. a TLS certificate was refused)."""
 
 
 def status_of_code(sip_code: int | None) -> CallStatus:

@@ -35,7 +35,9 @@ import pjsua2 as pj
 from switch import sipcheck
 from switch.call import protocol
 from switch.call.protocol import MediaError
+from switch.config_tls import TlsConfig
 from switch.engine.legs import Leg, _PjCall, add_headers, guarded
+from switch.engine.tls import TlsFailures
 from switch.sipmsg import SipMessage
 
 log = logging.getLogger("dialswitch.engine")
@@ -45,6 +47,10 @@ CREDENTIAL_ACCOUNTS = 8  # <Sip username/password> pairs with an account of thei
 PUMP_BURST = 64  # handle at most this many event batches before yielding to the loop
 CLOSED_TOKEN = struct.Struct("l")  # a recorder-closed token: a C long, native order
 CLOSED_READ = CLOSED_TOKEN.size * 1024  # bytes taken per read: whole tokens only
+TLS_HANDSHAKE_MS = 5000  # a TLS handshake not done by then fails the connection
+SRTP_SUITES = ("AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32")
+"""The SDES suites offered and accepted: the two every SRTP phone and carrier has
+(RFC 4568 section 6.2; AES-256 suites are left out, as many devices refuse them)."""
 
 
 class EngineError(MediaError):
@@ -77,6 +83,7 @@ class EngineSettings:
     user_agent: str = "dialswitch"
     trunk_accounts: Sequence[TrunkAccount] = field(default_factory=tuple)
     log_level: int = 1  # pjsua2's own log level (0..6)
+    tls: TlsConfig = TlsConfig()
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,7 @@ class _Endpoint(pj.Endpoint):  # type: ignore[misc]
         super().__init__()
         self.on_register = on_register
         self.admit = admit
+        self.engine: Engine | None = None
 
     @guarded
     def onRxRegister(self, prm: pj.OnRxRegisterParam) -> None:  # noqa: N802 - pjsua2 name
@@ -160,6 +168,20 @@ class _Endpoint(pj.Endpoint):  # type: ignore[misc]
         response = sipcheck.stateless_response(raw, answer, to_tag=secrets.token_hex(6))
         if response is not None:
             prm.response = response.decode("utf-8")
+
+    @guarded
+    def onTransportState(self, prm: pj.OnTransportStateParam) -> None:  # noqa: N802
+        """A TLS connection whose far end failed verification: log and keep why."""
+        info = prm.tlsInfo
+        if info.isEmpty() or not info.verifyStatus or self.engine is None:
+            return
+        reasons = ", ".join(str(message) for message in info.verifyMsgs) or "not verified"
+        subject = info.remoteCertInfo.subjectCn if not info.remoteCertInfo.isEmpty() else ""
+        reason = f"TLS certificate of {info.remoteAddr} refused: {reasons}"
+        if subject:
+            reason += f" (certificate for {subject!r})"
+        log.warning("%s", reason)
+        self.engine.tls_failures.record(info.remoteAddr, reason, self.engine.loop.time())
 
     def _unparsed_register(
         self, raw: bytes, prm: pj.OnScreenRequestParam
@@ -289,12 +311,14 @@ class Engine:
         self._closed_fd: int | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._sid_factory: Callable[[], str] | None = None
+        self.tls_failures = TlsFailures()
 
     # ---- lifecycle -------------------------------------------------------------------
 
     def start(self, sid_factory: Callable[[], str]) -> None:
         self._sid_factory = sid_factory
         ep = _Endpoint(self.on_register, self.admit)
+        ep.engine = self
         ep.libCreate()
         cfg = pj.EpConfig()
         cfg.uaConfig.threadCnt = 0
@@ -316,6 +340,8 @@ class Engine:
             tcfg.port = listener.port
             tcfg.boundAddress = listener.host
             tcfg.publicAddress = _public_address(self.settings.public_host, listener)
+            if listener.transport == "tls":
+                _configure_tls(tcfg.tlsConfig, self.settings.tls)
             kind = _transport_type(listener)
             transport_ids.append(ep.transportCreate(kind, tcfg))
         ep.audDevManager().setNullDev()
@@ -352,6 +378,16 @@ class Engine:
         acfg.mediaConfig.transportConfig.port = ports[0]
         acfg.mediaConfig.transportConfig.portRange = ports[1] - ports[0]
         acfg.mediaConfig.transportConfig.boundAddress = self.settings.listeners[0].host
+        # SDES only (RFC 4568); which legs use it is set per call (_PjCall).
+        acfg.mediaConfig.srtpUse = pj.PJMEDIA_SRTP_OPTIONAL
+        acfg.mediaConfig.srtpSecureSignaling = 0
+        acfg.mediaConfig.srtpOpt.keyings.clear()
+        acfg.mediaConfig.srtpOpt.keyings.append(pj.PJMEDIA_SRTP_KEYING_SDES)
+        acfg.mediaConfig.srtpOpt.cryptos.clear()
+        for suite in SRTP_SUITES:
+            crypto = pj.SrtpCrypto()
+            crypto.name = suite
+            acfg.mediaConfig.srtpOpt.cryptos.append(crypto)
         if trunk is not None:
             cred = pj.AuthCredInfo("digest", "*", trunk.username, 0, trunk.password)
             acfg.sipConfig.authCreds.append(cred)
@@ -437,6 +473,7 @@ class Engine:
         trunk: str | None = None,
         credentials: tuple[str, str] | None = None,
         target_uri: str | None = None,
+        srtp: str = "optional",
     ) -> Leg:
         """Send an INVITE to ``to_uri`` with ``from_uri`` in From; returns the leg.
 
@@ -446,13 +483,16 @@ class Engine:
         once: the caller sees a LegEnded like any other. ``target_uri``, when
         given, is the Request-URI (and so where the INVITE goes) while
         ``to_uri`` stays in To: a registered client is reached at the address
-        its REGISTER came from.
+        its REGISTER came from. ``srtp`` is off, optional or mandatory
+        (switch.config_tls).
         """
         if credentials is not None:
             account = self._credential_account(*credentials)
         else:
             account = self._trunk_accounts.get(trunk or "") or self._default_account
         leg = Leg(self, call_sid, outbound=True, request=None)
+        leg.srtp = srtp
+        leg.tls_destination = tls_destination(target_uri or to_uri)
         if account is None:
             leg._disconnected(None, 503, "No Account For These Credentials")
             return leg
@@ -574,6 +614,34 @@ class Engine:
 def _audio(leg: protocol.Leg) -> pj.AudioMedia | None:
     """The bridge port of a leg of this engine (None for any other kind, or no media)."""
     return leg.audio() if isinstance(leg, Leg) else None
+
+
+def tls_destination(uri: str) -> str:
+    """``host:port`` a ``sips:`` or ``;transport=tls`` URI is reached at; "" for others."""
+    scheme, _, rest = uri.partition(":")
+    hostpart = rest.split("@", 1)[-1].split("?", 1)[0]
+    host, *params = hostpart.split(";")
+    tls = scheme.lower() == "sips" or any(p.lower() == "transport=tls" for p in params)
+    if not tls:
+        return ""
+    address, port = _split_hostport(host) if host.rpartition(":")[2].isdigit() else (host, 5061)
+    address = address.strip("[]")
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _configure_tls(tls: pj.TlsConfig, config: TlsConfig) -> None:
+    """TLS 1.2+ with our certificate; far ends are verified against the CA file."""
+    tls.proto = pj.PJ_SSL_SOCK_PROTO_TLS1_2 | pj.PJ_SSL_SOCK_PROTO_TLS1_3
+    if config.certificate is not None and config.private_key is not None:
+        tls.certFile = str(config.certificate)
+        tls.privKeyFile = str(config.private_key)
+    ca_file = config.ca_file
+    if ca_file is not None:
+        tls.CaListFile = str(ca_file)
+    tls.verifyServer = config.verify_server
+    tls.verifyClient = config.verify_client
+    tls.requireClientCert = config.verify_client
+    tls.msecTimeout = TLS_HANDSHAKE_MS
 
 
 def _transport_type(listener: Listener) -> int:

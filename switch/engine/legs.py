@@ -41,6 +41,13 @@ _STATE_CONNECTING = pj.PJSIP_INV_STATE_CONNECTING
 _STATE_CONFIRMED = pj.PJSIP_INV_STATE_CONFIRMED
 _STATE_DISCONNECTED = pj.PJSIP_INV_STATE_DISCONNECTED
 
+SRTP_USE = {
+    "off": pj.PJMEDIA_SRTP_DISABLED,
+    "optional": pj.PJMEDIA_SRTP_OPTIONAL,
+    "mandatory": pj.PJMEDIA_SRTP_MANDATORY,
+}
+"""A leg's ``srtp`` setting (switch.config_tls) as pjmedia's policy."""
+
 
 def add_headers(vector: pj.SipHeaderVector, headers: Sequence[tuple[str, str]]) -> None:
     """Append (name, value) pairs to the extra headers of a request or response."""
@@ -99,6 +106,11 @@ class _PjCall(pj.Call):  # type: ignore[misc]
                 return
 
     @guarded
+    def onCreateMediaTransportSrtp(self, prm: pj.OnCreateMediaTransportSrtpParam) -> None:  # noqa: N802
+        """The leg's own SRTP policy (an inbound leg keeps the account's: optional)."""
+        prm.srtpUse = SRTP_USE[self.leg.srtp]
+
+    @guarded
     def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:  # noqa: N802
         self.leg._emit(DtmfReceived(prm.digit))
 
@@ -150,6 +162,9 @@ class Leg:
         self.final_reason = ""
         self.was_answered = False
         self.transfers_allowed = False  # accept the next REFER (a <Dial referUrl> bridge)
+        self.srtp = "optional"  # outbound: what the INVITE offers (switch.config_tls)
+        self.tls_destination = ""  # outbound over TLS: "host:port" the INVITE goes to
+        self.final_failure = ""  # why the far end was never reached (LegEnded.failure)
         self._refer: SipMessage | None = None  # the REFER being decided
         self._call: _PjCall | None = None
         self._media_index: int | None = None
@@ -306,14 +321,21 @@ class Leg:
             self._emit(LegMediaReady())
 
     def _disconnected(self, call: _PjCall | None, code: int, reason: str) -> None:
+        failure = ""
+        if self.tls_destination and not self.was_answered and code in (408, 503):
+            now = self.engine.loop.time()
+            failure = self.engine.tls_failures.explain(self.tls_destination, now) or ""
+            if failure:
+                log.warning("%s: INVITE not delivered: %s", self.call_sid, failure)
         self.final_code = code
         self.final_reason = reason
+        self.final_failure = failure
         self._call = None
         self._media_index = None
         self.machine.process(LegInput.ENDED)
         if call is not None:
             self.engine._release(call)
-        event = LegEnded(code, reason)
+        event = LegEnded(code, reason, failure)
         if not self.ended.done():
             self.ended.set_result(event)
         self._emit(event)

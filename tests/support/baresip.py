@@ -7,21 +7,29 @@ Audio: the ``ausine`` module is the microphone (a sine at ``tone_hz``), and the
 ``sndfile`` module writes what the phone heard (the decoded stream) to a WAV
 file in ``snd_path``; the speaker is an ``aubridge`` device nobody reads.
 baresip answers calls itself (``answermode=auto``).
+
+``tls``: (its own certificate, the CA file it trusts); the phone then also
+listens for TLS (on ``sip_port`` + 1, baresip's choice) and may register with a
+``;transport=tls`` registrar. ``mediaenc``: ``srtp``, ``srtp-mand`` ... for SDES.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
+import socket
 import wave
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from tests.support.certs import Issued
+
 MODULE_PATH = Path("/usr/lib/baresip/modules")
-MODULES = ("stdio", "g711", "ausine", "aubridge", "sndfile", "account", "menu")
+MODULES = ("stdio", "g711", "ausine", "aubridge", "sndfile", "account", "menu", "ctrl_tcp")
 
 
 class Baresip:
@@ -34,6 +42,8 @@ class Baresip:
         registrar: str,
         sip_port: int,
         tone_hz: int = 1000,
+        tls: tuple[Issued, Path] | None = None,
+        mediaenc: str | None = None,
     ):
         self.dir = workdir / "baresip"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -41,7 +51,18 @@ class Baresip:
         self.audio_dir.mkdir(exist_ok=True)
         self.sip_port = sip_port
         self.identity = identity
-        modules = "".join(f"module\t\t\t{name}.so\n" for name in MODULES)
+        self.registrar = registrar.split(";", 1)[0]  # host:port of the switch
+        self.control_port = _free_tcp_port()  # ctrl_tcp: commands as JSON netstrings
+        # srtp before account: an account naming an unknown mediaenc is dropped.
+        names = ("srtp", *MODULES) if mediaenc else MODULES
+        modules = "".join(f"module\t\t\t{name}.so\n" for name in names)
+        tls_lines = ""
+        if tls is not None:
+            own, ca = tls
+            # baresip reads its certificate and key from one PEM file.
+            bundle = self.dir / "cert.pem"
+            bundle.write_bytes(own.certificate.read_bytes() + own.private_key.read_bytes())
+            tls_lines = f"sip_certificate\t\t{bundle}\nsip_cafile\t\t{ca}\n"
         (self.dir / "config").write_text(
             f"""poll_method\t\tepoll
 sip_listen\t\t127.0.0.1:{sip_port}
@@ -61,11 +82,13 @@ module_path\t\t{MODULE_PATH}
 {modules}snd_path\t\t{self.audio_dir}
 net_interface\t\t127.0.0.1
 dns_server\t\t127.0.0.1:53
-"""
+ctrl_tcp_listen\t\t127.0.0.1:{self.control_port}
+{tls_lines}"""
         )
+        encryption = f";mediaenc={mediaenc}" if mediaenc else ""
         (self.dir / "accounts").write_text(
             f"<sip:{identity}@{registrar}>;auth_pass={password};answermode=auto;"
-            "regint=600;audio_codecs=PCMU\n"
+            f"regint=600;audio_codecs=PCMU{encryption}\n"
         )
         (self.dir / "contacts").write_text("")
         self.output: list[str] = []
@@ -115,6 +138,34 @@ dns_server\t\t127.0.0.1:53
                 f"baresip: {pattern!r} not seen in {timeout} s:\n{self.text()[-4000:]}"
             ) from None
 
+    async def press(self, keys: str) -> None:
+        """Send ``keys`` as DTMF (RFC 4733) in the current call."""
+        await self.command("sndcode", keys)
+
+    async def dial(self, uri: str) -> None:
+        await self.command("dial", uri)
+
+    async def command(self, name: str, params: str) -> None:
+        """Run one of the menu's commands through ctrl_tcp (a JSON netstring)."""
+        command = json.dumps({"command": name, "params": params, "token": name})
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.control_port)
+        try:
+            writer.write(f"{len(command)}:{command},".encode())
+            await writer.drain()
+            while True:  # events may come first; the reply carries our token
+                length = (await reader.readuntil(b":"))[:-1]
+                reply = json.loads(await reader.readexactly(int(length)))
+                await reader.readexactly(1)  # the netstring's ","
+                if reply.get("response") and reply.get("token") == name:
+                    break
+            assert reply.get("ok"), reply
+        finally:
+            writer.close()
+
+    def transports(self) -> set[str]:
+        """The transports of the SIP messages in the trace (UDP, TCP, TLS)."""
+        return set(re.findall(r"#\n(UDP|TCP|TLS) \S+ -> ", self.text()))
+
     def received(self) -> list[str]:
         """The SIP messages baresip's trace shows it received, in order."""
         return [m for direction, m in self._trace() if direction == "recv"]
@@ -126,11 +177,14 @@ dns_server\t\t127.0.0.1:53
         # With -s each message is printed as a coloured "#", "UDP <src> -> <dst>",
         # the message, then an ANSI colour reset.
         found: list[tuple[str, str]] = []
+        # A TLS connection the phone opened has an ephemeral local port: what goes
+        # to the switch's address was sent, everything else was received.
         pattern = r"#\n(?:UDP|TCP|TLS) (\S+) -> (\S+)\n(.*?)\x1b\[;m"
         for match in re.finditer(pattern, self.text(), re.S):
-            src, message = match.group(1), match.group(3).strip("\n")
+            src, dst, message = match.group(1), match.group(2), match.group(3).strip("\n")
             local = f"127.0.0.1:{self.sip_port}"
-            found.append(("send" if src == local else "recv", message))
+            sent = src == local or dst == self.registrar
+            found.append(("send" if sent else "recv", message))
         return found
 
     def heard(self) -> tuple[npt.NDArray[np.int16], int]:
@@ -160,3 +214,9 @@ dns_server\t\t127.0.0.1:53
         if self._reader is not None:
             await self._reader
         return self.process.returncode or 0
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -60,6 +60,7 @@ class FakeLeg:
         trunk: str | None = None,
         credentials: tuple[str, str] | None = None,
         target_uri: str | None = None,
+        srtp: str = "optional",
     ):
         loop = asyncio.get_running_loop()
         self.call_sid = call_sid
@@ -86,6 +87,7 @@ class FakeLeg:
         self.trunk = trunk
         self.credentials = credentials
         self.target_uri = target_uri
+        self.srtp = srtp
         # What the switch did to this leg.
         self.sent: list[str] = []
         self.dtmf_sent = ""
@@ -409,6 +411,7 @@ class FakeEngine:
         trunk: str | None = None,
         credentials: tuple[str, str] | None = None,
         target_uri: str | None = None,
+        srtp: str = "optional",
     ) -> FakeLeg:
         leg = FakeLeg(
             call_sid,
@@ -419,6 +422,7 @@ class FakeEngine:
             trunk=trunk,
             credentials=credentials,
             target_uri=target_uri,
+            srtp=srtp,
         )
         self.legs.append(leg)
         if leg.user in self.unreachable:

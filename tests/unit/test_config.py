@@ -16,6 +16,7 @@ from switch.config import (
     ringtone_codes,
 )
 from switch.routing import select_trunk
+from tests.support.certs import TestCa
 
 SID = "AC0123456789abcdef0123456789abcdef"
 TOKEN = "t" * 32
@@ -30,6 +31,12 @@ def text(
 ) -> str:
     """A configuration file; `top` holds root keys, `extra` tables after [account]."""
     return f"{top}\n[sip]\n{sip}\n[http]\n{http}\n[account]\n{account}\n{extra}\n"
+
+
+def tls_keys(tmp_path: Path) -> str:
+    """``[sip]`` lines naming a certificate and key a test CA made."""
+    issued = TestCa(tmp_path / "ca").issue("switch")
+    return f'tls_certificate = "{issued.certificate}"\ntls_private_key = "{issued.private_key}"\n'
 
 
 def load(tmp_path: Path, content: str) -> Config:
@@ -103,7 +110,7 @@ public_host = "sip.example.com"
 rtp_ports = "30000-30099"
 domain = "example.com"
 user_agent = "ds/1"
-"""
+""" + tls_keys(tmp_path)
     extra = """
 [storage]
 path = "/srv/dialswitch"
@@ -180,7 +187,8 @@ prefixes = ["+4420"]
 
 
 def test_trunks_parse_and_route(tmp_path: Path) -> None:
-    config = load(tmp_path, text(extra=TRUNKS))
+    sip = 'listen = ["udp:127.0.0.1:5060", "tls:127.0.0.1:5061"]\n' + tls_keys(tmp_path)
+    config = load(tmp_path, text(sip=sip, extra=TRUNKS))
     default, uk, london = config.trunks
     assert (default.host, default.port, default.transport) == ("carrier.example", None, None)
     assert (uk.host, uk.port, uk.transport) == ("2001:db8::1", 5070, "tcp")
