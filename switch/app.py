@@ -79,6 +79,7 @@ class Switch:
         await workers.start()
         self.services = Services(config, store, webhooks, engine, http_client, workers, metrics)
         metrics.watch(lambda: self._levels(engine, webhooks))
+        metrics.watch_rtp(lambda: engine.rtp)
         self.services.registrar = self.registrar
         engine.start(new_call_sid)
         self._resend_recording_callbacks(store, webhooks)
@@ -95,6 +96,7 @@ class Switch:
         await runner.setup()
         site = web.TCPSite(runner, config.http.host, config.http.port)
         await site.start()
+        metrics_runner = await self._metrics_listener()
         self.ready = True
         # Start-up objects (config, parsed tables, modules) never die: keep the
         # collector off them, and let it run less often under call load.
@@ -123,6 +125,8 @@ class Switch:
         await webhooks.close()
         await http_client.close()
         await runner.cleanup()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         store.close()
         log.info("stopped")
         return 0
@@ -138,13 +142,32 @@ class Switch:
             "players": ("Audio players open.", counts["players"]),
             "recorders": ("Recorders open.", counts["recorders"]),
             "media_ports": ("Conference bridge ports in use.", counts["media_ports"]),
-            "registrations": ("Live registrations of clients.", len(self.registrar.table)),
-            "callbacks_queued": ("Status callbacks waiting for delivery.", webhooks.queued),
+            "registrations": ("Live registrations of clients.", self._registrations()),
+            "callbacks_queued": ("Status callbacks not delivered yet.", webhooks.queued),
         }
+
+    def _registrations(self) -> int:
+        """Live bindings of the configured clients (an expired one stays in the
+        registrar's table until its identity registers again)."""
+        return sum(len(self.registrar.lookup(c.identity)) for c in self.config.clients)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = self.services.metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    async def _metrics_listener(self) -> web.AppRunner | None:
+        """``[metrics] listen``: GET /metrics and nothing else, without auth (the
+        operator binds it to a private address); None when it is not configured."""
+        listen = self.config.metrics
+        if not listen.port:
+            return None
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, listen.host, listen.port).start()
+        log.info("metrics served without auth on %s:%d", listen.host, listen.port)
+        return runner
 
     def _resend_recording_callbacks(self, store: Store, webhooks: WebhookClient) -> None:
         """Finish recordings a crash left open and send the callbacks still owed."""

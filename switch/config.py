@@ -220,6 +220,15 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: a listener of its own for ``GET /metrics`` (switch/metrics.py)."""
+
+    host: str = ""
+    port: int = 0
+    """0: none; /metrics is then served on the API's port only, behind its Basic auth."""
+
+
+@dataclass(frozen=True)
 class Config:
     sip: SipConfig
     http: HttpConfig
@@ -235,6 +244,7 @@ class Config:
     clients: tuple[ClientConfig, ...] = ()
     api: ApiConfig = ApiConfig(10.0)
     limits: LimitsConfig = LimitsConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     def client(self, identity: str) -> ClientConfig | None:
         """A registered client's configuration, or None for an unknown identity."""
@@ -273,6 +283,10 @@ def check_config(path: Path) -> list[Problem]:
         message = _try_bind("tcp", config.http.host, config.http.port)
         if message:
             problems.append(Problem("http.listen", message))
+    if config.metrics.port:
+        message = _try_bind("tcp", config.metrics.host, config.metrics.port)
+        if message:
+            problems.append(Problem("metrics.listen", message))
     message = _check_writable_dir(config.storage.path)
     if message:
         problems.append(Problem("storage.path", message))
@@ -471,6 +485,7 @@ def _build(root: _Table) -> Config:
             )
     api = _build_api(root.table("api"))
     limits = _build_limits(root.table("limits"))
+    metrics = _build_metrics(root.table("metrics"), sip, http)
     root.finish()
     return Config(
         sip,
@@ -486,6 +501,7 @@ def _build(root: _Table) -> Config:
         clients,
         api,
         limits,
+        metrics=metrics,
     )
 
 
@@ -707,6 +723,26 @@ def _build_log(t: _Table) -> LogConfig:
     fmt = t.choice("format", "text", LOG_FORMATS, "lower")
     t.finish()
     return LogConfig(level, fmt)
+
+
+def _build_metrics(t: _Table, sip: SipConfig, http: HttpConfig) -> MetricsConfig:
+    """``listen``, when set, must not take a TCP port the HTTP server or a TCP or TLS
+    SIP listener binds (a wildcard address overlaps every address)."""
+    listen = _checked(
+        t, "listen", t.string("listen"), lambda s: _parse_hostport(s, port_required=True)
+    )
+    t.finish()
+    host, port = listen or ("", None)
+    if port is None:
+        return MetricsConfig()
+    taken = [("http.listen", http.host, http.port)]
+    taken += [(f"sip.listen {x}", x.host, x.port) for x in sip.listen if x.transport != "udp"]
+    for key, other_host, other_port in taken:
+        overlap = host == other_host or _is_wildcard(host) or _is_wildcard(other_host)
+        if port == other_port and overlap:
+            t.problem("listen", f"{_join_hostport(host, port)} clashes with {key}")
+            return MetricsConfig()
+    return MetricsConfig(host, port)
 
 
 # --- value parsers: raise ValueError with the message shown to the operator ----------

@@ -353,6 +353,7 @@ class DialRunner:
         branch.started = datetime.now(UTC)
         key = branch.key
         leg.subscribe(lambda e: self.events.put_nowait((key, e)))
+        self.services.time_post_dial(leg, "outbound-dial")
         if callbacks is not None:
             callbacks.initiated()
         if not leg.live:  # never sent: its LegEnded was emitted before we subscribed

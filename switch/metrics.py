@@ -1,35 +1,56 @@
 """Prometheus metrics of the switch, served at ``GET /metrics``.
 
 The official ``prometheus_client`` library keeps the series in a registry of
-the switch's own (not the library's global one). Two kinds:
+the switch's own (not the library's global one). Three kinds:
 
 - events, counted as they happen: calls by direction and final status
   (``dialswitch_calls_total``), the time from a leg's start to its answer
-  (``dialswitch_call_setup_seconds``), webhook requests by kind and outcome
+  (``dialswitch_call_setup_seconds``), the post-dial delay of outbound legs,
+  from the INVITE to the first 180/183 or answer
+  (``dialswitch_post_dial_delay_seconds``), webhook requests by kind and outcome
   (``dialswitch_webhook_requests_total``, outcome ``ok`` or the Twilio error
   code) and their latency (``dialswitch_webhook_seconds``), requests refused by
   the per-source limits (``dialswitch_flood_refused_total``);
+- totals the engine keeps, read when the metrics are scraped: RTP packets of
+  the media streams that ended, received and sent
+  (``dialswitch_rtp_packets_total``), and those lost
+  (``dialswitch_rtp_packets_lost_total``), by ``direction``: ``rx`` is what
+  the far ends sent us (gaps in the sequence numbers), ``tx`` what we sent
+  them (as their RTCP receiver reports said);
 - levels, read when the metrics are scraped: live calls and call actors, legs,
   players, recorders and media ports of the engine, registrations, and status
   callbacks queued.
 
-The endpoint is behind the REST API's Basic auth (AccountSid and AuthToken).
+The endpoint is behind the REST API's Basic auth (AccountSid and AuthToken);
+``[metrics] listen`` serves it on a listener of its own as well, without auth.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 SETUP_BUCKETS = (0.5, 1, 2, 3, 5, 8, 13, 20, 30, 45, 60, 120)
 """Seconds from INVITE to answer: people take seconds to pick up."""
+POST_DIAL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30)
+"""Seconds from INVITE to ringing: carriers take tenths of a second to seconds."""
 WEBHOOK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15)
+
+
+class RtpTotals(Protocol):
+    """RTP packets of the media streams ended so far (the engine's ``RtpCounts``)."""
+
+    received: int
+    received_lost: int
+    sent: int
+    sent_lost: int
 
 
 class _Levels(Collector):
@@ -41,6 +62,33 @@ class _Levels(Collector):
     def collect(self) -> Iterable[Metric]:
         for name, (help_text, value) in self._read().items():
             yield GaugeMetricFamily(f"dialswitch_{name}", help_text, value=value)
+
+
+class _Rtp(Collector):
+    """The engine's RTP totals as counters, read at scrape time."""
+
+    def __init__(self, read: Callable[[], RtpTotals]):
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        totals = self._read()
+        packets = CounterMetricFamily(
+            "dialswitch_rtp_packets",
+            "RTP packets of ended media streams: rx received, tx sent.",
+            labels=("direction",),
+        )
+        packets.add_metric(("rx",), totals.received)
+        packets.add_metric(("tx",), totals.sent)
+        lost = CounterMetricFamily(
+            "dialswitch_rtp_packets_lost",
+            "RTP packets lost on ended media streams: rx from the far ends (sequence"
+            " gaps), tx from us (their RTCP receiver reports).",
+            labels=("direction",),
+        )
+        lost.add_metric(("rx",), totals.received_lost)
+        lost.add_metric(("tx",), totals.sent_lost)
+        yield packets
+        yield lost
 
 
 class Metrics:
@@ -57,6 +105,14 @@ class Metrics:
             "Seconds from a leg's start to its answer, answered legs only.",
             ("direction",),
             buckets=SETUP_BUCKETS,
+            registry=self.registry,
+        )
+        self.post_dial = Histogram(
+            "dialswitch_post_dial_delay_seconds",
+            "Seconds from an outbound leg's INVITE to its first ringing (180/183) or"
+            " answer; legs that fail first are not observed.",
+            ("direction",),
+            buckets=POST_DIAL_BUCKETS,
             registry=self.registry,
         )
         self.webhooks = Counter(
@@ -86,12 +142,19 @@ class Metrics:
         """Levels to read at each scrape: name -> (help, value)."""
         self.registry.register(_Levels(read))
 
+    def watch_rtp(self, read: Callable[[], RtpTotals]) -> None:
+        """RTP totals to read at each scrape."""
+        self.registry.register(_Rtp(read))
+
     def call_ended(
         self, direction: str, status: str, started: datetime, answered: datetime | None
     ) -> None:
         self.calls.labels(direction, status).inc()
         if answered is not None:
             self.setup.labels(direction).observe(max(0.0, (answered - started).total_seconds()))
+
+    def post_dial_delay(self, direction: str, seconds: float) -> None:
+        self.post_dial.labels(direction).observe(max(0.0, seconds))
 
     def webhook(self, kind: str, seconds: float, error_code: int | None) -> None:
         self.webhooks.labels(kind, "ok" if error_code is None else str(error_code)).inc()

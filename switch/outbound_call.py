@@ -207,6 +207,7 @@ class ApiCall:
             )
             self.legs[key] = leg
             self._unsubscribe.append(leg.subscribe(self._listener(key)))
+            self.services.time_post_dial(leg, "outbound-api")
             if not leg.live:
                 self.events.put_nowait((key, LegEnded(leg.final_code or 500, leg.final_reason)))
         if self.callbacks is not None:

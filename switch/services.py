@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ import aiohttp
 
 from media.audio import MAX_DOWNLOAD, AudioCache
 from media.tones import ensure_tone_files
+from switch.call.events import LegAnswered, LegEnded, LegEvent, LegProgressed
 from switch.call.protocol import Leg, MediaEngine
 from switch.call.registry import CallRegistry
 from switch.call.status import final_status
@@ -192,6 +194,26 @@ class Services:
         return await self.audio.download(url, body)
 
     # ---- records ---------------------------------------------------------------------
+
+    def time_post_dial(self, leg: Leg, direction: str) -> None:
+        """Observe an outbound leg's post-dial delay once: from now (its INVITE was
+        just sent) to its first provisional ringing (180 to 183) or its answer,
+        whichever comes first. A leg that fails or is cancelled first is not observed."""
+        if not leg.live:
+            return
+        sent = time.monotonic()
+        observed = False  # events already queued may still arrive after unsubscribing
+
+        def seen(event: LegEvent) -> None:
+            nonlocal observed
+            if observed or not isinstance(event, LegProgressed | LegAnswered | LegEnded):
+                return
+            observed = True
+            stop()
+            if not isinstance(event, LegEnded):
+                self.metrics.post_dial_delay(direction, time.monotonic() - sent)
+
+        stop = leg.subscribe(seen)
 
     def notify(
         self,

@@ -97,6 +97,23 @@ class RegisterRequest:
     connection_id: str | None  # the TCP/TLS connection it came over
 
 
+@dataclass
+class RtpCounts:
+    """RTP packets of the media streams ended so far, for /metrics (switch/metrics.py)."""
+
+    received: int = 0
+    received_lost: int = 0  # gaps in the sequence numbers the far ends sent
+    sent: int = 0
+    sent_lost: int = 0  # what the far ends' RTCP receiver reports said they lost
+
+    def add(self, stat: pj.RtcpStat) -> None:
+        """Add one ended stream's statistics."""
+        self.received += stat.rxStat.pkt
+        self.received_lost += stat.rxStat.loss
+        self.sent += stat.txStat.pkt
+        self.sent_lost += stat.txStat.loss
+
+
 RegisterHandler = Callable[[RegisterRequest], tuple[int, str, Sequence[tuple[str, str]]]]
 AdmitHandler = Callable[[str, str], tuple[int, str, str] | None]
 """(method, source IP) of an out-of-dialog request -> None, or (status, reason, Retry-After)."""
@@ -312,6 +329,7 @@ class Engine:
         self._pump_task: asyncio.Task[None] | None = None
         self._sid_factory: Callable[[], str] | None = None
         self.tls_failures = TlsFailures()
+        self.rtp = RtpCounts()  # counted as each stream ends (_PjCall)
 
     # ---- lifecycle -------------------------------------------------------------------
 

@@ -141,6 +141,16 @@ class _PjCall(pj.Call):  # type: ignore[misc]
         """
         prm.statusCode = self.leg._transfer_requested(prm.dstUri)
 
+    @guarded
+    def onStreamDestroyed(self, prm: pj.OnStreamDestroyedParam) -> None:  # noqa: N802
+        """Count the stream's RTP while it still exists (pjmedia's RTCP statistics).
+
+        pjsua calls this on every way a stream ends: our hang-up (before its BYE
+        or CANCEL), the far end's BYE (before DISCONNECTED), a re-INVITE that
+        replaces the stream. Only counters change here: no call logic runs.
+        """
+        self.leg.engine.rtp.add(self.getStreamStat(prm.streamIdx).rtcp)
+
 
 class Leg:
     """One SIP call leg as the call logic sees it.
