@@ -63,7 +63,7 @@ class Switch:
         make_partial_dirs(config.storage.path)
         store = Store.open(config.storage.path)
         metrics = Metrics()
-        webhooks = webhooks_for(config, metrics.webhook)
+        webhooks = webhooks_for(config, metrics.webhook, store)
         http_client = aiohttp.ClientSession()
         self.registrar = Registrar(config.registrar, config.sip.domain, config.clients, store)
         limits = config.limits
@@ -83,6 +83,7 @@ class Switch:
         self.services.registrar = self.registrar
         engine.start(new_call_sid)
         self._resend_recording_callbacks(store, webhooks)
+        webhooks.start()  # what an earlier run left undelivered goes first
         self.services.spares = SpareSides(sweep_side_files(store, config.storage.path))
         store.group_commits(asyncio.get_running_loop())
         http_app = build_app(
@@ -170,14 +171,26 @@ class Switch:
         return runner
 
     def _resend_recording_callbacks(self, store: Store, webhooks: WebhookClient) -> None:
-        """Finish recordings a crash left open and send the callbacks still owed."""
+        """Finish recordings a crash left open and send the callbacks still owed.
+
+        A recording whose final callback is still in the callback journal is left to
+        it (no second copy); ``callback_pending`` is cleared when that is delivered.
+        """
+        journal = webhooks.callbacks.journal
         for record in repair_at_startup(store, self.config.storage.path):
+            if journal.holds_recording(record.sid):
+                continue
             if record.callback_url:
                 params = callback_params(record, self.config.http.public_url)
                 webhooks.post_callback(
-                    record.callback_url, record.callback_method, params, key=record.sid
+                    record.callback_url,
+                    record.callback_method,
+                    params,
+                    key=record.sid,
+                    recording_sid=record.sid,
                 )
-            store.update_recording(record.sid, callback_pending=False)
+            else:
+                store.update_recording(record.sid, callback_pending=False)
             log.info("recording %s finished after restart: %s", record.sid, record.status)
 
     def _engine_settings(self) -> EngineSettings:

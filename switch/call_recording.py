@@ -234,14 +234,19 @@ class CallRecording:
         self.parent = self.child = None
 
     def _final_callback(self, record: RecordingRecord) -> None:
+        """The final-status callback: ``callback_pending`` stays set until the webhook
+        client delivers it (or gives it up), so a crash before then cannot lose it."""
         if record.callback_url and record.status in record.callback_events:
-            self._callback(record)
-            self.services.store.update_recording(record.sid, callback_pending=False)
+            self._callback(record, final=True)
 
-    def _callback(self, record: RecordingRecord) -> None:
+    def _callback(self, record: RecordingRecord, final: bool = False) -> None:
         if not record.callback_url:
             return
         params = callback_params(record, self.services.config.http.public_url)
         self.services.webhooks.post_callback(
-            record.callback_url, record.callback_method, params, key=record.sid
+            record.callback_url,
+            record.callback_method,
+            params,
+            key=record.sid,
+            recording_sid=record.sid if final else None,
         )

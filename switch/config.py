@@ -211,6 +211,13 @@ class WebhookConfig:
     total_timeout: float
     connect_retries: int
     max_body: int
+    callback_retry_interval: float = 5.0
+    """Seconds before a failed status callback's first retry; doubled after each."""
+    callback_retry_max_interval: float = 300.0
+    callback_give_up_after: float = 3600.0
+    """Seconds after it was queued that a failing status callback is given up (11200)."""
+    callback_max_pending: int = 100_000
+    """Undelivered status callbacks kept at most; a new one past it is refused (11200)."""
 
 
 @dataclass(frozen=True)
@@ -714,8 +721,17 @@ def _build_webhooks(t: _Table) -> WebhookConfig:
         t.problem("total_timeout", "must not be shorter than connect_timeout")
     retries = t.integer("connect_retries", 1, 0, 10)
     max_body = t.integer("max_body", 65536, 1, 64 * 1024 * 1024)
+    interval = t.number("callback_retry_interval", 5.0, 0, 3600)
+    max_interval = t.number("callback_retry_max_interval", 300.0, 0, 86400)
+    if max_interval < interval:
+        t.problem("callback_retry_max_interval", "must not be shorter than callback_retry_interval")
+        max_interval = interval
+    give_up = t.number("callback_give_up_after", 3600.0, 0, 7 * 86400)
+    max_pending = t.integer("callback_max_pending", 100_000, 1, 10_000_000)
     t.finish()
-    return WebhookConfig(connect, total, retries, max_body)
+    return WebhookConfig(
+        connect, total, retries, max_body, interval, max_interval, give_up, max_pending
+    )
 
 
 def _build_log(t: _Table) -> LogConfig:

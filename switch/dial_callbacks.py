@@ -6,8 +6,8 @@ CallStatus and CallDuration, and RecordingUrl, RecordingSid and RecordingDuratio
 when the ``<Dial>`` records). Only the events named in
 ``statusCallbackEvent`` are sent; with none named, only ``completed``.
 ``SequenceNumber`` counts the callbacks actually sent for the leg, from 0.
-Each event is sent at most once. Delivery is the webhook client's queue, off
-the call path.
+Each event is sent at most once. Delivery is the webhook client's callback
+journal, off the call path: kept until delivered, in order per CallSid.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from switch.call.events import LegAnswered, LegEnded, LegEvent, LegProgressed
 from switch.call.protocol import Leg, MediaEngine
 from switch.call.registry import CallRegistry
 from switch.call.status import final_status
+from switch.callback_journal import CallbackJournal
 from switch.config import Config, NumberConfig, Trunk
 from switch.config_clients import ClientConfig
 from switch.metrics import Metrics
@@ -77,9 +78,21 @@ class NumberApp:
         )
 
 
-def webhooks_for(config: Config, observer: Observer | None = None) -> WebhookClient:
-    """The process's webhook client, as ``[webhooks]`` and the account say."""
+def webhooks_for(
+    config: Config, observer: Observer | None = None, store: Store | None = None
+) -> WebhookClient:
+    """The process's webhook client, as ``[webhooks]`` and the account say.
+
+    With ``store``, status callbacks are journalled in its database (they survive a
+    restart) and a callback given up is stored as a notification of its call; without,
+    they are kept in memory only.
+    """
     hooks = config.webhooks
+
+    def notify(call_sid: str, code: int, message: str, url: str) -> None:
+        assert store is not None
+        store.record_notification(call_sid, code, "error", message, url, datetime.now(UTC))
+
     return WebhookClient(
         WebhookSettings(
             connect_timeout=hooks.connect_timeout,
@@ -87,10 +100,16 @@ def webhooks_for(config: Config, observer: Observer | None = None) -> WebhookCli
             connect_retries=hooks.connect_retries,
             max_body=hooks.max_body,
             user_agent=config.sip.user_agent,
+            callback_retry_interval=hooks.callback_retry_interval,
+            callback_retry_max_interval=hooks.callback_retry_max_interval,
+            callback_give_up_after=hooks.callback_give_up_after,
+            callback_max_pending=hooks.callback_max_pending,
         ),
         config.account.sid,
         config.account.auth_token,
         observer=observer,
+        journal=None if store is None else CallbackJournal(store),
+        notify=None if store is None else notify,
     )
 
 

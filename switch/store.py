@@ -132,6 +132,24 @@ MIGRATIONS: tuple[str, ...] = (
     -- No index on to_ or from_ for the Calls list's filters: each one written with
     -- every leg cost 60 % more bytes to disk under dial load; the list walks legs_start.
     """,
+    """
+    -- The status callbacks not delivered yet (switch/callback_journal.py). AUTOINCREMENT:
+    -- an id is never reused, so id order is submission order across restarts.
+    CREATE TABLE callbacks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        key TEXT NOT NULL,
+        url TEXT NOT NULL,
+        method TEXT NOT NULL,
+        params TEXT NOT NULL,
+        token TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_attempt REAL NOT NULL,
+        queued_at REAL NOT NULL,
+        recording_sid TEXT
+    );
+    CREATE INDEX callbacks_recording ON callbacks (recording_sid)
+        WHERE recording_sid IS NOT NULL;
+    """,
 )
 """Schema steps: ``MIGRATIONS[n]`` takes the database from user_version n to n + 1."""
 
@@ -501,6 +519,13 @@ class Store:
             raise StoreError(f"cannot use {path / DB_NAME}: {e}") from e
         return cls(db)
 
+    @classmethod
+    def memory(cls) -> Store:
+        """A migrated database in memory that keeps nothing: for tests and tools."""
+        db = sqlite3.connect(":memory:", isolation_level=None)
+        _migrate(db)
+        return cls(db)
+
     def close(self) -> None:
         self.commit()
         if self._checkpointer is not None:
@@ -514,6 +539,15 @@ class Store:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        """Run a write of another module's table (switch/callback_journal.py), in the
+        group transaction like the store's own."""
+        return self._write(sql, params)
+
+    def read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        """The rows of a query of another module's table."""
+        return self._db.execute(sql, tuple(params)).fetchall()
 
     @property
     def schema_version(self) -> int:

@@ -31,20 +31,23 @@ Choices where Twilio's pages leave room:
 - No cookies are kept: one session serves every account.
 - ``AccountSid`` is added to the parameters when the caller did not set it.
 
-Status callbacks never block or fail the call: `post_callback` queues them for a few
-worker tasks. The key (the CallSid by default) picks the worker, so one call's
-callbacks go out in the order they were submitted.
+Status callbacks never block or fail the call: `post_callback` writes them to the
+callback journal and returns (switch/callback_delivery.py sends them, in order per
+CallSid). One attempt is one logical request with the policy above (``#rc``, ``#rp``
+...); a failure of a class ``#rp`` retries is tried again later with backoff, until
+``callback_give_up_after``, then given up with 11200. At ``callback_max_pending``
+undelivered callbacks a new one is refused: 11200 "callback queue full", logged and
+counted (dropping an older one instead would leave a gap in some call's sequence).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
+import sqlite3
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -54,7 +57,10 @@ import aiohttp
 import yarl
 from aiohttp.abc import AbstractResolver
 
+from switch.callback_delivery import CallbackDelivery, Failure
+from switch.callback_journal import CallbackJournal, JournalRow, RetrySchedule
 from switch.signature import SIGNATURE_HEADER, Params, compute_signature, param_pairs
+from switch.store import Store, StoreError
 
 __all__ = [
     "ACCEPTED_CONTENT_TYPES",
@@ -89,10 +95,14 @@ ERROR_LABELS: Mapping[int, str] = {
 }
 
 ErrorHook = Callable[[int, str, str], object]
-Observer = Callable[[str, float, int | None], object]
-"""Told of every request: kind (document, callback), seconds, error code or None."""
 """Called as ``hook(code, message, url)`` after each failure, e.g. to store a
 notification for the account."""
+Observer = Callable[[str, float, int | None], object]
+"""Told of every request: kind (document, callback), seconds, error code or None."""
+CallNotifier = Callable[[str, int, str, str], object]
+"""Called as ``notify(call_sid, code, message, url)`` when a status callback is given up
+or refused: a process-wide sink (the store's notifications), since a journal row must
+be reported after a restart too, when no closure of the call that queued it is left."""
 
 Target = tuple[str, str]
 """A webhook as configured: ``(url, method)``."""
@@ -122,6 +132,8 @@ class WebhookError(Exception):
         self.method = method
         self.status = status
         self.fallback_error: WebhookError | None = None
+        self.retry_class: str | None = None
+        """The ``#rp`` class of the failure (4xx, 5xx, ct, rt); None: never retried."""
 
     @property
     def label(self) -> str:
@@ -157,7 +169,18 @@ class WebhookSettings:
     callback_workers: int = 4
     callback_retries: int = 2
     callback_backoff: float = 0.5
-    callback_queue_size: int = 10000
+    callback_retry_interval: float = 5.0
+    callback_retry_max_interval: float = 300.0
+    callback_give_up_after: float = 3600.0
+    callback_max_pending: int = 100_000
+
+    @property
+    def callback_schedule(self) -> RetrySchedule:
+        return RetrySchedule(
+            self.callback_retry_interval,
+            self.callback_retry_max_interval,
+            self.callback_give_up_after,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +333,12 @@ class _Request:
     pairs: list[tuple[str, str]]
     policy: RequestPolicy
     document: bool
-    token: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
+    token: str = dataclasses.field(default_factory=lambda: new_token())
+
+
+def new_token() -> str:
+    """An ``I-Twilio-Idempotency-Token``."""
+    return uuid.uuid4().hex
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,20 +354,16 @@ class _AttemptFailed(Exception):
         super().__init__(error)
         self.error = error
         self.retry_class = retry_class
-
-
-@dataclass(frozen=True, slots=True)
-class _Callback:
-    url: str
-    method: str
-    pairs: list[tuple[str, str]]
-    on_error: ErrorHook | None
+        error.retry_class = retry_class
 
 
 class WebhookClient:
     """Webhook requests over one pooled `aiohttp.ClientSession`; make one per process.
 
-    The session and the callback workers start on first use inside the running loop.
+    The session starts on first use inside the running loop; the callback senders at
+    `start` or at the first `post_callback`, delivering first what the journal kept from
+    an earlier run. Without a ``journal`` the callbacks are kept in a database in
+    memory, which a restart loses (tests and tools).
     """
 
     def __init__(
@@ -351,16 +375,25 @@ class WebhookClient:
         on_error: ErrorHook | None = None,
         resolver: AbstractResolver | None = None,
         observer: Observer | None = None,
+        journal: CallbackJournal | None = None,
+        notify: CallNotifier | None = None,
     ) -> None:
         self.settings = settings
         self._observer = observer
         self.account_sid = account_sid
         self._auth_token = auth_token
         self._on_error = on_error
+        self._notify = notify
         self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
-        self._queues: list[asyncio.Queue[_Callback]] = []
-        self._workers: list[asyncio.Task[None]] = []
+        self.callbacks = CallbackDelivery(
+            journal or CallbackJournal(Store.memory()),
+            settings.callback_schedule,
+            self._send_callback,
+            self._callback_failed,
+            workers=settings.callback_workers,
+            max_pending=settings.callback_max_pending,
+        )
         self._closed = False
 
     # -- documents ---------------------------------------------------------------
@@ -442,99 +475,77 @@ class WebhookClient:
         params: Params | None,
         *,
         key: str | None = None,
-        on_error: ErrorHook | None = None,
+        recording_sid: str | None = None,
     ) -> None:
-        """Queue a status callback; returns at once and never raises for delivery.
+        """Journal a status callback for delivery; returns at once, never raises for
+        delivery.
 
         Callbacks with the same ``key`` (default: the CallSid, else the URL) are
-        delivered one at a time in submission order.
+        delivered one at a time in submission order. ``recording_sid``: the callback is
+        that recording's final one, whose ``callback_pending`` is cleared when it goes.
+        After `close` the callback is still journalled, for the next start.
         """
         method = _normalise_method(method)
         pairs = self._with_account(param_pairs(params))
-        item = _Callback(url, method, pairs, on_error)
-        if self._closed:
-            self._drop(item, "client closed")
-            return
-        self._start_workers()
         if key is None:
             key = next((value for name, value in pairs if name == "CallSid"), url)
-        queue = self._queues[zlib.crc32(key.encode("utf-8")) % len(self._queues)]
         try:
-            queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self._drop(item, "callback queue full")
+            if self.callbacks.post(key, url, method, pairs, new_token(), recording_sid):
+                return
+            reason = f"callback queue full ({self.callbacks.max_pending} undelivered)"
+        except (sqlite3.Error, StoreError) as exc:
+            reason = f"cannot journal the callback: {exc}"
+        error = WebhookError(11200, f"{reason}: not sent", url.partition("#")[0], method=method)
+        self._observe("callback", time.monotonic(), error.code)
+        call_sid = next((value for name, value in pairs if name == "CallSid"), key)
+        self._report(error, pairs, call_sid=call_sid)
+
+    def start(self) -> None:
+        """Start delivering callbacks, those an earlier run left first (inside the loop)."""
+        self.callbacks.start()
 
     async def drain(self, timeout: float | None = None) -> bool:
-        """Wait until every queued callback was delivered or gave up; False on timeout."""
-        waits = [queue.join() for queue in self._queues]
-        try:
-            await asyncio.wait_for(asyncio.gather(*waits), timeout)
-        except TimeoutError:
-            return False
-        return True
+        """Wait until no callback is being attempted or is due now; False on timeout."""
+        return await self.callbacks.drain(timeout)
 
     async def close(self) -> None:
-        """Stop the callback workers (undelivered callbacks are dropped, with a log)
-        and close the session. Call `drain` first to flush."""
+        """Stop delivering and close the session; undelivered callbacks stay in the
+        journal for the next start. Call `drain` first to send what is due."""
         self._closed = True
-        for worker in self._workers:
-            worker.cancel()
-        for worker in self._workers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
-        pending = sum(queue.qsize() for queue in self._queues)
-        if pending:
-            logger.warning("dropping %d undelivered status callbacks at close", pending)
-        self._workers.clear()
-        self._queues.clear()
+        await self.callbacks.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
 
-    def _start_workers(self) -> None:
-        if self._workers:
-            return
-        count = max(1, self.settings.callback_workers)
-        size = max(1, self.settings.callback_queue_size)
-        self._queues = [asyncio.Queue(maxsize=size) for _ in range(count)]
-        self._workers = [
-            asyncio.create_task(self._callback_worker(queue), name=f"webhook-callbacks-{n}")
-            for n, queue in enumerate(self._queues)
-        ]
+    @property
+    def queued(self) -> int:
+        """Status callbacks not delivered yet (the journal's rows)."""
+        return self.callbacks.pending
 
-    async def _callback_worker(self, queue: asyncio.Queue[_Callback]) -> None:
-        while True:
-            item = await queue.get()
-            try:
-                await self._deliver(item)
-            except Exception:
-                logger.exception("status callback to %s crashed", item.url.partition("#")[0])
-            finally:
-                queue.task_done()
-
-    async def _deliver(self, item: _Callback) -> None:
+    async def _send_callback(self, row: JournalRow) -> Failure | None:
+        """One attempt at a journalled callback: its request, the ``#rc`` retries and
+        redirects included, with the row's idempotency token."""
         started = time.monotonic()
+        retry_on: frozenset[str] = frozenset()
         try:
-            request = self._request(item.url, item.method, item.pairs, document=False)
+            request = self._request(row.url, row.method, list(row.pairs), document=False)
+            request.token = row.token
+            retry_on = request.policy.retry_on
             await self._perform(request)
         except WebhookError as exc:
             self._observe("callback", started, exc.code)
-            self._report(exc, item.pairs, item.on_error)
-        else:
-            self._observe("callback", started, None)
+            retryable = exc.retry_class is not None and exc.retry_class in retry_on
+            return Failure(exc.code, exc.message, exc.url, retryable)
+        self._observe("callback", started, None)
+        return None
+
+    def _callback_failed(self, row: JournalRow, failure: Failure) -> None:
+        error = WebhookError(failure.code, failure.message, failure.url, method=row.method)
+        self._report(error, list(row.pairs), call_sid=row.call_sid)
 
     def _observe(self, kind: str, started: float, error_code: int | None) -> None:
         if self._observer is not None:
             self._observer(kind, time.monotonic() - started, error_code)
-
-    @property
-    def queued(self) -> int:
-        """Status callbacks waiting for delivery."""
-        return sum(queue.qsize() for queue in self._queues)
-
-    def _drop(self, item: _Callback, reason: str) -> None:
-        error = WebhookError(11200, reason, item.url.partition("#")[0], method=item.method)
-        self._report(error, item.pairs, item.on_error)
 
     # -- one logical request -----------------------------------------------------
 
@@ -570,12 +581,14 @@ class WebhookClient:
         policy = request.policy
         attempt = 0
         started = time.monotonic()
+        last_class = "rt"  # a first attempt that runs out of time may have been received
         try:
             async with asyncio.timeout(policy.total_timeout):
                 while True:
                     try:
                         return await self._follow(request)
                     except _AttemptFailed as failed:
+                        last_class = failed.retry_class or "rt"
                         retryable = failed.retry_class in policy.retry_on
                         if attempt >= policy.retries or not retryable:
                             raise failed.error from None
@@ -590,12 +603,15 @@ class WebhookClient:
                         await asyncio.sleep(policy.backoff * 2 ** (attempt - 1))
         except TimeoutError:
             elapsed = int((time.monotonic() - started) * 1000)
-            raise WebhookError(
+            error = WebhookError(
                 11205,
                 f"timed out after {elapsed} ms (total {int(policy.total_timeout * 1000)} ms)",
                 request.url.shown,
                 method=request.method,
-            ) from None
+            )
+            # Out of time while failing to connect: still unreachable, worth a retry.
+            error.retry_class = last_class
+            raise error from None
 
     async def _follow(self, request: _Request) -> FetchedDocument | None:
         """One attempt: the request and the redirects it leads to."""
@@ -788,10 +804,18 @@ class WebhookClient:
         self,
         error: WebhookError,
         pairs: list[tuple[str, str]],
-        on_error: ErrorHook | None,
+        on_error: ErrorHook | None = None,
         level: int = logging.WARNING,
+        *,
+        call_sid: str | None = None,
     ) -> None:
-        call_sid = next((value for name, value in pairs if name == "CallSid"), None)
+        """Log a failure and tell the hooks; ``call_sid`` (a status callback's) also goes
+        to the process-wide notifier."""
+        if call_sid is None:
+            call_sid = next((value for name, value in pairs if name == "CallSid"), None)
+            notify = None
+        else:
+            notify = self._notify
         logger.log(
             level,
             "%s",
@@ -799,12 +823,13 @@ class WebhookClient:
             extra={"error_code": error.code, "webhook_url": error.url, "call_sid": call_sid},
         )
         hook = on_error or self._on_error
-        if hook is None:
-            return
         try:
-            hook(error.code, error.message, error.url)
+            if hook is not None:
+                hook(error.code, error.message, error.url)
+            if notify is not None and call_sid is not None:
+                notify(call_sid, error.code, error.message, error.url)
         except Exception:
-            logger.exception("webhook on_error hook failed")
+            logger.exception("webhook error hook failed")
 
 
 def _describe_os_error(error: OSError) -> str:

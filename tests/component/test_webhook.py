@@ -101,9 +101,18 @@ async def app() -> AsyncIterator[App]:
 @dataclass
 class Notifications:
     items: list[tuple[int, str, str]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __call__(self, code: int, message: str, url: str) -> None:
         self.items.append((code, message, url))
+        self.changed.set()
+
+    async def wait_for(self, count: int, timeout: float = 5.0) -> None:
+        """Until ``count`` notifications came; fail after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            while len(self.items) < count:
+                self.changed.clear()
+                await self.changed.wait()
 
     @property
     def codes(self) -> list[int]:
@@ -599,11 +608,20 @@ async def test_callback_4xx_logged_as_15003_without_retry(
     assert caplog.records[0].getMessage().startswith("15003 ")
 
 
-async def test_callback_failures_never_raise(client: WebhookClient, notes: Notifications) -> None:
-    client.post_callback("not a url", "POST", {"CallSid": "CA1"})
-    client.post_callback(f"http://127.0.0.1:{closed_port()}/s#rc=1", "POST", {"CallSid": "CA1"})
-    assert await client.drain(5)
-    assert notes.codes == [11100, 11205]
+async def test_callback_failures_never_raise(notes: Notifications) -> None:
+    settings = WebhookSettings(
+        callback_retry_interval=0.05, callback_retry_max_interval=0.05, callback_give_up_after=0.3
+    )
+    client = WebhookClient(settings, ACCOUNT, TOKEN, on_error=notes)
+    try:
+        client.post_callback("not a url", "POST", {"CallSid": "CA1"})
+        client.post_callback(f"http://127.0.0.1:{closed_port()}/s#rc=1", "POST", {"CallSid": "CA1"})
+        await notes.wait_for(2)
+        assert client.queued == 0
+    finally:
+        await client.close()
+    assert notes.codes == [11100, 11200]  # not a URL at once; refused until given up
+    assert "last: 11205 refused" in notes.items[1][1]
 
 
 async def test_drain_times_out_on_stuck_callback(app: App, client: WebhookClient) -> None:
@@ -616,10 +634,13 @@ async def test_drain_times_out_on_stuck_callback(app: App, client: WebhookClient
     assert not await client.drain(0.1)
 
 
-async def test_closed_client_drops_callbacks(client: WebhookClient, notes: Notifications) -> None:
+async def test_closed_client_keeps_callbacks_for_the_next_start(
+    client: WebhookClient, notes: Notifications
+) -> None:
     await client.close()
     client.post_callback("http://127.0.0.1:1/status", "POST", {"CallSid": "CA1"})
-    assert notes.codes == [11200]
+    assert client.queued == 1
+    assert notes.codes == []
 
 
 # -- fragment overrides (pure) --------------------------------------------------------
