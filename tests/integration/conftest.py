@@ -311,9 +311,10 @@ def new_switch(workdir: Path, app: str) -> SwitchProcess:
 
 
 @contextlib.asynccontextmanager
-async def running(handle: Switch) -> AsyncIterator[Switch]:
-    """``handle``'s switch, started, then stopped with SIGTERM: it must exit 0."""
-    await handle.start()
+async def running(handle: Switch, log_path: Path | None = None) -> AsyncIterator[Switch]:
+    """``handle``'s switch, started (its output to ``log_path``, given, or the handle's),
+    then stopped with SIGTERM: it must exit 0."""
+    await handle.start(log_path)
     try:
         yield handle
     finally:

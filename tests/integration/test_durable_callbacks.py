@@ -35,6 +35,7 @@ from tests.integration.conftest import (
     bounded,
     free_tcp_port,
     new_switch,
+    running,
 )
 from tests.support import sipp
 from tests.support.rtp_peer import RtpPeer
@@ -213,17 +214,13 @@ async def test_callbacks_kept_across_a_restart_arrive_once_each_in_order(
     handle = new_switch(workdir, app_server.base)
     fast_retries(handle)
     async with callback_app() as app:
-        await handle.start()
-        try:
+        async with running(handle):
             sids = await calls_with_status_callbacks(handle, workdir, app.url("/status#rc=0"), 3)
-        finally:
-            assert await handle.stop() == 0, handle.log()[-4000:]
         kept = journal(handle)
         assert len(kept) == 12, "a graceful stop keeps what was not delivered"
         assert "status callbacks kept for the next start" in handle.log()
 
-        await handle.start(workdir / "switch-2.log")
-        try:
+        async with running(handle, workdir / "switch-2.log"):
             # Still down after the restart: retried, kept, nothing lost or doubled.
             await until(lambda: any(r["attempts"] > kept[0]["attempts"] for r in journal(handle)))
             assert [r["id"] for r in journal(handle)] == [r["id"] for r in kept]
@@ -235,8 +232,6 @@ async def test_callbacks_kept_across_a_restart_arrive_once_each_in_order(
             assert received[0]["CallStatus"] == "initiated"
             assert await queued_gauge(handle) == 0
             await handle.wait_idle()
-        finally:
-            assert await handle.stop() == 0, handle.log()[-4000:]
 
 
 @bounded(150)
@@ -255,15 +250,12 @@ async def test_callbacks_queued_at_a_kill_9_arrive_after_the_restart(
             assert await asyncio.wait_for(handle.process.wait(), 10) == -signal.SIGKILL
         assert len(journal(handle)) == 8
         await app.start()
-        await handle.start(workdir / "switch-2.log")
-        try:
+        async with running(handle, workdir / "switch-2.log"):
             await app.wait_for("/status", 8)
             await until(lambda: journal(handle) == [])
             check_each_event_once_in_order(app.at("/status"), sids)
             assert "8 status callbacks from an earlier run to deliver" in handle.log()
             await handle.wait_idle()
-        finally:
-            assert await handle.stop() == 0, handle.log()[-4000:]
 
 
 @bounded(90)
@@ -272,25 +264,21 @@ async def test_a_callback_down_past_the_give_up_age_becomes_an_11200_notificatio
 ) -> None:
     handle = new_switch(workdir, app_server.base)
     fast_retries(handle, give_up_after=1.5)
-    async with callback_app() as app:
-        await handle.start()
-        try:
-            (sid,) = await place_calls(
-                handle,
-                workdir,
-                1,
-                status_callback=app.url("/status#rc=0"),
-                status_callback_event=EVENTS,
-            )
-            await until(lambda: journal(handle) == [])
-            notes = await call(client_for(handle).calls(sid).notifications.list)
-            assert [n.error_code for n in notes] == ["11200"] * 4
-            assert all(n.request_url == app.url("/status") for n in notes)
-            assert "given up after" in notes[0].message_text
-            assert "given up after" in handle.log()
-            assert app.received == []
-        finally:
-            assert await handle.stop() == 0, handle.log()[-4000:]
+    async with callback_app() as app, running(handle):
+        (sid,) = await place_calls(
+            handle,
+            workdir,
+            1,
+            status_callback=app.url("/status#rc=0"),
+            status_callback_event=EVENTS,
+        )
+        await until(lambda: journal(handle) == [])
+        notes = await call(client_for(handle).calls(sid).notifications.list)
+        assert [n.error_code for n in notes] == ["11200"] * 4
+        assert all(n.request_url == app.url("/status") for n in notes)
+        assert "given up after" in notes[0].message_text
+        assert "given up after" in handle.log()
+        assert app.received == []
 
 
 @bounded(150)
@@ -300,8 +288,7 @@ async def test_a_recordings_callback_pending_is_cleared_on_delivery_not_on_queue
     handle = new_switch(workdir, app_server.base)
     fast_retries(handle)
     async with callback_app() as app:
-        await handle.start()
-        try:
+        async with running(handle):
             (sid,) = await place_calls(
                 handle, workdir, 1, record=True, recording_status_callback=app.url("/rec#rc=0")
             )
@@ -314,11 +301,8 @@ async def test_a_recordings_callback_pending_is_cleared_on_delivery_not_on_queue
             assert rows == [recording["sid"]]
             assert recording["status"] == "completed"
             assert recording["callback_pending"] == 1, "queued, not delivered: still pending"
-        finally:
-            assert await handle.stop() == 0, handle.log()[-4000:]
 
-        await handle.start(workdir / "switch-2.log")
-        try:
+        async with running(handle, workdir / "switch-2.log"):
             # The start-up repair left it to the journal: one row, not a second copy.
             assert [r["recording_sid"] for r in journal(handle)] == [recording["sid"]]
             await app.start()
@@ -332,5 +316,3 @@ async def test_a_recordings_callback_pending_is_cleared_on_delivery_not_on_queue
             )
             assert after["callback_pending"] == 0
             await handle.wait_idle()
-        finally:
-            assert await handle.stop() == 0, handle.log()[-4000:]
