@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from switch.callback_journal import CallbackJournal
 from switch.store import Store
 from switch.webhook import WebhookClient, WebhookSettings
-from tests.component.test_webhook import ACCOUNT, TOKEN, App, closed_port, status
+from tests.component.test_webhook import ACCOUNT, TOKEN, App, closed_port, serving, status
 
 FAST = WebhookSettings(
     callback_backoff=0.01,
@@ -56,14 +55,8 @@ class Observed:
 @pytest.fixture
 async def app() -> AsyncIterator[App]:
     """The app of tests/component/test_webhook.py: records requests, answers by path."""
-    recorder = App()
-    application = web.Application()
-    application.router.add_route("*", "/{tail:.*}", recorder.handle)
-    server = TestServer(application, host="127.0.0.1", port=0)
-    await server.start_server()
-    recorder.base = f"http://127.0.0.1:{server.port}"
-    yield recorder
-    await server.close()
+    async with serving() as recorder:
+        yield recorder
 
 
 @pytest.fixture

@@ -86,16 +86,25 @@ class App:
         return [seen for seen in self.seen if seen.path == path]
 
 
-@pytest.fixture
-async def app() -> AsyncIterator[App]:
+@contextlib.asynccontextmanager
+async def serving() -> AsyncIterator[App]:
+    """An `App` listening on a free loopback port."""
     recorder = App()
     application = web.Application()
     application.router.add_route("*", "/{tail:.*}", recorder.handle)
     server = TestServer(application, host="127.0.0.1", port=0)
     await server.start_server()
     recorder.base = f"http://127.0.0.1:{server.port}"
-    yield recorder
-    await server.close()
+    try:
+        yield recorder
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[App]:
+    async with serving() as recorder:
+        yield recorder
 
 
 @dataclass
