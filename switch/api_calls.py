@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import phonenumbers
 from aiohttp import web
 
+from switch.call.capacity import ERROR_CAPACITY
 from switch.call.commands import CancelCall, Command, HangUpCall, Redirect, RunTwiml
 from switch.call.pacing import Pacer
 from switch.call.registry import CallView, Refused
@@ -53,7 +54,6 @@ log = logging.getLogger(__name__)
 
 ERROR_NOT_FOUND = 20404
 ERROR_CONFLICT = 20409
-ERROR_CAPACITY = 20503
 _UPDATE_STATUSES: dict[str, Command] = {"completed": HangUpCall(), "canceled": CancelCall()}
 
 if TYPE_CHECKING:
@@ -180,7 +180,7 @@ class CallsResource:
             raise RestError(400, error.code, error.message) from None
         document = _twiml(call.twiml) if call.twiml is not None else None
         calls = self.services.calls
-        if not calls.admit():
+        if not self.services.admit_leg("api"):
             raise RestError(503, ERROR_CAPACITY, "The switch is at max_calls", {"Retry-After": "1"})
         loop = asyncio.get_running_loop()
         actor = ApiCall(
@@ -190,7 +190,7 @@ class CallsResource:
             self.services.new_call_sid(),
             self.pacer.slot(loop.time()),
         )
-        calls.add(actor)
+        calls.add(actor, unplaced=True)
         for name in call.ignored:
             actor.notify(12200, f"{name} is not supported; ignored", error=False)
         task = loop.create_task(actor.run(), name=actor.call_sid)

@@ -44,6 +44,9 @@ from switch.workers import WorkerPool
 
 log = logging.getLogger("dialswitch")
 
+CAPACITY_RETRY_AFTER = "5"
+"""Seconds an INVITE refused at [dial] max_calls is told to wait."""
+
 
 class Switch:
     """Wires the parts together and routes each inbound INVITE."""
@@ -212,10 +215,15 @@ class Switch:
         )
 
     def _admit(self, method: str, source_ip: str) -> tuple[int, str, str] | None:
+        """An out-of-dialog request, before the SIP stack acts on it: the per-source
+        limits, then for an INVITE room for its leg (switch/call/capacity.py)."""
         refused = self.floods.admit(method, source_ip, time.monotonic())
         if refused is not None:
             self.services.metrics.flood_refused(method)
-        return refused
+            return refused
+        if method == "INVITE" and not self.services.admit_leg("inbound"):
+            return 503, "Service Unavailable", CAPACITY_RETRY_AFTER
+        return None
 
     def _register(self, request: RegisterRequest) -> tuple[int, str, Sequence[tuple[str, str]]]:
         source = Source(request.transport, request.host, request.port)
@@ -232,9 +240,6 @@ class Switch:
         """
         if not leg.live:
             return  # CANCELled before we got to it
-        if not self.services.calls.admit():
-            leg.hangup(503, "Service Unavailable")
-            return
         request = leg.request
         assert request is not None
         caller = uri_user(request.header("from") or "")

@@ -31,6 +31,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple, TypeAlias, TypeVar
 
+from switch.call.capacity import ENGINE_SLOTS, MAX_LEGS
 from switch.config_clients import ClientConfig, RegistrarConfig, build_clients, build_registrar
 from switch.config_tls import TlsConfig, build_tls, srtp_mode
 
@@ -490,6 +491,7 @@ def _build(root: _Table) -> Config:
                     f"must be among the [registrar] digest_algorithms {sorted(offered)}",
                 )
             )
+    _check_rtp_room(root, sip, dial)
     api = _build_api(root.table("api"))
     limits = _build_limits(root.table("limits"))
     metrics = _build_metrics(root.table("metrics"), sip, http)
@@ -510,6 +512,25 @@ def _build(root: _Table) -> Config:
         limits,
         metrics=metrics,
     )
+
+
+def _check_rtp_room(root: _Table, sip: SipConfig, dial: DialConfig) -> None:
+    """Each leg takes an RTP/RTCP pair: the range must hold ``max_calls`` of them.
+
+    Not when either key is already wrong: its placeholder would be blamed."""
+    if any(p.key in ("sip.rtp_ports", "dial.max_calls") for p in root.problems):
+        return
+    pairs = len(sip.rtp_ports) // 2
+    if pairs < dial.max_calls:
+        low = sip.rtp_ports.start
+        root.problems.append(
+            Problem(
+                "sip.rtp_ports",
+                f"room for {pairs} call legs, but [dial] max_calls is {dial.max_calls}: it"
+                f" needs {2 * dial.max_calls} ports, e.g."
+                f' "{low}-{low + 2 * dial.max_calls - 1}"',
+            )
+        )
 
 
 def _build_limits(t: _Table) -> LimitsConfig:
@@ -709,7 +730,14 @@ def _build_dial(t: _Table) -> DialConfig:
     ringtone = (t.string("default_ringtone", "us") or "us").lower()
     if ringtone not in ringtone_codes():
         t.problem("default_ringtone", f"unknown ringtone {ringtone!r} (see media/ringback.tsv)")
-    max_calls = t.integer("max_calls", 2000, 1, 1_000_000)
+    max_calls = t.integer("max_calls", MAX_LEGS, 1, 1_000_000)
+    if max_calls > MAX_LEGS:
+        t.problem(
+            "max_calls",
+            f"this build has {ENGINE_SLOTS} call slots, of which {MAX_LEGS} can be"
+            f" admitted (the rest are for legs being torn down): at most {MAX_LEGS}",
+        )
+        max_calls = MAX_LEGS
     t.finish()
     return DialConfig(grace, ringtone, max_calls)
 

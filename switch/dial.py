@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from switch.call.capacity import ERROR_CAPACITY
 from switch.call.commands import (
     CancelCall,
     Command,
@@ -333,6 +334,14 @@ class DialRunner:
     def _invite(self, branch: Branch) -> None:
         if not branch.uri:
             self.events.put_nowait((branch.key, LegEnded(404, "No Route")))
+            return
+        if not self.services.admit_leg("dial"):
+            self.session.notify(
+                ERROR_CAPACITY,
+                f"{branch.uri}: not dialled, the switch is at max_calls",
+                error=False,
+            )
+            self.events.put_nowait((branch.key, LegEnded(503, "Service Unavailable")))
             return
         callbacks = self._callbacks_for(branch)
         from_uri = self.services.from_uri(self._caller_id())

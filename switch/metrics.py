@@ -127,6 +127,12 @@ class Metrics:
             ("method",),
             registry=self.registry,
         )
+        self.capacity = Counter(
+            "dialswitch_capacity_refused",
+            "New legs refused 503 at [dial] max_calls, by kind: inbound, dial, api.",
+            ("kind",),
+            registry=self.registry,
+        )
         self.webhook_seconds = Histogram(
             "dialswitch_webhook_seconds",
             "Seconds a webhook request took, retries and redirects included.",
@@ -137,6 +143,9 @@ class Metrics:
 
     def flood_refused(self, method: str) -> None:
         self.floods.labels(method).inc()
+
+    def capacity_refused(self, kind: str) -> None:
+        self.capacity.labels(kind).inc()
 
     def watch(self, read: Callable[[], Mapping[str, tuple[str, float]]]) -> None:
         """Levels to read at each scrape: name -> (help, value)."""

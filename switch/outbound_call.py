@@ -194,6 +194,7 @@ class ApiCall:
         group.start(loop.time())
         self.started = datetime.now(UTC)
         from_uri = self.services.from_uri(self.request.from_)
+        self.services.calls.placed(self.call_sid)  # its legs count in the engine from here
         for key, (uri, target_uri, trunk, srtp) in enumerate(targets):
             leg = self.services.engine.place_call(
                 self.call_sid,

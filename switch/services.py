@@ -18,6 +18,7 @@ import aiohttp
 
 from media.audio import MAX_DOWNLOAD, AudioCache
 from media.tones import ensure_tone_files
+from switch.call.capacity import MAX_LEGS, Admission
 from switch.call.events import LegAnswered, LegEnded, LegEvent, LegProgressed
 from switch.call.protocol import Leg, MediaEngine
 from switch.call.registry import CallRegistry
@@ -233,6 +234,25 @@ class Services:
                 self.metrics.post_dial_delay(direction, time.monotonic() - sent)
 
         stop = leg.subscribe(seen)
+
+    def admit_leg(self, kind: str) -> bool:
+        """Room for one more leg (``kind``: inbound, dial or api) under [dial] max_calls.
+
+        A refusal is counted in /metrics; reaching capacity is logged once, at
+        WARNING, until there is room again.
+        """
+        admission = self.calls.admit(self.engine.leg_count())
+        if admission.admitted:
+            return True
+        self.metrics.capacity_refused(kind)
+        if admission is Admission.NEWLY_FULL:
+            logging.getLogger("dialswitch").warning(
+                "at capacity: %d call legs, [dial] max_calls; new calls get 503 until legs"
+                " end (this build carries up to %d: raise max_calls if the machine has room)",
+                self.calls.max_calls,
+                MAX_LEGS,
+            )
+        return False
 
     def notify(
         self,

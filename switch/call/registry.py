@@ -4,8 +4,9 @@ A live call is an actor (switch/session.py for inbound and answered API
 calls, switch/api_calls.py while an API call is queued or ringing, a
 ``<Dial>`` child through its runner) that can describe itself (``view``) and
 take a REST command (``deliver``). Ended calls leave the registry and are
-found in the store. Admission counts top-level calls, inbound and API alike,
-against ``[dial] max_calls``.
+found in the store. Admission (switch/call/capacity.py) counts legs against
+``[dial] max_calls``: the engine's live legs, which the caller passes, plus
+the API calls accepted here but not placed yet.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from switch.call.capacity import Admission, Capacity
 from switch.call.commands import Command
 from switch.call.status import CallStatus
 
@@ -73,10 +75,22 @@ class LiveCall(Protocol):
 
 class CallRegistry:
     def __init__(self, max_calls: int):
-        self.max_calls = max_calls
-        self.stopping = False
+        self.capacity = Capacity(max_calls)
         self._calls: dict[str, LiveCall] = {}
         self._top_level: set[str] = set()
+        self._unplaced: set[str] = set()  # API calls accepted, their legs not placed yet
+
+    @property
+    def max_calls(self) -> int:
+        return self.capacity.max_legs
+
+    @property
+    def stopping(self) -> bool:
+        return self.capacity.stopping
+
+    @stopping.setter
+    def stopping(self, value: bool) -> None:
+        self.capacity.stopping = value
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -88,14 +102,21 @@ class CallRegistry:
     def top_level(self) -> int:
         return len(self._top_level)
 
-    def admit(self) -> bool:
-        """Room for one more top-level call (not stopping, under ``max_calls``)."""
-        return not self.stopping and len(self._top_level) < self.max_calls
+    def admit(self, legs: int) -> Admission:
+        """Room for one more leg while the engine has ``legs`` live."""
+        return self.capacity.admit(legs + len(self._unplaced))
 
-    def add(self, call: LiveCall, top_level: bool = True) -> None:
+    def add(self, call: LiveCall, top_level: bool = True, unplaced: bool = False) -> None:
+        """Register ``call``; ``unplaced``: an API call whose leg will count from `placed`."""
         self._calls[call.call_sid] = call
         if top_level:
             self._top_level.add(call.call_sid)
+        if unplaced:
+            self._unplaced.add(call.call_sid)
+
+    def placed(self, call_sid: str) -> None:
+        """The API call's legs are in the engine now (and counted there)."""
+        self._unplaced.discard(call_sid)
 
     def replace(self, call: LiveCall) -> None:
         """Hand a CallSid to the actor that runs it from now on (an answered API call)."""
@@ -104,6 +125,7 @@ class CallRegistry:
     def remove(self, call_sid: str) -> None:
         self._calls.pop(call_sid, None)
         self._top_level.discard(call_sid)
+        self._unplaced.discard(call_sid)
 
     def get(self, call_sid: str) -> LiveCall | None:
         return self._calls.get(call_sid)

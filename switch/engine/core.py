@@ -34,6 +34,7 @@ import pjsua2 as pj
 
 from switch import sipcheck
 from switch.call import protocol
+from switch.call.capacity import ENGINE_SLOTS, SLOT_HEADROOM
 from switch.call.protocol import MediaError
 from switch.config_tls import TlsConfig
 from switch.engine.legs import Leg, _PjCall, add_headers, guarded
@@ -213,10 +214,9 @@ class _Endpoint(pj.Endpoint):  # type: ignore[misc]
 
 
 class _Account(pj.Account):  # type: ignore[misc]
-    def __init__(self, engine: Engine, ports: tuple[int, int]):
+    def __init__(self, engine: Engine):
         super().__init__()
         self.engine = engine
-        self.ports = ports
 
     @guarded
     def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:  # noqa: N802
@@ -319,7 +319,6 @@ class Engine:
         self._default_account: _Account | None = None
         self._trunk_accounts: dict[str, _Account] = {}
         self._credential_accounts: dict[tuple[str, str], _Account] = {}
-        self._credential_ports: list[tuple[int, int]] = []
         self._calls: dict[int, _PjCall] = {}
         self._players: set[Player] = set()
         self._recorders: set[Recorder] = set()
@@ -341,7 +340,8 @@ class Engine:
         cfg = pj.EpConfig()
         cfg.uaConfig.threadCnt = 0
         cfg.uaConfig.mainThreadOnly = True
-        cfg.uaConfig.maxCalls = self.settings.max_calls
+        # pjsua's own limit stays above [dial] max_calls, which refuses first (503).
+        cfg.uaConfig.maxCalls = min(ENGINE_SLOTS, self.settings.max_calls + SLOT_HEADROOM)
         cfg.uaConfig.userAgent = self.settings.user_agent
         cfg.logConfig.level = self.settings.log_level
         cfg.logConfig.consoleLevel = self.settings.log_level
@@ -366,35 +366,25 @@ class Engine:
         ep.libStart()
         self._endpoint = ep
         first = self.settings.listeners[0]
-        # pjsua hands out RTP ports per account: each account gets its own slice.
-        slices = _port_slices(
-            self.settings.rtp_port_min,
-            self.settings.rtp_port_max,
-            len(self.settings.trunk_accounts),
-            CREDENTIAL_ACCOUNTS,
-        )
-        self._credential_ports = slices[1 + len(self.settings.trunk_accounts) :]
-        self._default_account = self._make_account(
-            f"sip:dialswitch@{_hostport(first)}", None, True, slices[0]
-        )
-        trunk_slices = slices[1 : 1 + len(self.settings.trunk_accounts)]
-        for trunk, ports in zip(self.settings.trunk_accounts, trunk_slices, strict=True):
+        # Every account takes RTP ports from the one range (patch 0019 of deploy/pjsua2).
+        self._default_account = self._make_account(f"sip:dialswitch@{_hostport(first)}", None, True)
+        for trunk in self.settings.trunk_accounts:
             self._trunk_accounts[trunk.name] = self._make_account(
-                f"sip:{trunk.username}@{_hostport(first)}", trunk, False, ports
+                f"sip:{trunk.username}@{_hostport(first)}", trunk, False
             )
         self._closed_fd = pj.AudioMediaRecorder.closedFd()
         self.loop.add_reader(self._closed_fd, self._read_closed)
         self._pump_task = self.loop.create_task(self._pump(), name="pjsua2-pump")
         log.info("call engine started: %d transports", len(transport_ids))
 
-    def _make_account(
-        self, id_uri: str, trunk: TrunkAccount | None, default: bool, ports: tuple[int, int]
-    ) -> _Account:
+    def _make_account(self, id_uri: str, trunk: TrunkAccount | None, default: bool) -> _Account:
         acfg = pj.AccountConfig()
         acfg.idUri = id_uri
         acfg.regConfig.registerOnAdd = False
-        acfg.mediaConfig.transportConfig.port = ports[0]
-        acfg.mediaConfig.transportConfig.portRange = ports[1] - ports[0]
+        acfg.mediaConfig.transportConfig.port = self.settings.rtp_port_min
+        acfg.mediaConfig.transportConfig.portRange = (
+            self.settings.rtp_port_max - self.settings.rtp_port_min
+        )
         acfg.mediaConfig.transportConfig.boundAddress = self.settings.listeners[0].host
         # SDES only (RFC 4568); which legs use it is set per call (_PjCall).
         acfg.mediaConfig.srtpUse = pj.PJMEDIA_SRTP_OPTIONAL
@@ -409,7 +399,7 @@ class Engine:
         if trunk is not None:
             cred = pj.AuthCredInfo("digest", "*", trunk.username, 0, trunk.password)
             acfg.sipConfig.authCreds.append(cred)
-        account = _Account(self, ports)
+        account = _Account(self)
         account.create(acfg, default)
         return account
 
@@ -549,13 +539,10 @@ class Engine:
                 idle = [k for k, a in self._credential_accounts.items() if id(a) not in busy]
                 if not idle:
                     return None
-                ports = self._credential_accounts.pop(idle[0]).ports
-            else:
-                used = {a.ports for a in self._credential_accounts.values()}
-                ports = next(p for p in self._credential_ports if p not in used)
+                del self._credential_accounts[idle[0]]
             first = self.settings.listeners[0]
             trunk = TrunkAccount(f"sip-{username}", username, password)
-            account = self._make_account(f"sip:{username}@{_hostport(first)}", trunk, False, ports)
+            account = self._make_account(f"sip:{username}@{_hostport(first)}", trunk, False)
         self._credential_accounts[key] = account  # most recently used last
         return account
 
@@ -571,6 +558,9 @@ class Engine:
             return False
         a.startTransmit(b)
         return True
+
+    def leg_count(self) -> int:
+        return len(self._calls)
 
     def player(self, path: Path, loop: bool) -> Player:
         return Player(self, path, loop)
@@ -687,29 +677,6 @@ def _split_hostport(address: str) -> tuple[str, int]:
     """``"127.0.0.1:5060"`` or ``"[::1]:5060"`` -> (host, port)."""
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port) if port.isdigit() else 0
-
-
-def _port_slices(low: int, high: int, trunks: int, extra: int) -> list[tuple[int, int]]:
-    """RTP port ranges: the default account, each trunk account, each extra account.
-
-    pjsua allocates RTP ports per account. The default account carries every
-    inbound leg and every outbound leg through a trunk without credentials, so
-    it gets half the range (all of it less the extras when there are no trunk
-    accounts); trunk accounts share the other half; each extra (per-credential)
-    account gets a small slice. Every range starts on an even port.
-    """
-    total = high - low + 1
-    extra_size = min(200, total // 20) & ~1
-    shared = total - extra * extra_size
-    default_size = (shared // 2 if trunks else shared) & ~1
-    trunk_size = ((shared - default_size) // trunks) & ~1 if trunks else 0
-    sizes = [default_size] + [trunk_size] * trunks + [extra_size] * extra
-    ranges: list[tuple[int, int]] = []
-    start = low
-    for size in sizes:
-        ranges.append((start, start + size - 1))
-        start += size
-    return ranges
 
 
 def _hostport(listener: Listener) -> str:

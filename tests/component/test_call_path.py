@@ -710,3 +710,35 @@ async def test_everything_for_the_call_goes_through_its_one_inbox(harness: Harne
     assert action.params["DialCallStatus"] == "no-answer"  # hung up while ringing
     assert call.leg.sent[-1] in ("BYE", "603")
     assert call.session.inbox.empty()
+
+
+# ---- capacity ---------------------------------------------------------------------------
+
+
+async def test_a_branch_past_max_calls_is_not_dialled_and_the_others_ring(
+    harness: Harness,
+) -> None:
+    """[dial] max_calls counts legs: with room for the caller and one more, the
+    second branch fails at once (503, notification 20503) and the first is
+    bridged; a metric counts the refusal."""
+    harness.services.calls.capacity.max_legs = 2
+    harness.app.documents["/voice"] = dial(number(ALICE), number(BOB))
+    harness.engine.far_end(ALICE, answers(after=0.03))
+    harness.engine.far_end(BOB, answers(after=0.01))
+    call = harness.call()
+
+    await harness.until(lambda: len(harness.engine.connections) == 2)
+    assert harness.engine.placed_to(BOB) == []
+    call.leg.far_hangup()
+    await call.finished()
+    (action,) = harness.app.requests("/after-dial")
+    assert action.params["DialCallStatus"] == "completed"
+    (alice,) = harness.engine.placed_to(ALICE)
+    assert action.params["DialCallSid"] == alice.call_sid
+    notices = harness.services.store.notifications(call.leg.call_sid)
+    assert [n.code for n in notices] == [20503]
+    assert "at max_calls" in notices[0].message
+    refused = harness.services.metrics.registry.get_sample_value(
+        "dialswitch_capacity_refused_total", {"kind": "dial"}
+    )
+    assert refused == 1

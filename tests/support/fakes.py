@@ -364,6 +364,9 @@ class FakeEngine:
         self._far_ends: dict[str, FarEnd] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
+    def leg_count(self) -> int:
+        return len(self.live_legs())
+
     def far_end(self, user: str, behaviour: FarEnd) -> None:
         """What the callee reached at ``user`` (a number, an identity) does when INVITEd."""
         self._far_ends[user] = behaviour

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+from switch.call.capacity import ENGINE_SLOTS, MAX_LEGS, Admission, Capacity
 from switch.call.commands import Command
 from switch.call.pacing import Pacer
 from switch.call.registry import CallRegistry, CallView
@@ -29,33 +32,51 @@ class Live:
         self.got.append(command)
 
 
-def test_admission_counts_top_level_calls_only() -> None:
-    registry = CallRegistry(max_calls=2)
-    registry.add(Live("CA1"))
-    registry.add(Live("CA1-child"), top_level=False)
-    assert registry.admit()
-    registry.add(Live("CA2"))
-    assert not registry.admit()
-    registry.remove("CA1")
-    assert registry.admit()
-    assert {c.call_sid for c in registry} == {"CA1-child", "CA2"}
+def test_admission_counts_live_legs_and_api_calls_not_placed_yet() -> None:
+    registry = CallRegistry(max_calls=3)
+    assert registry.admit(legs=2).admitted
+    registry.add(Live("CA1"), unplaced=True)  # an API call, queued: its leg is promised
+    assert registry.admit(legs=2) is Admission.NEWLY_FULL
+    registry.placed("CA1")  # now one of the engine's legs
+    assert registry.admit(legs=2).admitted
+    registry.add(Live("CA2"), unplaced=True)
+    registry.remove("CA2")  # withdrawn before it was placed
+    assert registry.admit(legs=2).admitted
+
+
+def test_reaching_capacity_is_news_once_until_there_is_room_again() -> None:
+    capacity = Capacity(max_legs=2)
+    assert [capacity.admit(n) for n in (1, 2, 2, 3, 1, 2)] == [
+        Admission.ADMITTED,
+        Admission.NEWLY_FULL,
+        Admission.FULL,
+        Admission.FULL,
+        Admission.ADMITTED,
+        Admission.NEWLY_FULL,
+    ]
 
 
 def test_stopping_admits_nothing() -> None:
     registry = CallRegistry(max_calls=10)
     registry.stopping = True
-    assert not registry.admit()
+    assert registry.admit(legs=0) is Admission.STOPPING
 
 
-def test_replace_keeps_the_admission_slot() -> None:
+def test_replace_keeps_the_call() -> None:
     registry = CallRegistry(max_calls=1)
     registry.add(Live("CA1"))
     answered = Live("CA1")
     registry.replace(answered)
     assert registry.get("CA1") is answered
-    assert not registry.admit()
     registry.remove("CA1")
-    assert registry.get("CA1") is None and registry.admit()
+    assert registry.get("CA1") is None
+
+
+def test_the_engine_slots_match_the_pjsua2_build() -> None:
+    header = Path(__file__).parents[2] / "deploy" / "pjsua2" / "config_site.h"
+    defined = re.search(r"#define PJSUA_MAX_CALLS\s+(\d+)", header.read_text())
+    assert defined is not None and int(defined[1]) == ENGINE_SLOTS
+    assert 0 < MAX_LEGS < ENGINE_SLOTS
 
 
 def test_pacer_spaces_calls_by_the_rate() -> None:

@@ -295,6 +295,17 @@ BAD = [
     (text(sip=SIP + '\ndomain = "-x"'), "sip.domain", "bad host"),
     (text(sip=SIP + '\nuser_agent = ""'), "sip.user_agent", "must not be empty"),
     (text(sip=SIP + '\nrtp_ports = "20001-29999"'), "sip.rtp_ports", "even port"),
+    (
+        text(sip=SIP + '\nrtp_ports = "20000-20999"'),
+        "sip.rtp_ports",
+        "room for 500 call legs, but [dial] max_calls is 2000: it needs 4000 ports, e.g."
+        ' "20000-23999"',
+    ),
+    (
+        text(extra="[dial]\nmax_calls = 2049"),
+        "dial.max_calls",
+        "this build has 2048 call slots, of which 2000 can be admitted",
+    ),
     (text(sip=SIP + '\nrtp_ports = "30000-20000"'), "sip.rtp_ports", "low < high"),
     (text(sip=SIP + '\nrtp_ports = "20000"'), "sip.rtp_ports", "expected low-high"),
     # HTTP
