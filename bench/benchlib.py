@@ -311,6 +311,10 @@ max_calls = {self.max_calls}
 connect_timeout = 5.0
 total_timeout = 15.0
 
+[media]
+# The bench's SIPp callers send no RTP: long holds must not be timed out.
+rtp_timeout = 0
+
 [log]
 level = "{self.log_level}"
 {limits}{trunks}

@@ -212,6 +212,7 @@ class Switch:
             ],
             log_level=5 if self.config.log.level == "debug" else 1,
             tls=sip.tls,
+            rtp_timeout=self.config.media.rtp_timeout,
         )
 
     def _admit(self, method: str, source_ip: str) -> tuple[int, str, str] | None:

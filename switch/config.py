@@ -237,6 +237,13 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class MediaConfig:
+    rtp_timeout: float = 60.0
+    """Seconds an answered leg may receive no RTP (unless held) before it is hung up;
+    0: never."""
+
+
+@dataclass(frozen=True)
 class Config:
     sip: SipConfig
     http: HttpConfig
@@ -253,6 +260,7 @@ class Config:
     api: ApiConfig = ApiConfig(10.0)
     limits: LimitsConfig = LimitsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    media: MediaConfig = MediaConfig()
 
     def client(self, identity: str) -> ClientConfig | None:
         """A registered client's configuration, or None for an unknown identity."""
@@ -495,6 +503,9 @@ def _build(root: _Table) -> Config:
     api = _build_api(root.table("api"))
     limits = _build_limits(root.table("limits"))
     metrics = _build_metrics(root.table("metrics"), sip, http)
+    media_table = root.table("media")
+    media = MediaConfig(media_table.integer("rtp_timeout", 60, 0, 3600))
+    media_table.finish()
     root.finish()
     return Config(
         sip,
@@ -511,6 +522,7 @@ def _build(root: _Table) -> Config:
         api,
         limits,
         metrics=metrics,
+        media=media,
     )
 
 

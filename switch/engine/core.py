@@ -36,6 +36,7 @@ from switch import sipcheck
 from switch.call import protocol
 from switch.call.capacity import ENGINE_SLOTS, SLOT_HEADROOM
 from switch.call.protocol import MediaError
+from switch.call.rtp_watch import RtpWatch
 from switch.config_tls import TlsConfig
 from switch.engine.legs import Leg, _PjCall, add_headers, guarded
 from switch.engine.tls import TlsFailures
@@ -48,6 +49,7 @@ CREDENTIAL_ACCOUNTS = 8  # <Sip username/password> pairs with an account of thei
 PUMP_BURST = 64  # handle at most this many event batches before yielding to the loop
 CLOSED_TOKEN = struct.Struct("l")  # a recorder-closed token: a C long, native order
 CLOSED_READ = CLOSED_TOKEN.size * 1024  # bytes taken per read: whole tokens only
+RTP_CHECK_SECONDS = 5.0  # how often answered legs' RTP counts are read for rtp_timeout
 TLS_HANDSHAKE_MS = 5000  # a TLS handshake not done by then fails the connection
 SRTP_SUITES = ("AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32")
 """The SDES suites offered and accepted: the two every SRTP phone and carrier has
@@ -84,6 +86,7 @@ class EngineSettings:
     user_agent: str = "dialswitch"
     trunk_accounts: Sequence[TrunkAccount] = field(default_factory=tuple)
     log_level: int = 1  # pjsua2's own log level (0..6)
+    rtp_timeout: float = 60.0  # an answered leg silent this long is hung up; 0: never
     tls: TlsConfig = TlsConfig()
 
 
@@ -326,6 +329,7 @@ class Engine:
         self._close_tokens = itertools.count(1)
         self._closed_fd: int | None = None
         self._pump_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self._sid_factory: Callable[[], str] | None = None
         self.tls_failures = TlsFailures()
         self.rtp = RtpCounts()  # counted as each stream ends (_PjCall)
@@ -375,6 +379,8 @@ class Engine:
         self._closed_fd = pj.AudioMediaRecorder.closedFd()
         self.loop.add_reader(self._closed_fd, self._read_closed)
         self._pump_task = self.loop.create_task(self._pump(), name="pjsua2-pump")
+        if self.settings.rtp_timeout > 0:
+            self._watch_task = self.loop.create_task(self._watch_rtp(), name="rtp-timeout")
         log.info("call engine started: %d transports", len(transport_ids))
 
     def _make_account(self, id_uri: str, trunk: TrunkAccount | None, default: bool) -> _Account:
@@ -412,6 +418,37 @@ class Engine:
                 busy += 1
             await asyncio.sleep(0 if busy == PUMP_BURST else PUMP_IDLE_SECONDS)
 
+    async def _watch_rtp(self) -> None:
+        """Hang up answered legs that received no RTP for ``rtp_timeout`` seconds."""
+        watch = RtpWatch(self.settings.rtp_timeout)
+        every = min(RTP_CHECK_SECONDS, self.settings.rtp_timeout / 2)
+        while True:
+            await asyncio.sleep(every)
+            self._check_rtp(watch)
+
+    def _check_rtp(self, watch: RtpWatch) -> None:
+        """One pass of `_watch_rtp`. A function of its own: a call object left in the
+        task's frame would outlive libDestroy() and abort the process."""
+        now = self.loop.time()
+        for slot, call in list(self._calls.items()):
+            leg = call.leg
+            index = leg._media_index
+            if not leg.answered or index is None or call.gone:
+                continue
+            try:
+                packets = call.getStreamStat(index).rtcp.rxStat.pkt
+                receiving = bool(call.getInfo().media[index].dir & pj.PJMEDIA_DIR_DECODING)
+            except pj.Error:
+                continue  # no stream at this moment (a re-INVITE in progress)
+            if watch.silent(slot, packets, receiving, now):
+                log.warning(
+                    "%s: no RTP received for %.0f s: hanging up ([media] rtp_timeout)",
+                    leg.call_sid,
+                    self.settings.rtp_timeout,
+                )
+                leg.hangup()
+        watch.keep_only(self._calls)
+
     async def shutdown(self, grace: float = 5.0) -> None:
         """Hang up every live call (BYE/CANCEL), wait for them to end, destroy pjsua2."""
         for leg in [call.leg for call in self._calls.values()]:
@@ -419,10 +456,11 @@ class Engine:
         deadline = self.loop.time() + grace
         while self._calls and self.loop.time() < deadline:
             await asyncio.sleep(0.01)
-        if self._pump_task is not None:
-            self._pump_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump_task
+        for task in (self._pump_task, self._watch_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._release_all()
         gc.collect()
         if self._closed_fd is not None:

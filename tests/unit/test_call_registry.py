@@ -13,6 +13,7 @@ from switch.call.capacity import ENGINE_SLOTS, MAX_LEGS, Admission, Capacity
 from switch.call.commands import Command
 from switch.call.pacing import Pacer
 from switch.call.registry import CallRegistry, CallView
+from switch.call.rtp_watch import RtpWatch
 from switch.call.status import CallStatus
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -94,3 +95,21 @@ def test_duration_is_null_while_live_and_zero_unanswered() -> None:
         "CA1", None, "a", "b", CallStatus.COMPLETED, "inbound", T0, T0 + timedelta(seconds=7.9), T0
     )
     assert answered.duration() == 7
+
+
+def test_a_leg_whose_rtp_stopped_is_silent_after_the_timeout() -> None:
+    watch = RtpWatch(timeout=60)
+    assert not watch.silent("a", packets=10, receiving=True, now=0)
+    assert not watch.silent("a", packets=500, receiving=True, now=30)  # moving
+    assert not watch.silent("a", packets=500, receiving=True, now=89)
+    assert watch.silent("a", packets=500, receiving=True, now=90)
+
+
+def test_a_held_leg_is_not_timed_and_its_clock_restarts_after_the_hold() -> None:
+    watch = RtpWatch(timeout=60)
+    watch.silent("a", packets=10, receiving=True, now=0)
+    assert not watch.silent("a", packets=10, receiving=False, now=100)  # on hold
+    assert not watch.silent("a", packets=10, receiving=True, now=150)
+    assert watch.silent("a", packets=10, receiving=True, now=160)
+    watch.keep_only([])
+    assert not watch.silent("a", packets=10, receiving=True, now=500)  # forgotten: anew

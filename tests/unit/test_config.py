@@ -95,6 +95,7 @@ def test_defaults_of_a_minimal_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert config.webhooks.connect_retries == 1
     assert config.webhooks.max_body == 65536
     assert (config.log.level, config.log.format) == ("info", "text")
+    assert config.media.rtp_timeout == 60
 
 
 def test_secrets_stay_out_of_repr(tmp_path: Path) -> None:
@@ -301,6 +302,7 @@ BAD = [
         "room for 500 call legs, but [dial] max_calls is 2000: it needs 4000 ports, e.g."
         ' "20000-23999"',
     ),
+    (text(extra="[media]\nrtp_timeout = -1"), "media.rtp_timeout", "between 0 and 3600"),
     (
         text(extra="[dial]\nmax_calls = 2049"),
         "dial.max_calls",

@@ -1,0 +1,79 @@
+"""``[media] rtp_timeout``: an answered leg whose far end stopped sending RTP is
+hung up, the others are not.
+
+This module's switch times legs out after 2 s. A caller bridged to a callee
+that answers but never sends RTP: the callee's leg gets a BYE from the switch
+a few seconds after the answer; the caller, whose RTP flows, is not timed out
+but released by the app's action document.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from tests.integration.conftest import NUMBER, AppServer, SwitchProcess, new_switch, running
+from tests.support import sipp
+from tests.support.rtp_peer import RtpPeer
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+CALLEE = "+15551230001"
+TIMEOUT = 2
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def switch_process(
+    app_server: AppServer, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[SwitchProcess]:
+    handle = new_switch(tmp_path_factory.mktemp("rtp-timeout"), app_server.base)
+    assert handle.config is not None
+    text = handle.config.read_text()
+    handle.config.write_text(
+        re.sub(r"(?m)^\[log\]$", f"[media]\nrtp_timeout = {TIMEOUT}\n\n[log]", text)
+    )
+    async with running(handle):
+        yield handle
+
+
+async def test_a_silent_callee_is_hung_up_after_the_rtp_timeout(
+    switch: SwitchProcess, app_server: AppServer, workdir: Path
+) -> None:
+    app_server.routes["/voice"] = (
+        f'<Response><Dial timeout="10" action="/action"><Number>{CALLEE}</Number></Dial></Response>'
+    )
+    app_server.routes["/action"] = "<Response><Hangup/></Response>"
+    caller_audio = RtpPeer(600)  # the caller talks
+    silent = RtpPeer(None)  # the callee's media address: it receives, sends nothing
+    await caller_audio.start()
+    await silent.start()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        # The callee answers with an SDP but sends nothing; both wait for the
+        # switch's BYE (without the timeout, none would come: SIPp gives up at 20 s).
+        caller, callee = await sipp.run_call(
+            switch,
+            workdir,
+            sipp.caller(NUMBER, caller_audio.port),
+            sipp.callee("answer", rtp_port=silent.port),
+            timeout=20,
+            callee_wait=10,
+        )
+    finally:
+        caller_audio.close()
+        silent.close()
+    elapsed = loop.time() - started
+    assert callee is not None
+    received = [m.split(" ", 1)[0] for m in callee.messages().received()]
+    assert received[:3] == ["INVITE", "ACK", "BYE"], received  # the switch hung it up
+    assert elapsed < 12, f"the silent callee was not timed out ({elapsed:.1f} s)"
+    (action,) = app_server.hits("/action")
+    assert action.params["DialCallStatus"] == "completed"
+    assert TIMEOUT <= int(action.params["DialCallDuration"]) <= TIMEOUT + 4
+    assert "no RTP received for 2 s" in switch.log()
