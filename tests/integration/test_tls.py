@@ -48,6 +48,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 ALICE = ("alice", "alice-secret-1")  # over TLS, srtp = "mandatory"
 CAROL = ("carol", "carol-secret-1")  # plain UDP phone, srtp = "mandatory"
+CALLEE = "+15551230001"  # the default trunk's SIPp callee
 PLAIN_CALLEE = "+17905550100"  # routed to "srtp-only": SRTP mandatory, plain SIPp callee
 BAD_TRUNKS = {  # number -> (trunk, what the switch must say about its certificate)
     "+17775550100": ("unknown-ca", "The certificate is untrusted"),
@@ -243,6 +244,35 @@ async def test_phone_call_over_tls_is_answered_with_srtp(switch, app_server, wor
     )
     assert re.search(r"^m=audio \d+ RTP/SAVP ", answer, re.M), answer
     assert re.search(r"^a=crypto:\d+ AES_CM_128_HMAC_SHA1_80 inline:", answer, re.M), answer
+
+
+async def test_ringback_reaches_a_phone_over_srtp(switch, app_server, workdir):
+    """alice calls out over TLS with mandatory SRTP; her app dials a number that
+    only rings: the switch's ringback tone (US, 440 + 480 Hz) is what her phone
+    decodes from the SRTP stream until the <Dial> gives up."""
+    app_server.routes["/client"] = (
+        f'<Response><Dial timeout="3" action="/rang"><Number>{CALLEE}</Number></Dial></Response>'
+    )
+    app_server.routes["/rang"] = "<Response><Hangup/></Response>"
+    phone = baresip_phone(workdir, switch, tone_hz=1000)
+    callee = sipp.Sipp(workdir, "callee", sipp.callee("ring"), port=switch.trunk_port)
+    try:
+        await callee.start(timeout_s=30)
+        await phone.start()
+        await phone.wait_for(r"registered successfully")
+        await phone.dial(f"sip:{NUMBER}@127.0.0.1:{switch.tls_port}")
+        (rang,) = await app_server.wait_for("/rang", timeout=20)
+        await phone.wait_for(r"Call with \S+ terminated")
+        await callee.finish(20)
+    finally:
+        code = await phone.stop()
+        await callee.stop()
+    assert code == 0, phone.text()[-3000:]
+    assert rang.params["DialCallStatus"] == "no-answer", rang.params
+    heard, rate = phone.heard()
+    assert len(heard) > rate, "the phone decoded no audio"
+    ringback = tone_power(heard, rate, 440) + tone_power(heard, rate, 480)
+    assert ringback > 10 * tone_power(heard, rate, 1000), "no ringback over SRTP"
 
 
 async def fetch_recording(switch: TlsSwitch, sid: str) -> list[npt.NDArray[np.int16]]:
