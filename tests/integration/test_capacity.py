@@ -33,7 +33,7 @@ from tests.support.sipraw import SipUdp
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 CALLEE = "+15551230001"
-RTP_LOW = 16000  # below the ephemeral ports and the other modules' ranges
+RTP_LOW = 7000  # outside the ephemeral ports, the peers' (10000-19999) and switches' ranges
 RTP_PAIRS = 240
 HELD_PAIRS = 230  # more than twice pjsua's 100 tries before patch 0019
 SDP = (

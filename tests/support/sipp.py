@@ -389,6 +389,24 @@ class Sipp:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
+        if not target:
+            await self._listening()
+
+    async def _listening(self, timeout: float = 5.0) -> None:
+        """A SIPp that waits for requests (no target): return once its UDP port is bound
+        (seen in /proc/net/udp, without touching the port), so that nothing is sent to
+        it before it listens."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        port = f":{self.port:04X}"
+        while loop.time() < deadline:
+            assert self.process is not None
+            if self.process.returncode is not None:
+                return  # exited: wait() and its logs say why
+            with open("/proc/net/udp") as table:
+                if any(line.split()[1].endswith(port) for line in list(table)[1:]):
+                    return
+            await asyncio.sleep(0.01)
 
     async def wait(self, timeout: float = 60) -> int:
         assert self.process is not None
