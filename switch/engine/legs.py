@@ -176,6 +176,8 @@ class Leg:
         self.tls_destination = ""  # outbound over TLS: "host:port" the INVITE goes to
         self.final_failure = ""  # why the far end was never reached (LegEnded.failure)
         self._refer: SipMessage | None = None  # the REFER being decided
+        self._ok_sent = False  # inbound: our 200 is out (answered once the ACK comes)
+        self._hangup_after_ack = False
         self._call: _PjCall | None = None
         self._media_index: int | None = None
         self._subscribers: list[Callable[[LegEvent], None]] = []
@@ -220,6 +222,7 @@ class Leg:
         if self._call is None or self.outbound or self.state is LegState.ANSWERED:
             return
         self._respond(200)
+        self._ok_sent = True
 
     def hangup(
         self,
@@ -230,9 +233,14 @@ class Leg:
         """End the leg: reject (inbound, unanswered), CANCEL (outbound, unanswered) or BYE.
 
         ``headers`` go on a rejecting response (e.g. Proxy-Authenticate on a 407).
+        An inbound leg whose 200 is not ACKed yet is hung up when the ACK comes:
+        pjsua's BYE sent before it was followed by a second one.
         """
         call = self._call
         if call is None or call.gone:
+            return
+        if self._ok_sent and not self.answered:
+            self._hangup_after_ack = True
             return
         prm = pj.CallOpParam(True)
         if sip_code is not None and not self.outbound and not self.answered:
@@ -323,6 +331,8 @@ class Leg:
         self.was_answered = True
         if self.machine.process(LegInput.ANSWERED):
             self._emit(LegAnswered())
+        if self._hangup_after_ack:
+            self.hangup()
 
     def _media_active(self, call: _PjCall, index: int) -> None:
         self._media_index = index
