@@ -221,8 +221,7 @@ class Leg:
         """Inbound only: send 200 OK. The leg becomes ANSWERED when the ACK arrives."""
         if self._call is None or self.outbound or self.state is LegState.ANSWERED:
             return
-        self._respond(200)
-        self._ok_sent = True
+        self._ok_sent = self._respond(200)
 
     def hangup(
         self,
@@ -293,7 +292,8 @@ class Leg:
     def _attach(self, call: _PjCall) -> None:
         self._call = call
 
-    def _respond(self, code: int) -> None:
+    def _respond(self, code: int) -> bool:
+        """Send ``code`` to the INVITE; False when pjsua refused to."""
         assert self._call is not None
         prm = pj.CallOpParam(True)
         prm.statusCode = code
@@ -301,6 +301,8 @@ class Leg:
             self._call.answer(prm)
         except pj.Error as error:
             log.warning("%s: answer %d refused: %s", self.call_sid, code, error.info())
+            return False
+        return True
 
     def _transfer_requested(self, refer_to: str) -> int:
         """The status to answer a REFER with: 202 once, when the call logic allows it."""
