@@ -97,8 +97,12 @@ async def callback_app() -> AsyncIterator[CallbackApp]:
         await server.stop()
 
 
-def fast_retries(handle: SwitchProcess, give_up_after: float = 120.0) -> None:
-    """Retry after 0.2 s, doubling up to 0.5 s; give up ``give_up_after`` s after queueing."""
+def fast_switch(
+    app_server: AppServer, workdir: Path, give_up_after: float = 120.0
+) -> SwitchProcess:
+    """A switch (not started) whose callbacks are retried after 0.2 s, doubling up to
+    0.5 s, and given up ``give_up_after`` s after queueing."""
+    handle = new_switch(workdir, app_server.base)
     assert handle.config is not None
     text = handle.config.read_text()
     assert text.count("[webhooks]\n") == 1
@@ -109,6 +113,17 @@ def fast_retries(handle: SwitchProcess, give_up_after: float = 120.0) -> None:
             f"callback_give_up_after = {give_up_after}\n",
         )
     )
+    return handle
+
+
+async def delivered_once_in_order(
+    app: CallbackApp, handle: SwitchProcess, count: int, sids: list[str]
+) -> list[dict[str, str]]:
+    """Wait for ``count`` callbacks and an empty journal; check each call's events."""
+    received = await app.wait_for("/status", count)
+    await until(lambda: journal(handle) == [])
+    check_each_event_once_in_order(app.at("/status"), sids)
+    return received
 
 
 def client_for(handle: SwitchProcess) -> Client:
@@ -211,8 +226,7 @@ def check_each_event_once_in_order(received: list[dict[str, str]], sids: list[st
 async def test_callbacks_kept_across_a_restart_arrive_once_each_in_order(
     app_server: AppServer, workdir: Path
 ) -> None:
-    handle = new_switch(workdir, app_server.base)
-    fast_retries(handle)
+    handle = fast_switch(app_server, workdir)
     async with callback_app() as app:
         async with running(handle):
             sids = await calls_with_status_callbacks(handle, workdir, app.url("/status#rc=0"), 3)
@@ -226,9 +240,7 @@ async def test_callbacks_kept_across_a_restart_arrive_once_each_in_order(
             assert [r["id"] for r in journal(handle)] == [r["id"] for r in kept]
             assert await queued_gauge(handle) == 12
             await app.start()
-            received = await app.wait_for("/status", 12)
-            await until(lambda: journal(handle) == [])
-            check_each_event_once_in_order(app.at("/status"), sids)
+            received = await delivered_once_in_order(app, handle, 12, sids)
             assert received[0]["CallStatus"] == "initiated"
             assert await queued_gauge(handle) == 0
             await handle.wait_idle()
@@ -238,8 +250,7 @@ async def test_callbacks_kept_across_a_restart_arrive_once_each_in_order(
 async def test_callbacks_queued_at_a_kill_9_arrive_after_the_restart(
     app_server: AppServer, workdir: Path
 ) -> None:
-    handle = new_switch(workdir, app_server.base)
-    fast_retries(handle)
+    handle = fast_switch(app_server, workdir)
     async with callback_app() as app:
         await handle.start()
         try:
@@ -251,9 +262,7 @@ async def test_callbacks_queued_at_a_kill_9_arrive_after_the_restart(
         assert len(journal(handle)) == 8
         await app.start()
         async with running(handle, workdir / "switch-2.log"):
-            await app.wait_for("/status", 8)
-            await until(lambda: journal(handle) == [])
-            check_each_event_once_in_order(app.at("/status"), sids)
+            await delivered_once_in_order(app, handle, 8, sids)
             assert "8 status callbacks from an earlier run to deliver" in handle.log()
             await handle.wait_idle()
 
@@ -262,8 +271,7 @@ async def test_callbacks_queued_at_a_kill_9_arrive_after_the_restart(
 async def test_a_callback_down_past_the_give_up_age_becomes_an_11200_notification(
     app_server: AppServer, workdir: Path
 ) -> None:
-    handle = new_switch(workdir, app_server.base)
-    fast_retries(handle, give_up_after=1.5)
+    handle = fast_switch(app_server, workdir, give_up_after=1.5)
     async with callback_app() as app, running(handle):
         (sid,) = await place_calls(
             handle,
@@ -285,8 +293,7 @@ async def test_a_callback_down_past_the_give_up_age_becomes_an_11200_notificatio
 async def test_a_recordings_callback_pending_is_cleared_on_delivery_not_on_queueing(
     app_server: AppServer, workdir: Path
 ) -> None:
-    handle = new_switch(workdir, app_server.base)
-    fast_retries(handle)
+    handle = fast_switch(app_server, workdir)
     async with callback_app() as app:
         async with running(handle):
             (sid,) = await place_calls(
