@@ -20,13 +20,14 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from tests.support.certs import TestCa
 from tests.support.sipp import free_udp_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -308,6 +309,39 @@ def new_switch(workdir: Path, app: str) -> SwitchProcess:
     handle.config = write_config(workdir, handle.sip_port, handle.http_port, handle.trunk_port, app)
     handle.log_path = workdir / "switch.log"
     return handle
+
+
+class TlsSwitch(SwitchProcess):
+    """A switch whose SIP listeners are udp: and tls:, with a certificate its own test
+    CA signed and that CA as ``tls_ca``."""
+
+    ca: TestCa
+    tls_port: int
+
+    @classmethod
+    def create(cls, workdir: Path, app: str, sip: str = "") -> Self:
+        """`new_switch`'s switch with the tcp: listener made tls: on a port of its own;
+        ``sip``: more ``[sip]`` lines."""
+        base = new_switch(workdir, app)
+        handle = cls(base.workdir, base.sip_port, base.http_port, base.trunk_port)
+        handle.config, handle.log_path = base.config, base.log_path
+        handle.ca = TestCa(workdir / "ca")
+        handle.tls_port = free_tcp_port()
+        issued = handle.ca.issue("switch")
+        assert handle.config is not None
+        text = handle.config.read_text()
+        old = f'listen = ["udp:127.0.0.1:{handle.sip_port}", "tcp:127.0.0.1:{handle.sip_port}"]'
+        assert old in text
+        handle.config.write_text(
+            text.replace(
+                old,
+                f'listen = ["udp:127.0.0.1:{handle.sip_port}", "tls:127.0.0.1:{handle.tls_port}"]\n'
+                f'tls_certificate = "{issued.certificate}"\n'
+                f'tls_private_key = "{issued.private_key}"\n'
+                f'tls_ca = "{handle.ca.path}"\n{sip}',
+            )
+        )
+        return handle
 
 
 @contextlib.asynccontextmanager

@@ -32,10 +32,9 @@ from tests.integration.conftest import (
     AUTH_TOKEN,
     NUMBER,
     AppServer,
-    SwitchProcess,
+    TlsSwitch,
     free_port_pair,
     free_tcp_port,
-    free_udp_port,
     running,
 )
 from tests.support import sipp, sipp_reg
@@ -60,66 +59,29 @@ BAD_TRUNKS = {  # number -> (trunk, what the switch must say about its certifica
 }
 
 
-class TlsSwitch(SwitchProcess):
-    ca: TestCa
-    tls_port: int
+class TrunkSwitch(TlsSwitch):
     far_ports: dict[str, int]
+    """TLS far ends of the trunks that must be refused, by trunk name."""
 
 
-def write_tls_config(handle: TlsSwitch, app: str) -> Path:
-    workdir = handle.workdir
-    issued = handle.ca.issue("switch")
-    trunks = "".join(
+def tls_tables(far_ports: dict[str, int], trunk_port: int, app: str) -> str:
+    """The trunks and clients of this module's switch."""
+    bad_trunks = "".join(
         f"""
 [[trunks]]
 name = "{name}"
-uri = "sips:127.0.0.1:{handle.far_ports[name]}"
+uri = "sips:127.0.0.1:{far_ports[name]}"
 prefixes = ["{number[:5]}"]
 """
         for number, (name, _) in BAD_TRUNKS.items()
     )
-    config = workdir / "dialswitch.toml"
-    config.write_text(
-        f"""
-[sip]
-listen = ["udp:127.0.0.1:{handle.sip_port}", "tls:127.0.0.1:{handle.tls_port}"]
-rtp_ports = "36000-37999"
-tls_certificate = "{issued.certificate}"
-tls_private_key = "{issued.private_key}"
-tls_ca = "{handle.ca.path}"
-
-[http]
-listen = "127.0.0.1:{handle.http_port}"
-
-[account]
-sid = "{ACCOUNT_SID}"
-auth_token = "{AUTH_TOKEN}"
-
-[storage]
-path = "{workdir / "var"}"
-
-[dial]
-timeout_grace = 1
-max_calls = 100
-
-[webhooks]
-connect_timeout = 1.0
-total_timeout = 3.0
-
-[[trunks]]
-name = "carrier"
-uri = "sip:127.0.0.1:{handle.trunk_port}"
-
+    return f"""
 [[trunks]]
 name = "srtp-only"
-uri = "sip:127.0.0.1:{handle.trunk_port}"
+uri = "sip:127.0.0.1:{trunk_port}"
 prefixes = ["+1790"]
 srtp = "mandatory"
-{trunks}
-[[numbers]]
-number = "{NUMBER}"
-voice_url = "{app}/voice"
-
+{bad_trunks}
 [[clients]]
 identity = "{ALICE[0]}"
 password = "{ALICE[1]}"
@@ -132,26 +94,23 @@ password = "{CAROL[1]}"
 voice_url = "{app}/client"
 srtp = "mandatory"
 """
-    )
-    return config
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def switch_process(
     app_server: AppServer, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[TlsSwitch]:
-    workdir = tmp_path_factory.mktemp("tls-switch")
-    handle = TlsSwitch(workdir, free_port_pair(), free_tcp_port(), free_udp_port())
-    handle.ca = TestCa(workdir / "ca")
-    handle.tls_port = free_tcp_port()
-    handle.far_ports = {name: free_tcp_port() for name, _ in BAD_TRUNKS.values()}
-    handle.config = write_tls_config(handle, app_server.base)
-    handle.log_path = workdir / "switch.log"
+) -> AsyncIterator[TrunkSwitch]:
+    far_ports = {name: free_tcp_port() for name, _ in BAD_TRUNKS.values()}
+    handle = TrunkSwitch.create(tmp_path_factory.mktemp("tls-switch"), app_server.base)
+    handle.far_ports = far_ports
+    assert handle.config is not None
+    tables = tls_tables(far_ports, handle.trunk_port, app_server.base)
+    handle.config.write_text(handle.config.read_text() + tables)
     async with running(handle):
         yield handle
 
 
-def baresip_phone(workdir: Path, switch: TlsSwitch, *, tone_hz: int) -> Baresip:
+def baresip_phone(workdir: Path, switch: TrunkSwitch, *, tone_hz: int) -> Baresip:
     """alice's phone: registered over TLS, SRTP mandatory, trusting the test CA."""
     own = switch.ca.issue("baresip")
     return Baresip(
@@ -278,7 +237,7 @@ async def test_ringback_reaches_a_phone_over_srtp(switch, app_server, workdir):
     assert ringback > 10 * tone_power(heard, rate, 1000), "no ringback over SRTP"
 
 
-async def fetch_recording(switch: TlsSwitch, sid: str) -> list[npt.NDArray[np.int16]]:
+async def fetch_recording(switch: TrunkSwitch, sid: str) -> list[npt.NDArray[np.int16]]:
     """A recording's channels, fetched from the Recordings API as WAV."""
     url = f"{switch.http}/2010-04-01/Accounts/{ACCOUNT_SID}/Recordings/{sid}.wav"
     auth = {"Authorization": aiohttp.encode_basic_auth(ACCOUNT_SID, AUTH_TOKEN)}

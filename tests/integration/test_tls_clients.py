@@ -16,41 +16,18 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from tests.integration.conftest import AppServer, SwitchProcess, free_tcp_port, new_switch, running
+from tests.integration.conftest import AppServer, TlsSwitch, running
 from tests.support.certs import Issued, TestCa
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 
-class ClientCertSwitch(SwitchProcess):
-    ca: TestCa
-    tls_port: int
-
-
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def switch_process(
     app_server: AppServer, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[ClientCertSwitch]:
-    base = new_switch(tmp_path_factory.mktemp("tls-clients"), app_server.base)
-    handle = ClientCertSwitch(base.workdir, base.sip_port, base.http_port, base.trunk_port)
-    handle.config, handle.log_path = base.config, base.log_path
-    handle.ca = TestCa(handle.workdir / "ca")
-    handle.tls_port = free_tcp_port()
-    issued = handle.ca.issue("switch")
-    assert handle.config is not None
-    text = handle.config.read_text()
-    old = f'listen = ["udp:127.0.0.1:{handle.sip_port}", "tcp:127.0.0.1:{handle.sip_port}"]'
-    assert old in text
-    handle.config.write_text(
-        text.replace(
-            old,
-            f'listen = ["udp:127.0.0.1:{handle.sip_port}", "tls:127.0.0.1:{handle.tls_port}"]\n'
-            f'tls_certificate = "{issued.certificate}"\n'
-            f'tls_private_key = "{issued.private_key}"\n'
-            f'tls_ca = "{handle.ca.path}"\n'
-            "tls_verify_client = true",
-        )
-    )
+) -> AsyncIterator[TlsSwitch]:
+    workdir = tmp_path_factory.mktemp("tls-clients")
+    handle = TlsSwitch.create(workdir, app_server.base, sip="tls_verify_client = true\n")
     async with running(handle):
         yield handle
 
@@ -63,7 +40,7 @@ def client_context(ca: TestCa, own: Issued | None) -> ssl.SSLContext:
     return context
 
 
-async def options_over_tls(switch: ClientCertSwitch, context: ssl.SSLContext) -> tuple[str, str]:
+async def options_over_tls(switch: TlsSwitch, context: ssl.SSLContext) -> tuple[str, str]:
     """(status line of the answer to an OPTIONS, TLS version); raises if TLS fails."""
     reader, writer = await asyncio.wait_for(
         asyncio.open_connection(
@@ -93,14 +70,14 @@ async def options_over_tls(switch: ClientCertSwitch, context: ssl.SSLContext) ->
         writer.close()
 
 
-async def test_a_phone_with_a_certificate_of_tls_ca_is_served(switch: ClientCertSwitch) -> None:
+async def test_a_phone_with_a_certificate_of_tls_ca_is_served(switch: TlsSwitch) -> None:
     own = switch.ca.issue("phone")
     status, version = await options_over_tls(switch, client_context(switch.ca, own))
     assert status == "SIP/2.0 200 OK", status
     assert version in ("TLSv1.2", "TLSv1.3")
 
 
-async def refused(switch: ClientCertSwitch, context: ssl.SSLContext) -> bool:
+async def refused(switch: TlsSwitch, context: ssl.SSLContext) -> bool:
     """Whether the switch ends the TLS handshake or the connection without serving."""
     try:
         status, _ = await options_over_tls(switch, context)
@@ -109,17 +86,17 @@ async def refused(switch: ClientCertSwitch, context: ssl.SSLContext) -> bool:
     return not status
 
 
-async def test_a_phone_without_a_certificate_is_refused(switch: ClientCertSwitch) -> None:
+async def test_a_phone_without_a_certificate_is_refused(switch: TlsSwitch) -> None:
     assert await refused(switch, client_context(switch.ca, None))
 
 
-async def test_a_certificate_of_another_ca_is_refused(switch: ClientCertSwitch) -> None:
+async def test_a_certificate_of_another_ca_is_refused(switch: TlsSwitch) -> None:
     rogue = TestCa(switch.workdir / "rogue", "rogue CA").issue("phone")
     assert await refused(switch, client_context(switch.ca, rogue))
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
-async def test_tls_1_1_is_refused(switch: ClientCertSwitch) -> None:
+async def test_tls_1_1_is_refused(switch: TlsSwitch) -> None:
     """This client does TLS 1.1 with a server that allows it; ours does not."""
     context = client_context(switch.ca, switch.ca.issue("old-phone"))
     context.minimum_version = ssl.TLSVersion.TLSv1
