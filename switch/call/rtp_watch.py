@@ -10,7 +10,7 @@ timed: its clock restarts when it is taken off hold.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 
 
@@ -25,11 +25,14 @@ class RtpWatch:
         self.timeout = timeout
         self._seen: dict[Hashable, _Seen] = {}
 
-    def silent(self, leg: Hashable, packets: int, receiving: bool, now: float) -> bool:
+    def silent(
+        self, leg: Hashable, packets: int, receiving: Callable[[], bool], now: float
+    ) -> bool:
         """Whether ``leg`` received no RTP for the timeout: ``packets`` is its count of
-        received packets now, ``receiving`` False while its far end holds it."""
+        received packets now; ``receiving()`` is False while its far end holds it, and
+        is asked only when the count has not moved (it costs a look at the call)."""
         seen = self._seen.get(leg)
-        if not receiving or seen is None or packets != seen.packets:
+        if seen is None or packets != seen.packets or not receiving():
             self._seen[leg] = _Seen(packets, now)
             return False
         return now - seen.since >= self.timeout

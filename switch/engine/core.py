@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import ipaddress
 import itertools
@@ -437,10 +438,9 @@ class Engine:
                 continue
             try:
                 packets = call.getStreamStat(index).rtcp.rxStat.pkt
-                receiving = bool(call.getInfo().media[index].dir & pj.PJMEDIA_DIR_DECODING)
             except pj.Error:
                 continue  # no stream at this moment (a re-INVITE in progress)
-            if watch.silent(slot, packets, receiving, now):
+            if watch.silent(slot, packets, functools.partial(_decoding, call, index), now):
                 log.warning(
                     "%s: no RTP received for %.0f s: hanging up ([media] rtp_timeout)",
                     leg.call_sid,
@@ -660,6 +660,14 @@ class Engine:
 def _audio(leg: protocol.Leg) -> pj.AudioMedia | None:
     """The bridge port of a leg of this engine (None for any other kind, or no media)."""
     return leg.audio() if isinstance(leg, Leg) else None
+
+
+def _decoding(call: _PjCall, index: int) -> bool:
+    """Whether the call's stream ``index`` receives (its far end does not hold it)."""
+    try:
+        return bool(call.getInfo().media[index].dir & pj.PJMEDIA_DIR_DECODING)
+    except pj.Error:
+        return False
 
 
 def tls_destination(uri: str) -> str:

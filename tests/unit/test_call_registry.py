@@ -99,17 +99,30 @@ def test_duration_is_null_while_live_and_zero_unanswered() -> None:
 
 def test_a_leg_whose_rtp_stopped_is_silent_after_the_timeout() -> None:
     watch = RtpWatch(timeout=60)
-    assert not watch.silent("a", packets=10, receiving=True, now=0)
-    assert not watch.silent("a", packets=500, receiving=True, now=30)  # moving
-    assert not watch.silent("a", packets=500, receiving=True, now=89)
-    assert watch.silent("a", packets=500, receiving=True, now=90)
+    assert not watch.silent("a", packets=10, receiving=lambda: True, now=0)
+    assert not watch.silent("a", packets=500, receiving=lambda: True, now=30)  # moving
+    assert not watch.silent("a", packets=500, receiving=lambda: True, now=89)
+    assert watch.silent("a", packets=500, receiving=lambda: True, now=90)
 
 
 def test_a_held_leg_is_not_timed_and_its_clock_restarts_after_the_hold() -> None:
     watch = RtpWatch(timeout=60)
-    watch.silent("a", packets=10, receiving=True, now=0)
-    assert not watch.silent("a", packets=10, receiving=False, now=100)  # on hold
-    assert not watch.silent("a", packets=10, receiving=True, now=150)
-    assert watch.silent("a", packets=10, receiving=True, now=160)
+    watch.silent("a", packets=10, receiving=lambda: True, now=0)
+    assert not watch.silent("a", packets=10, receiving=lambda: False, now=100)  # on hold
+    assert not watch.silent("a", packets=10, receiving=lambda: True, now=150)
+    assert watch.silent("a", packets=10, receiving=lambda: True, now=160)
     watch.keep_only([])
-    assert not watch.silent("a", packets=10, receiving=True, now=500)  # forgotten: anew
+    assert not watch.silent("a", packets=10, receiving=lambda: True, now=500)  # forgotten: anew
+
+
+def test_whether_a_leg_is_held_is_asked_only_when_its_count_stands_still() -> None:
+    watch = RtpWatch(timeout=60)
+    asked: list[float] = []
+
+    def receiving() -> bool:
+        asked.append(now)
+        return True
+
+    for now, packets in ((0, 1), (5, 50), (10, 100), (15, 100)):
+        watch.silent("a", packets=packets, receiving=receiving, now=now)
+    assert asked == [15]
