@@ -201,7 +201,7 @@ class DialRunner:
         branch.uri = parsed.uri
         branch.to = parsed.uri
         branch.headers = parsed.headers
-        branch.srtp = "mandatory" if parsed.secure else self.services.srtp_for()
+        branch.srtp = self.services.srtp_for(secure=parsed.secure)
         if target.username and target.password:
             branch.credentials = (target.username, target.password)
 

@@ -173,9 +173,7 @@ class ApiCall:
             srtp = services.srtp_for(client=request.identity)
             return [(uri, binding_target(b), None, srtp) for b in bindings]
         if request.to_kind == "sip":
-            return [
-                (request.to, None, None, "mandatory" if request.sip_secure else services.srtp_for())
-            ]
+            return [(request.to, None, None, services.srtp_for(secure=request.sip_secure))]
         try:
             trunk = select_trunk(request.to, services.trunks, request.byoc)
         except NoRoute as error:

@@ -188,13 +188,12 @@ class Services:
             transport = ""  # sips: is TLS already (RFC 3261 section 26.2)
         return f"{trunk.scheme}:{number}@{trunk.hostport}{transport}"
 
-    def srtp_for(self, trunk: str | None = None, client: str | None = None) -> str:
-        """The SRTP setting of an outbound leg: its trunk's, its client's, or [sip] srtp."""
+    def srtp_for(self, client: str | None = None, secure: bool = False) -> str:
+        """The SRTP setting of an outbound leg that is not a trunk's (trunks carry their
+        own): mandatory for Twilio's ``;secure=true``, else its client's, else [sip] srtp."""
         config = self.config
-        if trunk is not None:
-            found = next((t for t in config.trunks if t.name == trunk), None)
-            if found is not None:
-                return found.srtp
+        if secure:
+            return "mandatory"
         if client is not None:
             configured = config.client(client)
             if configured is not None:

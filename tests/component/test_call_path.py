@@ -242,6 +242,26 @@ async def test_sip_target_reports_its_final_response(harness: Harness) -> None:
     assert action.params["DialSipCallId"] == carol.sip_call_id
 
 
+async def test_each_branch_gets_its_srtp_setting(harness: Harness) -> None:
+    """Twilio's ;secure=true makes a <Sip> branch TLS with mandatory SRTP; a plain one
+    and a number through a trunk take [sip] srtp and the trunk's (optional here)."""
+    harness.app.documents["/voice"] = dial(
+        "<Sip>sip:dave@127.0.0.1:5090;secure=true</Sip>",
+        "<Sip>sip:erin@127.0.0.1:5090</Sip>",
+        number(ALICE),
+    )
+    for user in ("dave", "erin", ALICE):
+        harness.engine.far_end(user, rejects(486, "Busy Here"))
+    call = harness.call()
+
+    await call.finished()
+    (dave,) = harness.engine.placed_to("dave")
+    (erin,) = harness.engine.placed_to("erin")
+    (alice,) = harness.engine.placed_to(ALICE)
+    assert (dave.uri, dave.srtp) == ("sip:dave@127.0.0.1:5090;transport=tls", "mandatory")
+    assert (erin.srtp, alice.srtp) == ("optional", "optional")
+
+
 # ---- what the caller hears while the targets ring ----------------------------------
 
 
