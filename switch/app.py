@@ -18,6 +18,7 @@ from switch.api_calls import CallsResource
 from switch.call.commands import CancelCall
 from switch.call.protocol import Leg
 from switch.config import Config
+from switch.config_tls import server_context
 from switch.engine import Engine, EngineSettings, Listener, TrunkAccount
 from switch.engine.core import RegisterRequest
 from switch.floods import FloodGuard
@@ -38,6 +39,7 @@ from switch.rest import AccountGuard
 from switch.services import Services, new_call_sid, webhooks_for
 from switch.session import CallSession
 from switch.sipmsg import uri_user
+from switch.sipws.edge import Peer, WebSocketEdge, WebSocketListener
 from switch.store import Store
 from switch.webhook import WebhookClient
 from switch.workers import WorkerPool
@@ -55,6 +57,7 @@ class Switch:
         self.config = config
         self.sessions: set[asyncio.Task[None]] = set()
         self.ready = False
+        self.edge: WebSocketEdge | None = None
 
     async def run(self) -> int:
         config = self.config
@@ -85,6 +88,9 @@ class Switch:
         metrics.watch_rtp(lambda: engine.rtp)
         self.services.registrar = self.registrar
         engine.start(new_call_sid)
+        self.edge = self._websocket_edge(engine)
+        if self.edge is not None:
+            await self.edge.start()
         self._resend_recording_callbacks(store, webhooks)
         webhooks.start()  # what an earlier run left undelivered goes first
         self.services.spares = SpareSides(sweep_side_files(store, config.storage.path))
@@ -117,6 +123,8 @@ class Switch:
         log.info("stopping: hanging up %d calls", len(self.sessions))
         self.services.calls.stopping = True
         self.ready = False
+        if self.edge is not None:
+            await self.edge.close()  # browsers: their calls end with their connections
         for call in self.services.calls:
             if isinstance(call, ApiCall) and call.session is None:
                 call.deliver(CancelCall())  # queued or ringing: withdrawn, recorded canceled
@@ -199,7 +207,7 @@ class Switch:
     def _engine_settings(self) -> EngineSettings:
         sip = self.config.sip
         return EngineSettings(
-            listeners=[Listener(x.transport, x.host, x.port) for x in sip.listen],
+            listeners=[Listener(x.transport, x.host, x.port) for x in sip.engine_listen],
             public_host=sip.public_host,
             rtp_port_min=sip.rtp_ports.start,
             rtp_port_max=sip.rtp_ports.stop - 1,
@@ -213,12 +221,37 @@ class Switch:
             log_level=5 if self.config.log.level == "debug" else 1,
             tls=sip.tls,
             rtp_timeout=self.config.media.rtp_timeout,
+            websocket=bool(sip.websocket_listen),
         )
 
-    def _admit(self, method: str, source_ip: str) -> tuple[int, str, str] | None:
+    def _websocket_edge(self, engine: Engine) -> WebSocketEdge | None:
+        """The ws:/wss: listeners browsers use (switch/sipws), or None without any."""
+        sip = self.config.sip
+        if not sip.websocket_listen:
+            return None
+        return WebSocketEdge(
+            [WebSocketListener(x.transport, x.host, x.port) for x in sip.websocket_listen],
+            lambda: engine.websocket_relay,
+            lambda peer: self._browser_gone(engine, peer),
+            server_context(sip.tls) if any(x.transport == "wss" for x in sip.listen) else None,
+            rate=self.config.registrar.register_rate,
+            max_per_source=sip.ws_per_source,
+        )
+
+    def _browser_gone(self, engine: Engine, peer: Peer) -> None:
+        """A browser's WebSocket closed: its registrations go, its calls end."""
+        log.info("browser %s:%d (%s) disconnected", peer.host, peer.port, peer.connection_id)
+        self.registrar.drop_connection(peer.connection_id)
+        engine.drop_relayed("127.0.0.1", peer.relay_port)
+
+    def _client_ip(self, host: str, port: int) -> str:
+        """The address per-source limits count a SIP peer under (a browser's own)."""
+        return self.edge.client_ip(host, port) if self.edge is not None else host
+
+    def _admit(self, method: str, host: str, port: int) -> tuple[int, str, str] | None:
         """An out-of-dialog request, before the SIP stack acts on it: the per-source
         limits, then for an INVITE room for its leg (switch/call/capacity.py)."""
-        refused = self.floods.admit(method, source_ip, time.monotonic())
+        refused = self.floods.admit(method, self._client_ip(host, port), time.monotonic())
         if refused is not None:
             self.services.metrics.flood_refused(method)
             return refused
@@ -227,8 +260,13 @@ class Switch:
         return None
 
     def _register(self, request: RegisterRequest) -> tuple[int, str, Sequence[tuple[str, str]]]:
-        source = Source(request.transport, request.host, request.port)
-        reply = self.registrar.handle(request.message, source, request.connection_id)
+        peer = self.edge.peer(request.host, request.port) if self.edge is not None else None
+        if peer is not None:
+            source = Source(peer.scheme, request.host, request.port)
+            reply = self.registrar.handle(request.message, source, peer.connection_id, peer.host)
+        else:
+            source = Source(request.transport, request.host, request.port)
+            reply = self.registrar.handle(request.message, source, request.connection_id)
         return reply.status, reply.reason, reply.headers
 
     def _incoming(self, leg: Leg) -> None:
@@ -264,8 +302,11 @@ class Switch:
         self._start(CallSession.inbound(self.services, leg, app, to=number))
 
     def _srtp_acceptable(self, leg: Leg, mode: str) -> bool:
-        """Refuse (488) an offer the caller's SRTP setting does not allow."""
+        """Refuse (488) an offer the caller's SRTP setting does not allow (a browser's
+        leg: one without DTLS-SRTP or a common codec)."""
         assert leg.request is not None
+        if leg.srtp == "dtls":
+            mode = "dtls"
         reason = srtp.refusal(mode, leg.request.body)
         if reason is None:
             return True
@@ -277,7 +318,8 @@ class Switch:
         """A registered client places a call: digest first (407), then its own app."""
         request = leg.request
         assert request is not None
-        source_ip = leg.source.rpartition(":")[0].strip("[]")
+        host, _, port = leg.source.rpartition(":")
+        source_ip = self._client_ip(host.strip("[]"), int(port or 0))
         user, refusal = self.registrar.authenticate(
             "INVITE", request, source_ip, "Proxy-Authorization"
         )

@@ -38,7 +38,10 @@ from switch.config_tls import TlsConfig, build_tls, srtp_mode
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "config" / "dialswitch.toml"
 """The default configuration file of a repository checkout."""
 
-TRANSPORTS = ("udp", "tcp", "tls")
+TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
+ENGINE_TRANSPORTS = ("udp", "tcp", "tls")
+WEBSOCKET_TRANSPORTS = ("ws", "wss")
+"""SIP over WebSocket (RFC 7118) for browsers: served by switch/sipws, not the engine."""
 METHODS = ("GET", "POST")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("text", "json")
@@ -98,7 +101,7 @@ class Listen:
             raise ValueError("expected transport:host:port, e.g. udp:127.0.0.1:5060")
         transport = transport.lower()
         if transport not in TRANSPORTS:
-            raise ValueError(f"unknown transport {transport!r} (expected udp, tcp or tls)")
+            raise ValueError(f"unknown transport {transport!r} (expected udp, tcp, tls, ws or wss)")
         host, port = _parse_hostport(rest, port_required=True)
         assert port is not None
         return cls(transport, host, port)
@@ -120,6 +123,18 @@ class SipConfig:
     tls: TlsConfig = TlsConfig()
     srtp: str = "optional"
     """SRTP of inbound calls from numbers, and of trunks and clients that set none."""
+    ws_per_source: int = 100
+    """WebSocket connections one source address may hold at once."""
+
+    @property
+    def engine_listen(self) -> tuple[Listen, ...]:
+        """The listeners the SIP engine binds (udp, tcp, tls)."""
+        return tuple(x for x in self.listen if x.transport in ENGINE_TRANSPORTS)
+
+    @property
+    def websocket_listen(self) -> tuple[Listen, ...]:
+        """The ws/wss listeners, served by switch/sipws."""
+        return tuple(x for x in self.listen if x.transport in WEBSOCKET_TRANSPORTS)
 
 
 @dataclass(frozen=True)
@@ -585,7 +600,7 @@ def _build_sip(t: _Table) -> SipConfig:
             t.problems.append(Problem(key, f"{listen} is listed twice"))
             continue
         if listen.transport != "udp":
-            # TCP and TLS listeners are both TCP sockets: they cannot share a port.
+            # TCP, TLS and WebSocket listeners are all TCP sockets: no two share a port.
             other = tcp_ports.setdefault((listen.host, listen.port), key)
             if other != key:
                 t.problems.append(Problem(key, f"shares its TCP port with {other}"))
@@ -602,8 +617,11 @@ def _build_sip(t: _Table) -> SipConfig:
     user_agent = t.string("user_agent", "dialswitch")
     if user_agent == "":
         t.problem("user_agent", "must not be empty")
-    tls = build_tls(t, needed=any(listen.transport == "tls" for listen in listens))
+    if listens and all(listen.transport in WEBSOCKET_TRANSPORTS for listen in listens):
+        t.problem("listen", "needs a udp, tcp or tls listener besides ws/wss")
+    tls = build_tls(t, needed=any(listen.transport in ("tls", "wss") for listen in listens))
     srtp = srtp_mode(t, "optional")
+    ws_per_source = t.integer("ws_per_source", 100, 1, 100_000)
     t.finish()
     return SipConfig(
         listen=tuple(listens),
@@ -613,6 +631,7 @@ def _build_sip(t: _Table) -> SipConfig:
         user_agent=user_agent or "dialswitch",
         tls=tls,
         srtp=srtp,
+        ws_per_source=ws_per_source,
     )
 
 
@@ -883,7 +902,7 @@ def _parse_trunk_uri(text: str) -> tuple[str, str, int | None, str | None]:
     transport = match["transport"]
     if transport is not None:
         transport = transport.lower()
-        if transport not in TRANSPORTS:
+        if transport not in ENGINE_TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r} (expected udp, tcp or tls)")
     if scheme == "sips":
         if transport not in (None, "tls"):

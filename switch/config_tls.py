@@ -155,3 +155,12 @@ def _unreadable(path: Path) -> str | None:
     except OSError as error:
         return f"cannot read {path}: {error.strerror or error}"
     return None
+
+
+def server_context(config: TlsConfig) -> ssl.SSLContext:
+    """The TLS server side of wss: listeners: the switch's certificate, TLS 1.2+."""
+    assert config.certificate is not None and config.private_key is not None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.certificate, config.private_key)
+    return context

@@ -228,7 +228,7 @@ class DialRunner:
                 uri=self.services.client_uri(identity),
                 target_uri=binding_target(binding),
                 headers=headers,
-                srtp=self.services.srtp_for(client=identity),
+                srtp=self.services.srtp_for(client=identity, binding=binding),
             )
 
     def _caller_id(self) -> str:
@@ -824,7 +824,11 @@ def binding_target(binding: Binding) -> str:
     user = rest.split("@", 1)[0] + "@" if "@" in rest else ""
     source = binding.source
     host = f"[{source.host}]" if ":" in source.host else source.host
-    transport = "" if source.transport == "udp" else f";transport={source.transport}"
+    if source.browser:
+        scheme, relayed = "sip", "tcp"  # its relay connection (switch/sipws)
+    else:
+        relayed = source.transport
+    transport = "" if relayed == "udp" else f";transport={relayed}"
     return f"{scheme}:{user}{host}:{source.port}{transport}"
 
 

@@ -170,8 +170,10 @@ class ApiCall:
             registrar = services.registrar
             bindings = registrar.lookup(request.identity) if registrar is not None else []
             uri = services.client_uri(request.identity)
-            srtp = services.srtp_for(client=request.identity)
-            return [(uri, binding_target(b), None, srtp) for b in bindings]
+            return [
+                (uri, binding_target(b), None, services.srtp_for(request.identity, binding=b))
+                for b in bindings
+            ]
         if request.to_kind == "sip":
             return [(request.to, None, None, services.srtp_for(secure=request.sip_secure))]
         try:

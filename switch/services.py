@@ -29,6 +29,7 @@ from switch.config_clients import ClientConfig
 from switch.metrics import Metrics
 from switch.numbers import InvalidNumber, to_e164
 from switch.recordings import SpareSides
+from switch.registrar.bindings import Binding
 from switch.registrar.service import Registrar
 from switch.store import LegRecord, Store
 from switch.webhook import Observer, WebhookClient, WebhookSettings
@@ -188,10 +189,15 @@ class Services:
             transport = ""  # sips: is TLS already (RFC 3261 section 26.2)
         return f"{trunk.scheme}:{number}@{trunk.hostport}{transport}"
 
-    def srtp_for(self, client: str | None = None, secure: bool = False) -> str:
+    def srtp_for(
+        self, client: str | None = None, secure: bool = False, binding: Binding | None = None
+    ) -> str:
         """The SRTP setting of an outbound leg that is not a trunk's (trunks carry their
-        own): mandatory for Twilio's ``;secure=true``, else its client's, else [sip] srtp."""
+        own): "dtls" towards a browser's registration (WebRTC media), mandatory for
+        Twilio's ``;secure=true``, else its client's, else [sip] srtp."""
         config = self.config
+        if binding is not None and binding.source.browser:
+            return "dtls"
         if secure:
             return "mandatory"
         if client is not None:

@@ -28,6 +28,7 @@ class Leg(Protocol):
     keep_final_response: bool
     sip_call_id: str
     source: str  # inbound: "ip:port" the INVITE came from
+    srtp: str  # off | optional | mandatory (switch.config_tls), or dtls: a browser's leg
     final_code: int | None
     final_reason: str
     transfers_allowed: bool

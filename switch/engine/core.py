@@ -89,6 +89,7 @@ class EngineSettings:
     log_level: int = 1  # pjsua2's own log level (0..6)
     rtp_timeout: float = 60.0  # an answered leg silent this long is hung up; 0: never
     tls: TlsConfig = TlsConfig()
+    websocket: bool = False  # browsers: a relay listener and their account (switch/sipws)
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,9 @@ class RtpCounts:
 
 
 RegisterHandler = Callable[[RegisterRequest], tuple[int, str, Sequence[tuple[str, str]]]]
-AdmitHandler = Callable[[str, str], tuple[int, str, str] | None]
-"""(method, source IP) of an out-of-dialog request -> None, or (status, reason, Retry-After)."""
+AdmitHandler = Callable[[str, str, int], tuple[int, str, str] | None]
+"""(method, source host, source port) of an out-of-dialog request -> None, or
+(status, reason, Retry-After)."""
 
 
 class _Endpoint(pj.Endpoint):  # type: ignore[misc]
@@ -163,7 +165,7 @@ class _Endpoint(pj.Endpoint):  # type: ignore[misc]
         raw = prm.wholeMsg.encode("utf-8", "surrogateescape")
         if prm.parsed and not prm.dialogExists and self.admit is not None:
             method = raw[:8].split(b" ", 1)[0].decode("ascii", "replace")
-            refused = self.admit(method, _split_hostport(prm.srcAddress)[0])
+            refused = self.admit(method, *_split_hostport(prm.srcAddress))
             if refused is not None:
                 prm.statusCode, prm.reason, retry_after = refused
                 add_headers(prm.headers, [("Retry-After", retry_after)])
@@ -323,6 +325,8 @@ class Engine:
         self._default_account: _Account | None = None
         self._trunk_accounts: dict[str, _Account] = {}
         self._credential_accounts: dict[tuple[str, str], _Account] = {}
+        self._browser_account: _Account | None = None
+        self._relay: tuple[str, int] | None = None
         self._calls: dict[int, _PjCall] = {}
         self._players: set[Player] = set()
         self._recorders: set[Recorder] = set()
@@ -358,6 +362,7 @@ class Engine:
         cfg.medConfig.maxMediaPorts = self.settings.max_calls * 4
         ep.libInit(cfg)
         transport_ids = []
+        relay_id = self._relay_transport(ep) if self.settings.websocket else None
         for listener in self.settings.listeners:
             tcfg = pj.TransportConfig()
             tcfg.port = listener.port
@@ -377,6 +382,13 @@ class Engine:
             self._trunk_accounts[trunk.name] = self._make_account(
                 f"sip:{trunk.username}@{_hostport(first)}", trunk, False
             )
+        if relay_id is not None:
+            self._browser_account = self._make_account(
+                f"sip:dialswitch@{self._relay[0]}:{self._relay[1]};transport=tcp",  # type: ignore[index]
+                None,
+                False,
+                browser_transport=relay_id,
+            )
         self._closed_fd = pj.AudioMediaRecorder.closedFd()
         self.loop.add_reader(self._closed_fd, self._read_closed)
         self._pump_task = self.loop.create_task(self._pump(), name="pjsua2-pump")
@@ -384,7 +396,36 @@ class Engine:
             self._watch_task = self.loop.create_task(self._watch_rtp(), name="rtp-timeout")
         log.info("call engine started: %d transports", len(transport_ids))
 
-    def _make_account(self, id_uri: str, trunk: TrunkAccount | None, default: bool) -> _Account:
+    def _relay_transport(self, ep: pj.Endpoint) -> int:
+        """The loopback TCP listener browsers' WebSocket connections are relayed to.
+
+        Only switch/sipws connects to it; the browser account is bound to it, so
+        every request relayed from a browser gets browser media (patch 0023).
+        """
+        tcfg = pj.TransportConfig()
+        tcfg.boundAddress = "127.0.0.1"
+        tcfg.port = 0
+        relay_id = ep.transportCreate(pj.PJSIP_TRANSPORT_TCP, tcfg)
+        host, port = _split_hostport(ep.transportGetInfo(relay_id).localName)
+        self._relay = (host, port)
+        return relay_id
+
+    @property
+    def websocket_relay(self) -> tuple[str, int]:
+        """Where switch/sipws relays each browser's SIP (host, port)."""
+        assert self._relay is not None, "the engine was started without websocket"
+        return self._relay
+
+    def _make_account(
+        self,
+        id_uri: str,
+        trunk: TrunkAccount | None,
+        default: bool,
+        browser_transport: int | None = None,
+    ) -> _Account:
+        """An account: SDES-capable for SIP peers, or with ``browser_transport`` the
+        browsers' (bound to the relay listener): ICE, rtcp-mux and DTLS-SRTP only
+        (RFC 8827, RFC 5764), which is what a WebRTC peer offers and expects."""
         acfg = pj.AccountConfig()
         acfg.idUri = id_uri
         acfg.regConfig.registerOnAdd = False
@@ -403,6 +444,13 @@ class Engine:
             crypto = pj.SrtpCrypto()
             crypto.name = suite
             acfg.mediaConfig.srtpOpt.cryptos.append(crypto)
+        if browser_transport is not None:
+            acfg.sipConfig.transportId = browser_transport
+            acfg.natConfig.iceEnabled = True
+            acfg.mediaConfig.rtcpMuxEnabled = True
+            acfg.mediaConfig.srtpUse = pj.PJMEDIA_SRTP_MANDATORY
+            acfg.mediaConfig.srtpOpt.keyings.clear()
+            acfg.mediaConfig.srtpOpt.keyings.append(pj.PJMEDIA_SRTP_KEYING_DTLS_SRTP)
         if trunk is not None:
             cred = pj.AuthCredInfo("digest", "*", trunk.username, 0, trunk.password)
             acfg.sipConfig.authCreds.append(cred)
@@ -499,7 +547,9 @@ class Engine:
         assert self._sid_factory is not None
         request = SipMessage.parse(prm.rdata.wholeMsg)
         leg = Leg(self, self._sid_factory(), outbound=False, request=request)
-        leg.source = prm.rdata.srcAddress
+        leg.source = leg.signalling = prm.rdata.srcAddress
+        if account is self._browser_account:
+            leg.srtp = "dtls"
         call = _PjCall(account, leg, prm.callId)
         call.slot = prm.callId
         leg._attach(call)
@@ -532,19 +582,26 @@ class Engine:
         its REGISTER came from. ``srtp`` is off, optional or mandatory
         (switch.config_tls).
         """
-        if credentials is not None:
+        if srtp == "dtls":
+            account = self._browser_account
+        elif credentials is not None:
             account = self._credential_account(*credentials)
         else:
             account = self._trunk_accounts.get(trunk or "") or self._default_account
         leg = Leg(self, call_sid, outbound=True, request=None)
         leg.srtp = srtp
         leg.tls_destination = tls_destination(target_uri or to_uri)
+        leg.signalling = uri_hostport(target_uri or to_uri)
         if account is None:
             leg._disconnected(None, 503, "No Account For These Credentials")
             return leg
         call = _PjCall(account, leg)
         leg._attach(call)
         prm = pj.CallOpParam(True)
+        if srtp == "dtls":
+            # The browser offers in its 200 and we answer in the ACK: pjsua then
+            # always answers a WebRTC offer, never makes one (RFC 3261 section 13.2.1).
+            prm.opt.flag |= pj.PJSUA_CALL_NO_SDP_OFFER
         prm.txOption.localUri = from_uri
         if target_uri:
             prm.txOption.targetUri = target_uri
@@ -583,6 +640,20 @@ class Engine:
             account = self._make_account(f"sip:{username}@{_hostport(first)}", trunk, False)
         self._credential_accounts[key] = account  # most recently used last
         return account
+
+    def drop_relayed(self, host: str, port: int) -> None:
+        """A browser's relay connection closed: end its legs as if it hung up.
+
+        An answered leg is hung up (its BYE has nowhere to go and fails at once); a
+        ringing one has already failed with its INVITE transaction (transport
+        error), so a fork it was in goes on.
+        """
+        address = f"{host}:{port}"
+        for call in list(self._calls.values()):
+            leg = call.leg
+            if leg.srtp == "dtls" and leg.signalling == address and leg.live:
+                log.info("%s: browser connection closed: hanging up", leg.call_sid)
+                leg.hangup()
 
     def _release(self, call: _PjCall) -> None:
         """Drop the registry's reference; called from the leg's DISCONNECTED."""
@@ -670,17 +741,22 @@ def _decoding(call: _PjCall, index: int) -> bool:
         return False
 
 
+def uri_hostport(uri: str, default_port: int = 5060) -> str:
+    """``host:port`` a SIP URI is reached at, written as pjsip writes a source
+    address (``[v6]:port``)."""
+    hostport = uri.partition(":")[2].rpartition("@")[2].split(";", 1)[0].split("?", 1)[0]
+    has_port = hostport.rpartition(":")[2].isdigit() and not hostport.endswith("]")
+    host, port = _split_hostport(hostport) if has_port else (hostport, default_port)
+    host = host.strip("[]")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def tls_destination(uri: str) -> str:
     """``host:port`` a ``sips:`` or ``;transport=tls`` URI is reached at; "" for others."""
     scheme, _, rest = uri.partition(":")
-    hostpart = rest.split("@", 1)[-1].split("?", 1)[0]
-    host, *params = hostpart.split(";")
+    params = rest.split("?", 1)[0].split(";")[1:]
     tls = scheme.lower() == "sips" or any(p.lower() == "transport=tls" for p in params)
-    if not tls:
-        return ""
-    address, port = _split_hostport(host) if host.rpartition(":")[2].isdigit() else (host, 5061)
-    address = address.strip("[]")
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    return uri_hostport(uri, 5061) if tls else ""
 
 
 def _configure_tls(tls: pj.TlsConfig, config: TlsConfig) -> None:

@@ -45,6 +45,7 @@ SRTP_USE = {
     "off": pj.PJMEDIA_SRTP_DISABLED,
     "optional": pj.PJMEDIA_SRTP_OPTIONAL,
     "mandatory": pj.PJMEDIA_SRTP_MANDATORY,
+    "dtls": pj.PJMEDIA_SRTP_MANDATORY,  # a browser's leg: the account keys it with DTLS
 }
 """A leg's ``srtp`` setting (switch.config_tls) as pjmedia's policy."""
 
@@ -168,11 +169,14 @@ class Leg:
         self.machine = LegMachine(call_sid, outbound)
         self.sip_call_id = ""
         self.source = ""  # inbound: "ip:port" the INVITE came from
+        self.signalling = ""  # "ip:port" its requests go to (inbound: source)
         self.final_code: int | None = None
         self.final_reason = ""
         self.was_answered = False
         self.transfers_allowed = False  # accept the next REFER (a <Dial referUrl> bridge)
-        self.srtp = "optional"  # outbound: what the INVITE offers (switch.config_tls)
+        # What the INVITE offers (switch.config_tls), or "dtls": a browser's leg
+        # (ICE and DTLS-SRTP, on the engine's browser account).
+        self.srtp = "optional"
         self.tls_destination = ""  # outbound over TLS: "host:port" the INVITE goes to
         self.final_failure = ""  # why the far end was never reached (LegEnded.failure)
         self._refer: SipMessage | None = None  # the REFER being decided

@@ -62,6 +62,12 @@ class Source:
     host: str
     port: int
 
+    @property
+    def browser(self) -> bool:
+        """A browser over SIP-over-WebSocket: ``host:port`` is its relay connection
+        into the engine (switch/sipws), which is plain TCP."""
+        return self.transport in ("ws", "wss")
+
 
 @dataclass(frozen=True)
 class Binding:
@@ -354,12 +360,14 @@ class BindingTable:
     ) -> BindingTable:
         """A table holding the live bindings of ``rows``; raises ValueError on a bad row.
 
-        Where two rows are the same binding, the most recently updated one wins.
+        Where two rows are the same binding, the most recently updated one wins. A
+        browser's binding lives as long as its WebSocket, which ended with the
+        process that stored it: it is not loaded.
         """
         table = cls(min_expires, max_expires, default_expires, max_contacts)
         for row in rows:
             binding = Binding.from_row(row)
-            if not binding.alive(now):
+            if not binding.alive(now) or binding.source.browser:
                 continue
             bindings = table._table.setdefault(binding.identity, {})
             current = bindings.get(binding.key)

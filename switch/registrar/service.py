@@ -129,20 +129,29 @@ class Registrar:
 
     # ---- REGISTER --------------------------------------------------------------------
 
-    def handle(self, message: SipMessage, source: Source, connection_id: str | None) -> Reply:
+    def handle(
+        self,
+        message: SipMessage,
+        source: Source,
+        connection_id: str | None,
+        client_ip: str | None = None,
+    ) -> Reply:
+        """One REGISTER. ``client_ip`` is the address limits count it under when that
+        is not ``source.host`` (a browser, whose source is its relay connection)."""
         now = self.clock()
-        if not self.limiter.allow(source.host, now):
+        ip = client_ip or source.host
+        if not self.limiter.allow(ip, now):
             return Reply(503, "Too Many Requests", (("Retry-After", "5"),))
         to = message.header("to") or ""
         scheme = to.split("<", 1)[-1].lstrip().split(":", 1)[0].lower()
         if scheme not in ("sip", "sips"):
             return Reply(416, "Unsupported URI Scheme")
-        identity, refusal = self.authenticate("REGISTER", message, source.host, "Authorization")
+        identity, refusal = self.authenticate("REGISTER", message, ip, "Authorization")
         if refusal is not None:
             return refusal
         assert identity is not None
         if uri_user(to) != identity:
-            self.throttle.record_failure(source.host, now)
+            self.throttle.record_failure(ip, now)
             return Reply(403, "Forbidden")
         try:
             contacts = parse_contacts(message.header_values("contact"))
@@ -187,6 +196,16 @@ class Registrar:
             source.transport,
         )
         return self._ok(list(outcome.bindings), now)
+
+    def drop_connection(self, connection_id: str) -> None:
+        """A connection closed: the bindings reachable only over it go (RFC 5626
+        section 6), from the table and the store."""
+        dropped = self.table.drop_connection(connection_id)
+        for identity in {b.identity for b in dropped}:
+            self.store.replace_bindings(
+                identity, [b.to_row() for b in self.table.lookup(identity, self.clock())]
+            )
+            log.info("registrar: %s's registration over %s removed", identity, connection_id)
 
     def _ok(self, bindings: list[Binding], now: float) -> Reply:
         headers = [("Contact", b.contact_header_value(now)) for b in bindings]

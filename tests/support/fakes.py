@@ -71,6 +71,7 @@ class FakeLeg:
         self.keep_final_response = False
         self.sip_call_id = f"fake-{next(_call_ids)}@127.0.0.1"
         self.source = ""
+        self.srtp = "optional"
         self.final_code: int | None = None
         self.final_reason = ""
         self.was_answered = False
