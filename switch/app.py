@@ -19,6 +19,7 @@ from switch.call.commands import CancelCall
 from switch.call.protocol import Leg
 from switch.config import Config
 from switch.config_tls import server_context
+from switch.demo import DemoApp
 from switch.engine import Engine, EngineSettings, Listener, TrunkAccount
 from switch.engine.core import RegisterRequest
 from switch.floods import FloodGuard
@@ -96,7 +97,12 @@ class Switch:
         self.services.spares = SpareSides(sweep_side_files(store, config.storage.path))
         store.group_commits(asyncio.get_running_loop())
         http_app = build_app(
-            lambda: {**engine.counts(), "actors": len(self.services.calls)}, lambda: self.ready
+            lambda: {**engine.counts(), "actors": len(self.services.calls)},
+            lambda: self.ready,
+            DemoApp(
+                frozenset(n.number for n in config.numbers),
+                tuple(c.identity for c in config.clients),
+            ),
         )
         calls_api = CallsResource(self.services)
         add_api_routes(http_app, store, config, workers, calls_api)

@@ -67,7 +67,13 @@ def test_default_file_loads_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.sip.listen == (
         Listen("udp", "127.0.0.1", 5060),
         Listen("tcp", "127.0.0.1", 5060),
+        Listen("ws", "127.0.0.1", 5066),  # the browser phone's (GET /phone)
     )
+    # The demo platform: two clients whose own calls run the demo app.
+    assert [(c.identity, c.voice_url) for c in config.clients] == [
+        ("alice", "demo:"),
+        ("bob", "demo:"),
+    ]
     assert (config.http.host, config.http.port) == ("127.0.0.1", 8080)
     assert config.http.public_url == "http://127.0.0.1:8080"
     assert config.account.sid == SID
