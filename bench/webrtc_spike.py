@@ -11,8 +11,8 @@ engine process (a child of this one) bridges the two in pjsua2's conference brid
 
   --candidate pjsua2: the browser's offer goes in a SIP INVITE to a pjsua2 account
       with ICE, rtcp-mux, mandatory DTLS-SRTP and opus; pjsua2 terminates it. Needs
-      a pjsua2 build with the ICE netlink fix (see bench/README.md): pass its
-      interpreter with --engine-python.
+      a pjsua2 build with the ICE netlink fix, deploy/pjsua2/patches/0020 (the wheel
+      `make install` builds; another build's interpreter with --engine-python).
   --candidate aiortc: aiortc in the engine process answers the offer, decodes the
       browser's audio, re-encodes it as PCMU to a plain-RTP pjsua2 leg over
       loopback (and back: PCMU from pjsua2 to aiortc's encoder).
@@ -28,13 +28,12 @@ idle rate, per leg per second, with a per-thread split.
 So that 100 test browsers fit on two cores beside the engine, they replay one tone
 cycle encoded once (opus or PCMU) instead of encoding live, and only --probes legs
 (10) decode what they receive; the rest count packets. "saturated" says when the
-machine could not keep every leg at 50 packets/s each way. pjsua2 answers without
-a=mid and a=group:BUNDLE, which WebRTC peers need: bundle_answer() adds them, as the
-switch's SIP-over-WebSocket edge would.
+machine could not keep every leg at 50 packets/s each way. pjsua2 without
+deploy/pjsua2/patches/0022 answers without a=mid and a=group:BUNDLE, which WebRTC peers
+need: bundle_answer() then adds them (it leaves an answer that has them alone).
 
     .venv/bin/python bench/webrtc_spike.py --candidate aiortc --legs 10 --seconds 20
-    .venv/bin/python bench/webrtc_spike.py --candidate pjsua2 --legs 10 --seconds 20 \\
-        --engine-python /tmp/wrtc/venv/bin/python
+    .venv/bin/python bench/webrtc_spike.py --candidate pjsua2 --legs 10 --seconds 20
 
 Everything binds to 127.0.0.1; every wait is bounded; the engine child is stopped
 by its PID at the end.
