@@ -46,6 +46,7 @@ from switch.call.events import (
     TransferRequested,
 )
 from switch.call.fork import (
+    ANSWERED_ELSEWHERE,
     Action,
     Bridge,
     Cancel,
@@ -467,12 +468,12 @@ class DialRunner:
         """Carry out the fork group's actions, in order."""
         for action in actions:
             match action:
-                case Cancel(branch=key, status=status):
+                case Cancel(branch=key, status=status, elsewhere=elsewhere):
                     branch = self._branch(key)
                     if branch.cancel_status is None:
                         branch.cancel_status = status
                     if branch.leg is not None:
-                        branch.leg.hangup()
+                        branch.leg.hangup(headers=ANSWERED_ELSEWHERE if elsewhere else ())
                 case HangUp(branch=key):
                     leg = self._branch(key).leg
                     if leg is not None:

@@ -27,7 +27,15 @@ from typing import TYPE_CHECKING
 
 from switch.call.commands import CancelCall, Command, HangUpCall, NewDocument, Redirect, RunTwiml
 from switch.call.events import LegAnswered, LegEnded, LegEvent, LegProgressed
-from switch.call.fork import Action, Bridge, Cancel, Finished, ForkGroup, next_actions
+from switch.call.fork import (
+    ANSWERED_ELSEWHERE,
+    Action,
+    Bridge,
+    Cancel,
+    Finished,
+    ForkGroup,
+    next_actions,
+)
 from switch.call.protocol import Leg
 from switch.call.registry import CallView
 from switch.call.status import ERROR_SIP_ENDPOINT, CallStatus
@@ -235,9 +243,9 @@ class ApiCall:
         while True:
             for action in await next_actions(group, self.events, handle):
                 match action:
-                    case Cancel(branch=branch):
+                    case Cancel(branch=branch, elsewhere=elsewhere):
                         assert isinstance(branch, int)
-                        self.legs[branch].hangup()
+                        self.legs[branch].hangup(headers=ANSWERED_ELSEWHERE if elsewhere else ())
                     case Bridge(branch=branch):
                         assert isinstance(branch, int)
                         for unsubscribe in self._unsubscribe:  # the session listens now

@@ -54,6 +54,12 @@ class Cancel:
 
     branch: Hashable
     status: CallStatus = CallStatus.CANCELED
+    elsewhere: bool = False  # another branch answered (RFC 3326: cause=200)
+
+
+ANSWERED_ELSEWHERE = (("Reason", 'SIP;cause=200;text="Call completed elsewhere"'),)
+"""The header on the CANCEL of a branch another one beat (RFC 3326), so a phone
+shows "answered elsewhere" rather than a missed call."""
 
 
 @dataclass(frozen=True)
@@ -137,12 +143,15 @@ class ForkGroup:
         return [k for k, s in self.branches.items() if s in live]
 
     def _cancel(
-        self, keys: list[Hashable], status: CallStatus = CallStatus.CANCELED
+        self,
+        keys: list[Hashable],
+        status: CallStatus = CallStatus.CANCELED,
+        elsewhere: bool = False,
     ) -> list[Action]:
         actions: list[Action] = []
         for key in keys:
             self.branches[key] = BranchState.CANCELLED
-            actions.append(Cancel(key, status))
+            actions.append(Cancel(key, status, elsewhere))
         return actions
 
     def start(self, now: float = 0.0) -> list[Action]:
@@ -235,7 +244,7 @@ class ForkGroup:
         self.winner = key
         self.branches[key] = BranchState.WON
         others = [k for k in self.pending_branches() if k != key]
-        return [*self._cancel(others), Bridge(key)]
+        return [*self._cancel(others, elsewhere=True), Bridge(key)]
 
     def failed(self, key: Hashable, sip_code: int) -> list[Action]:
         """A branch ended before answering with ``sip_code`` (0: no response at all)."""

@@ -235,7 +235,8 @@ class Leg:
     ) -> None:
         """End the leg: reject (inbound, unanswered), CANCEL (outbound, unanswered) or BYE.
 
-        ``headers`` go on a rejecting response (e.g. Proxy-Authenticate on a 407).
+        ``headers`` go on a rejecting response (e.g. Proxy-Authenticate on a 407)
+        or on the CANCEL (e.g. Reason: answered elsewhere).
         An inbound leg whose 200 is not ACKed yet is hung up when the ACK comes:
         pjsua's BYE sent before it was followed by a second one.
         """
@@ -250,6 +251,8 @@ class Leg:
             prm.statusCode = sip_code
             if reason:
                 prm.reason = reason
+            add_headers(prm.txOption.headers, headers)
+        elif self.outbound and not self.answered:
             add_headers(prm.txOption.headers, headers)
         try:
             call.hangup(prm)

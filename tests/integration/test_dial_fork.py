@@ -294,8 +294,10 @@ async def test_first_answer_wins_and_the_ringing_branch_is_cancelled(
     assert sent_codes(busy)[-1] == 486 and got(busy, "ACK")
     # The ringing branch was CANCELled right after the winner's 200.
     answered, _ = sipp_fork.first(winner, "sent", "SIP/2.0 200")
-    cancelled, _ = sipp_fork.first(ringing, "received", "CANCEL ")
+    cancelled, cancel = sipp_fork.first(ringing, "received", "CANCEL ")
     assert 0 <= seconds(answered, cancelled) < 0.3
+    # It says why (RFC 3326), so the phone shows "answered elsewhere", not a missed call.
+    assert sipp_fork.header(cancel, "Reason") == 'SIP;cause=200;text="Call completed elsewhere"'
     assert sent_codes(ringing) == [100, 180, 200, 487]  # 200 to the CANCEL, 487 to the INVITE
     # The winner was bridged: each side heard the other's tone.
     assert tone_frames(far, 600) and tone_frames(mine, 1000)
@@ -376,7 +378,8 @@ async def test_nobody_answers_before_the_timeout(
     cancels = []
     for callee in callees:
         invited, _ = sipp_fork.first(callee, "received", "INVITE ")
-        cancelled, _ = sipp_fork.first(callee, "received", "CANCEL ")
+        cancelled, cancel = sipp_fork.first(callee, "received", "CANCEL ")
+        assert sipp_fork.header(cancel, "Reason") is None  # nobody answered: no Reason
         # timeout 5 s + the test config's 1 s of grace
         assert 5.5 < seconds(invited, cancelled) < 8, callee.name
         cancels.append(cancelled)

@@ -8,7 +8,7 @@ def test_screened_answer_does_not_cancel_the_others() -> None:
     group = ForkGroup.of(["a", "b"])
     assert group.answered("a", screened=True) == [Screen("a")]
     assert group.winner is None
-    assert group.screen_passed("a") == [Cancel("b"), Bridge("a")]
+    assert group.screen_passed("a") == [Cancel("b", elsewhere=True), Bridge("a")]
     assert group.winner == "a"
 
 
@@ -28,7 +28,7 @@ def test_only_branch_declining_in_whisper_is_busy() -> None:
 def test_plain_answer_while_another_is_screened_wins_and_cancels_it() -> None:
     group = ForkGroup.of(["a", "b"])
     group.answered("a", screened=True)
-    assert group.answered("b") == [Cancel("a"), Bridge("b")]
+    assert group.answered("b") == [Cancel("a", elsewhere=True), Bridge("b")]
     assert group.screen_passed("a") == []
 
 
@@ -36,7 +36,11 @@ def test_second_screened_pass_after_a_winner_is_hung_up() -> None:
     group = ForkGroup.of(["a", "b", "c"])
     group.answered("a", screened=True)
     group.answered("b", screened=True)
-    assert group.screen_passed("b") == [Cancel("a"), Cancel("c"), Bridge("b")]
+    assert group.screen_passed("b") == [
+        Cancel("a", elsewhere=True),
+        Cancel("c", elsewhere=True),
+        Bridge("b"),
+    ]
     assert group.screen_passed("a") == []
 
 

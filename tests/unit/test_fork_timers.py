@@ -38,7 +38,7 @@ def test_without_a_ring_timeout_there_is_no_deadline() -> None:
 
 def test_time_limit_counts_from_the_bridge_and_hangs_the_winner_up() -> None:
     fork = group("a", "b", limit=60)
-    assert fork.answered("a") == [Cancel("b"), Bridge("a")]
+    assert fork.answered("a") == [Cancel("b", elsewhere=True), Bridge("a")]
     assert fork.get_timer() is None  # the ring deadline is gone; not bridged yet
     fork.bridged(105.0)
     assert fork.get_timer() == 165.0
