@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import aiohttp
 from aiohttp import web
 
-from switch import srtp
+from switch import sipcheck, srtp
 from switch.api import add_api_routes
 from switch.api_calls import CallsResource
 from switch.call.commands import CancelCall
@@ -254,15 +254,29 @@ class Switch:
         """The address per-source limits count a SIP peer under (a browser's own)."""
         return self.edge.client_ip(host, port) if self.edge is not None else host
 
-    def _admit(self, method: str, host: str, port: int) -> tuple[int, str, str] | None:
+    def _admit(self, method: str, host: str, port: int, raw: bytes) -> sipcheck.Answer | None:
         """An out-of-dialog request, before the SIP stack acts on it: the per-source
-        limits, then for an INVITE room for its leg (switch/call/capacity.py)."""
+        limits; for a browser's INVITE, an offer its leg can answer (pjsua would
+        refuse one without DTLS with a bare 480); for an INVITE, room for its leg
+        (switch/call/capacity.py)."""
         refused = self.floods.admit(method, self._client_ip(host, port), time.monotonic())
         if refused is not None:
             self.services.metrics.flood_refused(method)
-            return refused
-        if method == "INVITE" and not self.services.admit_leg("inbound"):
-            return 503, "Service Unavailable", CAPACITY_RETRY_AFTER
+            status, reason, retry_after = refused
+            return sipcheck.Answer(status, reason, (("Retry-After", retry_after),))
+        if method != "INVITE":
+            return None
+        if self.edge is not None and self.edge.peer(host, port) is not None:
+            body = raw.partition(b"\r\n\r\n")[2].decode("utf-8", "replace")
+            unusable = srtp.refusal("dtls", body)
+            if unusable is not None:
+                log.info("browser INVITE from %s:%d refused: 488 %s", host, port, unusable)
+                warning = f'399 dialswitch "{unusable}"'
+                return sipcheck.Answer(488, unusable, (("Warning", warning),))
+        if not self.services.admit_leg("inbound"):
+            return sipcheck.Answer(
+                503, "Service Unavailable", (("Retry-After", CAPACITY_RETRY_AFTER),)
+            )
         return None
 
     def _register(self, request: RegisterRequest) -> tuple[int, str, Sequence[tuple[str, str]]]:

@@ -52,6 +52,8 @@ CLOSED_TOKEN = struct.Struct("l")  # a recorder-closed token: a C long, native o
 CLOSED_READ = CLOSED_TOKEN.size * 1024  # bytes taken per read: whole tokens only
 RTP_CHECK_SECONDS = 5.0  # how often answered legs' RTP counts are read for rtp_timeout
 TLS_HANDSHAKE_MS = 5000  # a TLS handshake not done by then fails the connection
+BROWSER_MEDIA_SECONDS = 10.0  # a browser's ICE and DTLS not done by then: hung up
+BROWSER_MEDIA_POLL = 0.05
 SRTP_SUITES = ("AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32")
 """The SDES suites offered and accepted: the two every SRTP phone and carrier has
 (RFC 4568 section 6.2; AES-256 suites are left out, as many devices refuse them)."""
@@ -121,9 +123,9 @@ class RtpCounts:
 
 
 RegisterHandler = Callable[[RegisterRequest], tuple[int, str, Sequence[tuple[str, str]]]]
-AdmitHandler = Callable[[str, str, int], tuple[int, str, str] | None]
-"""(method, source host, source port) of an out-of-dialog request -> None, or
-(status, reason, Retry-After)."""
+AdmitHandler = Callable[[str, str, int, bytes], sipcheck.Answer | None]
+"""(method, source host, source port, whole message) of an out-of-dialog request ->
+None to go on, or the answer to refuse it with."""
 
 
 class _Endpoint(pj.Endpoint):  # type: ignore[misc]
@@ -165,10 +167,10 @@ class _Endpoint(pj.Endpoint):  # type: ignore[misc]
         raw = prm.wholeMsg.encode("utf-8", "surrogateescape")
         if prm.parsed and not prm.dialogExists and self.admit is not None:
             method = raw[:8].split(b" ", 1)[0].decode("ascii", "replace")
-            refused = self.admit(method, *_split_hostport(prm.srcAddress))
+            refused = self.admit(method, *_split_hostport(prm.srcAddress), raw)
             if refused is not None:
-                prm.statusCode, prm.reason, retry_after = refused
-                add_headers(prm.headers, [("Retry-After", retry_after)])
+                prm.statusCode, prm.reason = refused.status, refused.reason
+                add_headers(prm.headers, refused.headers)
                 return
         datagram = prm.transportType.upper().startswith("UDP")
         answer = sipcheck.screen(raw, datagram=datagram, dialog_exists=prm.dialogExists)
@@ -335,6 +337,7 @@ class Engine:
         self._closed_fd: int | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self._media_waits: set[asyncio.Task[None]] = set()
         self._sid_factory: Callable[[], str] | None = None
         self.tls_failures = TlsFailures()
         self.rtp = RtpCounts()  # counted as each stream ends (_PjCall)
@@ -504,7 +507,7 @@ class Engine:
         deadline = self.loop.time() + grace
         while self._calls and self.loop.time() < deadline:
             await asyncio.sleep(0.01)
-        for task in (self._pump_task, self._watch_task):
+        for task in (self._pump_task, self._watch_task, *self._media_waits):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -540,6 +543,7 @@ class Engine:
         self._credential_accounts.clear()
         self._trunk_accounts.clear()
         self._default_account = None
+        self._browser_account = None
 
     # ---- calls -----------------------------------------------------------------------
 
@@ -654,6 +658,36 @@ class Engine:
             if leg.srtp == "dtls" and leg.signalling == address and leg.live:
                 log.info("%s: browser connection closed: hanging up", leg.call_sid)
                 leg.hangup()
+
+    def await_browser_media(self, leg: Leg, started: Callable[[], None]) -> None:
+        """Call ``started`` once a browser's leg has received a packet (its ICE and
+        DTLS handshakes are done: nothing is decrypted before), or hang the leg up
+        after BROWSER_MEDIA_SECONDS."""
+        task = self.loop.create_task(self._browser_media(leg, started))
+        self._media_waits.add(task)
+        task.add_done_callback(self._media_waits.discard)
+
+    async def _browser_media(self, leg: Leg, started: Callable[[], None]) -> None:
+        deadline = self.loop.time() + BROWSER_MEDIA_SECONDS
+        while leg.live:
+            if self._packets_in(leg):
+                started()
+                return
+            if self.loop.time() > deadline:
+                leg._browser_media_failed(BROWSER_MEDIA_SECONDS)
+                return
+            await asyncio.sleep(BROWSER_MEDIA_POLL)
+
+    def _packets_in(self, leg: Leg) -> int:
+        """RTP packets the leg's stream has received (0 before it has one). Kept out
+        of the waiting task's frame, which must hold no pjsua2 object."""
+        call, index = leg._call, leg._media_index
+        if call is None or index is None or call.gone:
+            return 0
+        try:
+            return int(call.getStreamStat(index).rtcp.rxStat.pkt)
+        except pj.Error:
+            return 0
 
     def _release(self, call: _PjCall) -> None:
         """Drop the registry's reference; called from the leg's DISCONNECTED."""

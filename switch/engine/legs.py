@@ -182,6 +182,8 @@ class Leg:
         self._refer: SipMessage | None = None  # the REFER being decided
         self._ok_sent = False  # inbound: our 200 is out (answered once the ACK comes)
         self._hangup_after_ack = False
+        self._media_started = False  # a browser's leg: its first packet arrived
+        self._media_failure = ""
         self._call: _PjCall | None = None
         self._media_index: int | None = None
         self._subscribers: list[Callable[[LegEvent], None]] = []
@@ -337,11 +339,29 @@ class Leg:
             self._emit(LegProgressed(code, early_media=code == 183))
 
     def _answered(self) -> None:
+        if self.srtp == "dtls" and self.outbound and not self._media_started:
+            # A browser's answer counts once its media flows (ICE and DTLS done):
+            # one that never gets there fails like a branch that never answered.
+            self.engine.await_browser_media(self, self._browser_media_started)
+            return
+        if self.srtp == "dtls" and not self.outbound and not self._media_started:
+            self.engine.await_browser_media(self, self._browser_media_started)
         self.was_answered = True
         if self.machine.process(LegInput.ANSWERED):
             self._emit(LegAnswered())
         if self._hangup_after_ack:
             self.hangup()
+
+    def _browser_media_started(self) -> None:
+        self._media_started = True
+        if self.outbound:
+            self._answered()
+
+    def _browser_media_failed(self, seconds: float) -> None:
+        """ICE or DTLS never completed: hang up, and end as 488 with why."""
+        self._media_failure = f"browser media (ICE/DTLS) did not start within {seconds:.0f} s"
+        log.warning("%s: %s: hanging up", self.call_sid, self._media_failure)
+        self.hangup()
 
     def _media_active(self, call: _PjCall, index: int) -> None:
         self._media_index = index
@@ -356,6 +376,8 @@ class Leg:
             failure = self.engine.tls_failures.explain(self.tls_destination, now) or ""
             if failure:
                 log.warning("%s: INVITE not delivered: %s", self.call_sid, failure)
+        if self._media_failure and not self.was_answered:
+            code, reason, failure = 488, "Not Acceptable Here", self._media_failure
         self.final_code = code
         self.final_reason = reason
         self.final_failure = failure

@@ -1,0 +1,406 @@
+"""Browsers as clients, with an aiortc peer as the browser: SIP over WebSocket
+(RFC 7118) with digest auth, ICE, DTLS-SRTP and opus, against the real switch,
+SIPp callers and callees, and decoded audio both ways.
+
+The peer (tests/support/ws_peer.py) registers with a ``.invalid`` Contact as
+browser SIP stacks do, so every request the switch sends it must come back over
+its own WebSocket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from media.analysis import tone_power
+from tests.integration.conftest import ACCOUNT_SID, AUTH_TOKEN, NUMBER, AppServer, running
+from tests.support import sipp
+from tests.support.certs import TestCa
+from tests.support.recording_checks import RecordingsClient, peak_tone_share, tone_share
+from tests.support.rtp_peer import RtpPeer
+from tests.support.sipp_reg import DOMAIN
+from tests.support.webrtc_switch import WebRtcSwitch
+from tests.support.ws_peer import SipMsg, WsPhone
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+CLIENTS = {"alice": "alice-password", "bob": "bob-password"}
+CALLEE = "+14155550111"
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def switch_process(
+    app_server: AppServer, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[WebRtcSwitch]:
+    handle = WebRtcSwitch.create(tmp_path_factory.mktemp("switch"), app_server.base, CLIENTS)
+    async with running(handle):
+        yield handle
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def alice(switch: WebRtcSwitch) -> AsyncIterator[WsPhone]:
+    phone = switch.phone("alice", CLIENTS["alice"])
+    await phone.connect()
+    response = await phone.register()
+    assert response.status == 200, response.start
+    yield phone
+    await phone.close()
+
+
+def dial_client(identity: str, **attrs: str) -> str:
+    extra = "".join(f' {k}="{v}"' for k, v in attrs.items())
+    return f'<Response><Dial timeout="10"{extra}><Client>{identity}</Client></Dial></Response>'
+
+
+async def next_invite(phone: WsPhone, timeout: float = 15.0) -> SipMsg:
+    return await asyncio.wait_for(phone.incoming.get(), timeout)
+
+
+async def test_a_caller_reaches_a_browser_and_they_hear_each_other(
+    switch: WebRtcSwitch, app_server: AppServer, alice: WsPhone, workdir: Path
+) -> None:
+    app_server.routes["/voice"] = (
+        '<Response><Dial timeout="10" action="/action">'
+        '<Client>alice?X-Custom=1234<Parameter name="foo" value="bar"/></Client>'
+        "</Dial></Response>"
+    )
+    app_server.routes["/action"] = "<Response><Hangup/></Response>"
+    caller_audio = RtpPeer(600)
+    await caller_audio.start()
+    caller = sipp.Sipp(
+        workdir, "caller", sipp.caller(NUMBER, caller_audio.port, hangup_after_ms=4000)
+    )
+    try:
+        await caller.start(switch.target(), timeout_s=40)
+        invite = await next_invite(alice)
+        # Late offer: the switch's INVITE has no SDP, the browser offers in its 200.
+        assert invite.body == "", invite.body
+        assert invite.start.startswith(f"INVITE sip:{alice.contact_user}@127.0.0.1:")
+        # <Parameter> and RestComm's ?X-Custom= arrive as headers the browser reads.
+        assert (invite.header("X-foo"), invite.header("X-Custom")) == ("bar", "1234")
+        call = await alice.answer(invite)
+        assert await call.listener.hears(600, timeout=10), call.listener.dominant()
+        await caller.finish(30)
+        await asyncio.wait_for(call.ended.wait(), 10)
+    finally:
+        caller_audio.close()
+        await caller.stop()
+    assert call.end_reason == "remote BYE"
+    heard = caller_audio.audio()
+    assert tone_power(heard, 8000, 1000) > 10 * tone_power(heard, 8000, 600)
+    (action,) = await app_server.wait_for("/action")
+    assert action.params["DialCallStatus"] == "completed"
+    assert action.params["DialBridged"] == "true"
+
+
+async def test_a_dual_recording_keeps_the_browser_on_its_own_channel(
+    switch: WebRtcSwitch, app_server: AppServer, alice: WsPhone, workdir: Path
+) -> None:
+    app_server.routes["/voice"] = dial_client(
+        "alice", action="/action", record="record-from-answer-dual"
+    )
+    app_server.routes["/action"] = "<Response><Hangup/></Response>"
+    caller_audio = RtpPeer(600)
+    await caller_audio.start()
+    scenario = sipp.caller(NUMBER, caller_audio.port, hangup_after_ms=4000)
+    caller = sipp.Sipp(workdir, "caller", scenario)
+    try:
+        await caller.start(switch.target(), timeout_s=40)
+        call = await alice.answer(await next_invite(alice))
+        assert await call.connected()
+        await caller.finish(30)
+    finally:
+        caller_audio.close()
+        await caller.stop()
+    (action,) = await app_server.wait_for("/action")
+    recordings = RecordingsClient(switch.http, ACCOUNT_SID, AUTH_TOKEN)
+    wav = await recordings.wav(action.params["RecordingUrl"])
+    assert wav.channels == 2
+    # Channel 1 the caller (600 Hz), channel 2 the browser (1000 Hz), each alone.
+    for channel, present, absent in ((1, 600, 1000), (2, 1000, 600)):
+        samples = wav.channel(channel)
+        assert tone_share(samples, present) > 0.5, (channel, tone_share(samples, present))
+        assert peak_tone_share(samples, absent) < 0.05, (channel, absent)
+
+
+async def test_a_browser_calls_out_through_its_app(
+    switch: WebRtcSwitch, app_server: AppServer, alice: WsPhone, workdir: Path
+) -> None:
+    app_server.routes["/client"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
+    callee_audio = RtpPeer(600)
+    await callee_audio.start()
+    callee = sipp.Sipp(
+        workdir,
+        "callee",
+        sipp.callee("answer", rtp_port=callee_audio.port, hangup_after_ms=4000),
+        port=switch.trunk_port,
+    )
+    await callee.start()
+    try:
+        call, response = await alice.dial(CALLEE)
+        assert response.status == 200, response.start
+        assert "a=fingerprint:" in response.body and "a=candidate" in response.body
+        assert await call.listener.hears(600, timeout=10), call.listener.dominant()
+        await callee.finish(30)
+        await asyncio.wait_for(call.ended.wait(), 10)
+    finally:
+        callee_audio.close()
+        await callee.stop()
+    heard = callee_audio.audio()
+    assert tone_power(heard, 8000, 1000) > 10 * tone_power(heard, 8000, 600)
+    (client,) = app_server.hits("/client")
+    assert client.params["From"] == "client:alice"
+    assert client.params["To"] == CALLEE
+
+
+async def test_a_browsers_dtmf_reaches_gather_and_hangs_up_on_star(
+    switch: WebRtcSwitch, app_server: AppServer, alice: WsPhone, workdir: Path
+) -> None:
+    app_server.routes["/client"] = (
+        '<Response><Gather numDigits="2" timeout="10" action="/gathered"/></Response>'
+    )
+    app_server.routes["/gathered"] = (
+        f'<Response><Dial hangupOnStar="true" action="/dialled"><Number>{CALLEE}</Number>'
+        "</Dial><Hangup/></Response>"
+    )
+    app_server.routes["/dialled"] = "<Response><Hangup/></Response>"
+    callee_audio = RtpPeer(600)
+    await callee_audio.start()
+    callee = sipp.Sipp(
+        workdir, "callee", sipp.callee("answer", rtp_port=callee_audio.port), port=switch.trunk_port
+    )
+    await callee.start()
+    try:
+        call, response = await alice.dial("+15005550123")
+        assert response.status == 200, response.start
+        assert await call.connected()
+        for digit in "42":
+            assert (await call.dtmf_info(digit)).status == 200
+        (gathered,) = await app_server.wait_for("/gathered")
+        assert gathered.params["Digits"] == "42"
+        assert await call.listener.hears(600, timeout=10), call.listener.dominant()
+        assert (await call.dtmf_info("*")).status == 200
+        await callee.finish(15)  # the switch BYEd it: hangupOnStar ended the child
+        (dialled,) = await app_server.wait_for("/dialled")
+        await asyncio.wait_for(call.ended.wait(), 10)
+    finally:
+        callee_audio.close()
+        await callee.stop()
+    assert dialled.params["DialCallStatus"] == "completed"
+    assert any(m.startswith("BYE ") for m in callee.messages().received())
+
+
+async def test_a_browser_call_is_challenged_and_a_wrong_password_refused(
+    switch: WebRtcSwitch, app_server: AppServer
+) -> None:
+    phone = WsPhone(switch.ws_url, "alice", "not-her-password", DOMAIN)
+    await phone.connect()
+    try:
+        response = await phone.register()
+        assert response.status == 403, response.start
+        _, response = await phone.dial(CALLEE)
+        assert response.status == 403, response.start
+    finally:
+        await phone.close()
+    assert not app_server.hits("/client")
+
+
+async def test_an_offer_without_a_fingerprint_gets_488(
+    switch: WebRtcSwitch, app_server: AppServer, alice: WsPhone
+) -> None:
+    app_server.routes["/client"] = "<Response><Hangup/></Response>"
+
+    def strip(sdp: str) -> str:
+        return "".join(
+            line + "\r\n" for line in sdp.splitlines() if not line.startswith("a=fingerprint")
+        )
+
+    _, response = await alice.dial(CALLEE, sdp_edit=strip)
+    assert response.status == 488, response.start
+    assert response.start == "SIP/2.0 488 DTLS Fingerprint Required"
+    assert not app_server.hits("/client")
+
+
+async def test_a_closed_socket_unregisters_and_ends_the_call(
+    switch: WebRtcSwitch, app_server: AppServer, workdir: Path
+) -> None:
+    app_server.routes["/voice"] = dial_client("bob", action="/action")
+    app_server.routes["/action"] = "<Response><Hangup/></Response>"
+    bob = switch.phone("bob", CLIENTS["bob"])
+    await bob.connect()
+    assert (await bob.register()).status == 200
+    caller_audio = RtpPeer(600)
+    await caller_audio.start()
+    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
+    try:
+        await caller.start(switch.target(), timeout_s=40)
+        call = await bob.answer(await next_invite(bob))
+        assert await call.listener.hears(600, timeout=10)
+        await bob.close()  # the tab is closed: no BYE, only the socket goes
+        await caller.finish(20)  # the switch hung the caller up (BYE after the action)
+    finally:
+        caller_audio.close()
+        await caller.stop()
+    (action,) = await app_server.wait_for("/action")
+    assert action.params["DialCallStatus"] == "completed"
+    # Its registration went with the socket: dialling bob now finds nobody.
+    assert switch.query("SELECT * FROM bindings WHERE identity = 'bob'") == []
+
+
+async def test_a_fork_to_a_browser_and_a_phone_cancels_the_browser(
+    switch: WebRtcSwitch, app_server: AppServer, alice: WsPhone, workdir: Path
+) -> None:
+    app_server.routes["/voice"] = (
+        f'<Response><Dial timeout="10" action="/action"><Client>alice</Client>'
+        f"<Number>{CALLEE}</Number></Dial></Response>"
+    )
+    app_server.routes["/action"] = "<Response><Hangup/></Response>"
+    caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000)
+    await caller_audio.start()
+    await callee_audio.start()
+    try:
+        caller, _ = await sipp.run_call(
+            switch,
+            workdir,
+            sipp.caller(NUMBER, caller_audio.port, hangup_after_ms=5000),
+            sipp.callee("answer", rtp_port=callee_audio.port, ring_ms=1500),
+            timeout=40,
+        )
+    finally:
+        caller_audio.close()
+        callee_audio.close()
+    invite = await next_invite(alice, timeout=1)
+    assert invite.header("Call-ID") in alice.cancelled, [m.start for m in alice.received]
+    (cancel,) = [m for m in alice.received if m.start.startswith("CANCEL ")]
+    assert cancel.header("Reason") == 'SIP;cause=200;text="Call completed elsewhere"'
+    (action,) = await app_server.wait_for("/action")
+    assert action.params["DialCallStatus"] == "completed"
+
+
+async def test_a_browser_whose_media_never_starts_fails_its_branch(
+    switch: WebRtcSwitch, app_server: AppServer, alice: WsPhone, workdir: Path
+) -> None:
+    app_server.routes["/voice"] = dial_client("alice", action="/action")
+    app_server.routes["/action"] = "<Response><Hangup/></Response>"
+    caller_audio = RtpPeer(600)
+    await caller_audio.start()
+    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
+    try:
+        await caller.start(switch.target(), timeout_s=40)
+        call = await alice.answer(await next_invite(alice), media=False)
+        await asyncio.wait_for(call.ended.wait(), 20)  # the switch's BYE
+        await caller.finish(20)
+    finally:
+        caller_audio.close()
+        await caller.stop()
+    assert call.end_reason == "remote BYE"
+    (action,) = await app_server.wait_for("/action")
+    assert action.params["DialCallStatus"] == "failed"
+    assert action.params["DialBridged"] == "false"
+    assert "did not start within 10 s" in switch.log()
+
+
+async def test_a_browser_registers_and_calls_over_wss(
+    app_server: AppServer, tmp_path: Path
+) -> None:
+    """A wss: listener serves [sip] tls_certificate; a browser trusting its CA
+    registers and calls through it, one that does not is refused at the handshake."""
+    handle = WebRtcSwitch.create(tmp_path, app_server.base, CLIENTS)
+    ca = TestCa(tmp_path / "ca")
+    issued = ca.issue("switch")
+    assert handle.config is not None
+    text = handle.config.read_text()
+    handle.config.write_text(
+        text.replace(
+            f'"ws:127.0.0.1:{handle.ws_port}"]', f'"wss:127.0.0.1:{handle.ws_port}"]'
+        ).replace(
+            "[http]",
+            f'tls_certificate = "{issued.certificate}"\n'
+            f'tls_private_key = "{issued.private_key}"\n\n[http]',
+            1,
+        )
+    )
+    url = f"wss://127.0.0.1:{handle.ws_port}/any/path"
+    app_server.routes["/client"] = "<Response><Say>Hello.</Say><Hangup/></Response>"
+    async with running(handle):
+        trusting = ssl.create_default_context(cafile=str(ca.path))
+        phone = WsPhone(url, "alice", CLIENTS["alice"], DOMAIN, ssl=trusting)
+        await phone.connect()
+        try:
+            assert (await phone.register()).status == 200
+            call, response = await phone.dial(CALLEE)
+            assert response.status == 200, response.start
+            assert await call.connected()
+            await asyncio.wait_for(call.ended.wait(), 15)  # <Hangup/>: the switch's BYE
+        finally:
+            await phone.close()
+        stranger = WsPhone(url, "alice", CLIENTS["alice"], DOMAIN)
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await stranger.connect()
+        await stranger.close()
+        await handle.wait_idle()
+
+
+async def test_a_socket_without_the_sip_subprotocol_is_refused(switch: WebRtcSwitch) -> None:
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await session.ws_connect(switch.ws_url, protocols=("chat",))
+        assert refused.value.status == 400
+        async with session.get(switch.ws_url.replace("ws:", "http:")) as plain:
+            assert plain.status == 400
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [(b"\xff\xfe\xfd", aiohttp.WSCloseCode.INVALID_TEXT), ("x" * 70_000, 1009)],
+)
+async def test_bad_frames_close_only_their_socket(
+    switch: WebRtcSwitch, alice: WsPhone, frame: bytes | str, code: int
+) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(switch.ws_url, protocols=("sip",)) as ws,
+    ):
+        if isinstance(frame, bytes):
+            # aiohttp will not send invalid UTF-8 as text: write the raw frame.
+            await ws._writer.send_frame(frame, aiohttp.WSMsgType.TEXT)  # type: ignore[attr-defined]
+        else:
+            await ws.send_str(frame)
+        message = await ws.receive(timeout=5)
+        assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert ws.close_code == code
+    # The switch and the other browsers go on.
+    assert (await alice.register()).status == 200
+    assert (await switch.health())["status"] == "ok"
+
+
+async def test_a_source_opening_many_sockets_is_throttled_alone(
+    switch: WebRtcSwitch, alice: WsPhone
+) -> None:
+    """1000 idle sockets from one address: past [registrar] register_rate per second
+    (burst twice that) and [sip] ws_per_source at once, it gets 503; others do not."""
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.9", 0), limit=0)
+    opened: list[aiohttp.ClientWebSocketResponse] = []
+    refused: list[int] = []
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one() -> None:
+            try:
+                opened.append(await session.ws_connect(switch.ws_url, protocols=("sip",)))
+            except aiohttp.WSServerHandshakeError as error:
+                assert error.headers is not None and error.headers.get("Retry-After") == "5"
+                refused.append(error.status)
+
+        await asyncio.gather(*(one() for _ in range(1000)))
+        assert len(opened) <= 40 + 5  # the burst, plus what the rate refilled meanwhile
+        assert set(refused) == {503} and len(refused) >= 900
+        # A browser elsewhere (127.0.0.1) is not affected.
+        assert (await alice.register()).status == 200
+        for ws in opened:
+            await ws.close()

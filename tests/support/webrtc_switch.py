@@ -1,0 +1,40 @@
+"""The real switch with clients and a ws: listener, for browser (WebRTC) tests."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from tests.integration.conftest import free_tcp_port
+from tests.support.sipp_reg import DOMAIN, ClientSwitch
+from tests.support.ws_peer import WsPhone
+
+
+class WebRtcSwitch(ClientSwitch):
+    """`ClientSwitch` with a ws: listener besides its udp: and tcp: ones."""
+
+    ws_port: int
+
+    @classmethod
+    def create(  # type: ignore[override]
+        cls, workdir: Path, app: str, clients: Mapping[str, str]
+    ) -> WebRtcSwitch:
+        base = ClientSwitch.create(workdir, app, clients, {})
+        handle = cls(base.workdir, base.sip_port, base.http_port, base.trunk_port)
+        handle.config, handle.log_path = base.config, base.log_path
+        handle.ws_port = free_tcp_port()
+        assert handle.config is not None
+        text = handle.config.read_text()
+        old = f'"tcp:127.0.0.1:{handle.sip_port}"]'
+        assert old in text
+        ws = f'"tcp:127.0.0.1:{handle.sip_port}", "ws:127.0.0.1:{handle.ws_port}"]'
+        handle.config.write_text(text.replace(old, ws))
+        return handle
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}/"
+
+    def phone(self, identity: str, password: str, tone: float = 1000.0) -> WsPhone:
+        """An aiortc browser (tests/support/ws_peer.py) for this switch."""
+        return WsPhone(self.ws_url, identity, password, DOMAIN, tone=tone)
