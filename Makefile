@@ -4,12 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config/dialswitch.toml
 RUNTIME_DEBS := espeak-ng libopus0 libssl3
-TEST_DEBS := sip-tester baresip-core sipvicious
+TEST_DEBS := sip-tester baresip-core sipvicious chromium
 PJSUA2_INPUTS := $(wildcard deploy/pjsua2/*.sh deploy/pjsua2/*.h deploy/pjsua2/patches/*.patch)
+PHONE := switch/web/phone
 
 .PHONY: install run test test-tools lint unit integration bench clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(PHONE)/node_modules/.installed
 
 $(VENV)/.installed: pyproject.toml $(PJSUA2_INPUTS)
 	deploy/apt-install.sh $(RUNTIME_DEBS)
@@ -21,6 +22,13 @@ $(VENV)/.installed: pyproject.toml $(PJSUA2_INPUTS)
 	$(PY) -c "import pjsua2" || { echo "dialswitch: pjsua2 did not import; see deploy/pjsua2/README.md" >&2; exit 1; }
 	touch $@
 
+# The browser phone's JsSIP, pinned by package-lock.json; npm ci also bundles it for the
+# page (package.json's postinstall). Node from Debian unless a node/npm is already there.
+$(PHONE)/node_modules/.installed: $(PHONE)/package.json $(PHONE)/package-lock.json
+	command -v npm >/dev/null || deploy/apt-install.sh nodejs npm
+	cd $(PHONE) && npm ci --no-audit --no-fund
+	touch $@
+
 run: install
 	$(VENV)/bin/dialswitch --config $(CONFIG)
 
@@ -29,7 +37,7 @@ $(VENV)/.test-tools: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-test-tools: $(VENV)/.test-tools
+test-tools: $(VENV)/.test-tools $(PHONE)/node_modules/.installed
 
 lint: test-tools
 	$(VENV)/bin/ruff check switch media tests $(wildcard bench)
@@ -52,4 +60,4 @@ bench: install test-tools
 	$(PY) bench/dial_bench.py
 
 clean:
-	rm -rf $(VENV) var build *.egg-info
+	rm -rf $(VENV) var build *.egg-info $(PHONE)/node_modules

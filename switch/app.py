@@ -27,6 +27,7 @@ from switch.http import build_app
 from switch.metrics import CONTENT_TYPE, Metrics
 from switch.numbers import InvalidNumber, request_uri_user_to_e164
 from switch.outbound_call import ApiCall
+from switch.phone import PhoneConfig, add_phone_routes
 from switch.recordings import (
     SpareSides,
     callback_params,
@@ -106,6 +107,7 @@ class Switch:
         )
         calls_api = CallsResource(self.services)
         add_api_routes(http_app, store, config, workers, calls_api)
+        add_phone_routes(http_app, PhoneConfig.from_sip(config.sip.listen, config.sip.domain))
         guard = AccountGuard(config.account.sid, config.account.auth_token)
         http_app.router.add_get("/metrics", guard(self._metrics))
         runner = web.AppRunner(http_app)

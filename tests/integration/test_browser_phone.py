@@ -1,0 +1,163 @@
+"""The browser phone (GET /phone, JsSIP) in Debian's headless Chromium against the real
+switch: registration, calls both ways with SIPp peers and decoded audio, DTMF,
+hang-ups from either side, a wrong password, and a fork another phone answers.
+
+Chromium's fake microphone plays 1000 Hz; SIPp peers' RTP plays 600 Hz. Screenshots
+of each state go to the test's tmp path (or $DIALSWITCH_ARTIFACTS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from media.analysis import tone_power
+from tests.integration.conftest import NUMBER, AppServer, running
+from tests.support import sipp
+from tests.support.browser import PhonePage, chromium, require_chromium
+from tests.support.rtp_peer import RtpPeer
+from tests.support.webrtc_switch import WebRtcSwitch
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+CLIENTS = {"alice": "alice-password"}
+CALLEE = "+14155550111"
+
+
+@pytest.fixture(autouse=True)
+def _chromium() -> None:
+    require_chromium()
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def switch_process(
+    app_server: AppServer, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[WebRtcSwitch]:
+    handle = WebRtcSwitch.create(tmp_path_factory.mktemp("switch"), app_server.base, CLIENTS)
+    async with running(handle):
+        yield handle
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def phone(switch: WebRtcSwitch, tmp_path: Path) -> AsyncIterator[PhonePage]:
+    """alice's browser phone, registered."""
+    async with chromium(tmp_path, tone_hz=1000) as browser:
+        page = await PhonePage.open(browser, switch.http, "alice")
+        await page.login("alice", CLIENTS["alice"])
+        await page.wait_registered()
+        yield page
+        page.assert_no_page_errors()
+        await page.close()
+
+
+def heard_browser(audio: object) -> bool:
+    """The peer's decoded audio carries the browser's 1000 Hz, not its own 600 Hz."""
+    return bool(tone_power(audio, 8000, 1000) > 10 * tone_power(audio, 8000, 600))
+
+
+async def test_a_caller_rings_the_page_and_they_hear_each_other(
+    switch: WebRtcSwitch, app_server: AppServer, phone: PhonePage, workdir: Path
+) -> None:
+    app_server.routes["/voice"] = (
+        '<Response><Dial timeout="15" action="/action"><Client>alice</Client></Dial></Response>'
+    )
+    app_server.routes["/action"] = "<Response><Hangup/></Response>"
+    caller_audio = RtpPeer(600)
+    await caller_audio.start()
+    scenario = sipp.caller(NUMBER, caller_audio.port, hangup_after_ms=6000)
+    caller = sipp.Sipp(workdir, "caller", scenario)
+    try:
+        await caller.start(switch.target(), timeout_s=40)
+        shown = await phone.wait_incoming(15)
+        assert "+14155550100" in shown
+        await phone.screenshot("incoming")
+        await phone.answer()
+        await phone.wait_call_state("in-call")
+        await phone.wait_tone(600, timeout=10)
+        await phone.screenshot("in-call")
+        await caller.finish(30)  # the caller hangs up
+        await phone.wait_call_state("ended", 10)
+        await phone.screenshot("ended-by-caller")
+    finally:
+        caller_audio.close()
+        await caller.stop()
+    assert heard_browser(caller_audio.audio())
+    (action,) = await app_server.wait_for("/action")
+    assert action.params["DialCallStatus"] == "completed"
+    assert action.params["DialBridged"] == "true"
+
+
+async def test_the_page_calls_out_sends_dtmf_and_hangs_up(
+    switch: WebRtcSwitch, app_server: AppServer, phone: PhonePage, workdir: Path
+) -> None:
+    app_server.routes["/client"] = (
+        '<Response><Gather numDigits="2" timeout="15" action="/gathered"/></Response>'
+    )
+    app_server.routes["/gathered"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
+    callee_audio = RtpPeer(600)
+    await callee_audio.start()
+    callee = sipp.Sipp(
+        workdir, "callee", sipp.callee("answer", rtp_port=callee_audio.port), port=switch.trunk_port
+    )
+    await callee.start()
+    try:
+        await phone.dial("+15005550123")
+        await phone.wait_call_state("in-call", 15)
+        await phone.press("42")  # RFC 4733 from Chromium
+        (gathered,) = await app_server.wait_for("/gathered")
+        assert gathered.params["Digits"] == "42"
+        await phone.wait_tone(600, timeout=15)
+        await phone.screenshot("calling-out")
+        await phone.hangup()
+        await callee.finish(15)  # it got the switch's BYE
+        await phone.wait_call_state("ended")
+    finally:
+        callee_audio.close()
+        await callee.stop()
+    assert heard_browser(callee_audio.audio())
+    (client,) = app_server.hits("/client")
+    assert client.params["From"] == "client:alice"
+    assert client.params["To"] == "+15005550123"
+
+
+async def test_a_wrong_password_is_shown(switch: WebRtcSwitch, tmp_path: Path) -> None:
+    async with chromium(tmp_path, tone_hz=1000) as browser:
+        page = await PhonePage.open(browser, switch.http, "mallory")
+        await page.login("alice", "not-her-password")
+        text = await page.wait_message("auth")
+        await page.screenshot("wrong-password")
+        assert "Wrong identity or password" in text
+        assert await page.registration_state() != "registered"
+        await page.close()
+
+
+async def test_a_fork_the_phone_answers_shows_answered_elsewhere(
+    switch: WebRtcSwitch, app_server: AppServer, phone: PhonePage, workdir: Path
+) -> None:
+    app_server.routes["/voice"] = (
+        '<Response><Dial timeout="15" action="/action"><Client>alice</Client>'
+        f"<Number>{CALLEE}</Number></Dial></Response>"
+    )
+    app_server.routes["/action"] = "<Response><Hangup/></Response>"
+    caller_audio, callee_audio = RtpPeer(600), RtpPeer(700)
+    await caller_audio.start()
+    await callee_audio.start()
+    try:
+        await sipp.run_call(
+            switch,
+            workdir,
+            sipp.caller(NUMBER, caller_audio.port, hangup_after_ms=5000),
+            sipp.callee("answer", rtp_port=callee_audio.port, ring_ms=2500),
+            timeout=40,
+        )
+    finally:
+        caller_audio.close()
+        callee_audio.close()
+    text = await phone.wait_message("answered-elsewhere")
+    await phone.screenshot("answered-elsewhere")
+    assert "elsewhere" in text.lower()
+    (action,) = await app_server.wait_for("/action")
+    assert action.params["DialCallStatus"] == "completed"
