@@ -42,6 +42,18 @@
 /* Transport hash table: one entry per TCP/TLS connection. */
 #define PJSIP_TPMGR_HTABLE_SIZE         1023
 
+/* Seconds a connection a peer opened to us (TCP, TLS, a browser's relayed
+ * WebSocket) stays open with no transaction using it. The stock 600 closed a
+ * registered phone's or browser's connection between two REGISTERs longer
+ * than that apart, and an answered call's between two session refreshes
+ * (every 900 s with our Session-Expires of 1800), so requests to it (an
+ * INVITE, the BYE) had nowhere to go. Two hours is more than [registrar]
+ * max_expires (3600 by default) and a session refresh interval; a peer that
+ * vanished is still noticed by TCP keep-alives (PJSIP_TCP_KEEP_ALIVE_INTERVAL)
+ * and by the WebSocket edge's pings.
+ */
+#define PJSIP_TRANSPORT_SERVER_IDLE_TIME 7200
+
 /* Accounts (local identities) the engine may create. */
 #define PJSUA_MAX_ACC                   32
 
