@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config/dialswitch.toml
 RUNTIME_DEBS := espeak-ng libopus0 libssl3
-TEST_DEBS := sip-tester baresip-core sipvicious chromium
+TEST_DEBS := sip-tester baresip-core sipvicious chromium coturn
 PJSUA2_INPUTS := $(wildcard deploy/pjsua2/*.sh deploy/pjsua2/*.h deploy/pjsua2/patches/*.patch)
 PHONE := switch/web/phone
 

@@ -107,7 +107,10 @@ class Switch:
         )
         calls_api = CallsResource(self.services)
         add_api_routes(http_app, store, config, workers, calls_api)
-        add_phone_routes(http_app, PhoneConfig.from_sip(config.sip.listen, config.sip.domain))
+        add_phone_routes(
+            http_app,
+            PhoneConfig.from_sip(config.sip.listen, config.sip.domain, config.webrtc.ice_servers),
+        )
         guard = AccountGuard(config.account.sid, config.account.auth_token)
         http_app.router.add_get("/metrics", guard(self._metrics))
         runner = web.AppRunner(http_app)
@@ -230,6 +233,7 @@ class Switch:
             tls=sip.tls,
             rtp_timeout=self.config.media.rtp_timeout,
             websocket=bool(sip.websocket_listen),
+            webrtc=self.config.webrtc,
         )
 
     def _websocket_edge(self, engine: Engine) -> WebSocketEdge | None:

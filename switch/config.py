@@ -34,6 +34,7 @@ from typing import Any, NamedTuple, TypeAlias, TypeVar
 from switch.call.capacity import ENGINE_SLOTS, MAX_LEGS
 from switch.config_clients import ClientConfig, RegistrarConfig, build_clients, build_registrar
 from switch.config_tls import TlsConfig, build_tls, srtp_mode
+from switch.config_webrtc import WebRtcConfig, build_webrtc
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "config" / "dialswitch.toml"
 """The default configuration file of a repository checkout."""
@@ -276,6 +277,7 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     metrics: MetricsConfig = MetricsConfig()
     media: MediaConfig = MediaConfig()
+    webrtc: WebRtcConfig = WebRtcConfig()
 
     def client(self, identity: str) -> ClientConfig | None:
         """A registered client's configuration, or None for an unknown identity."""
@@ -521,6 +523,7 @@ def _build(root: _Table) -> Config:
     media_table = root.table("media")
     media = MediaConfig(media_table.integer("rtp_timeout", 60, 0, 3600))
     media_table.finish()
+    webrtc = build_webrtc(root.table("webrtc"))
     root.finish()
     return Config(
         sip,
@@ -538,6 +541,7 @@ def _build(root: _Table) -> Config:
         limits,
         metrics=metrics,
         media=media,
+        webrtc=webrtc,
     )
 
 

@@ -25,6 +25,8 @@ from typing import Protocol
 
 from aiohttp import web
 
+from switch.config_webrtc import IceServer
+
 __all__ = [
     "PHONE_ASSETS",
     "IceServer",
@@ -89,23 +91,6 @@ class WsListener:
     def __post_init__(self) -> None:
         if self.scheme not in ("ws", "wss"):
             raise ValueError(f"WebSocket scheme must be ws or wss, not {self.scheme!r}")
-
-
-@dataclass(frozen=True)
-class IceServer:
-    """One entry of RTCConfiguration.iceServers (a STUN or TURN server)."""
-
-    urls: tuple[str, ...]
-    username: str = ""
-    credential: str = ""
-
-    def as_json(self) -> dict[str, object]:
-        entry: dict[str, object] = {"urls": list(self.urls)}
-        if self.username:
-            entry["username"] = self.username
-        if self.credential:
-            entry["credential"] = self.credential
-        return entry
 
 
 class _Listening(Protocol):

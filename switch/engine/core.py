@@ -39,6 +39,7 @@ from switch.call.capacity import ENGINE_SLOTS, SLOT_HEADROOM
 from switch.call.protocol import MediaError
 from switch.call.rtp_watch import RtpWatch
 from switch.config_tls import TlsConfig
+from switch.config_webrtc import WebRtcConfig
 from switch.engine.legs import Leg, _PjCall, add_headers, guarded
 from switch.engine.tls import TlsFailures
 from switch.sipmsg import SipMessage
@@ -92,6 +93,7 @@ class EngineSettings:
     rtp_timeout: float = 60.0  # an answered leg silent this long is hung up; 0: never
     tls: TlsConfig = TlsConfig()
     websocket: bool = False  # browsers: a relay listener and their account (switch/sipws)
+    webrtc: WebRtcConfig = WebRtcConfig()  # STUN/TURN of the browsers' media
 
 
 @dataclass(frozen=True)
@@ -355,6 +357,9 @@ class Engine:
         # pjsua's own limit stays above [dial] max_calls, which refuses first (503).
         cfg.uaConfig.maxCalls = min(ENGINE_SLOTS, self.settings.max_calls + SLOT_HEADROOM)
         cfg.uaConfig.userAgent = self.settings.user_agent
+        stun = self.settings.webrtc.stun
+        if stun is not None:  # only the browser account uses it (_make_account)
+            cfg.uaConfig.stunServer.append(stun.hostport)
         cfg.logConfig.level = self.settings.log_level
         cfg.logConfig.consoleLevel = self.settings.log_level
         cfg.medConfig.threadCnt = 0
@@ -447,9 +452,14 @@ class Engine:
             crypto = pj.SrtpCrypto()
             crypto.name = suite
             acfg.mediaConfig.srtpOpt.cryptos.append(crypto)
+        acfg.natConfig.sipStunUse = pj.PJSUA_STUN_USE_DISABLED
+        acfg.natConfig.mediaStunUse = pj.PJSUA_STUN_USE_DISABLED
         if browser_transport is not None:
             acfg.sipConfig.transportId = browser_transport
             acfg.natConfig.iceEnabled = True
+            if self.settings.webrtc.stun is not None:
+                acfg.natConfig.mediaStunUse = pj.PJSUA_STUN_USE_DEFAULT
+            _configure_turn(acfg.natConfig, self.settings.webrtc)
             acfg.mediaConfig.rtcpMuxEnabled = True
             acfg.mediaConfig.srtpUse = pj.PJMEDIA_SRTP_MANDATORY
             acfg.mediaConfig.srtpOpt.keyings.clear()
@@ -791,6 +801,23 @@ def tls_destination(uri: str) -> str:
     params = rest.split("?", 1)[0].split(";")[1:]
     tls = scheme.lower() == "sips" or any(p.lower() == "transport=tls" for p in params)
     return uri_hostport(uri, 5061) if tls else ""
+
+
+TURN_TRANSPORTS = {"udp": pj.PJ_TURN_TP_UDP, "tcp": pj.PJ_TURN_TP_TCP, "tls": pj.PJ_TURN_TP_TLS}
+
+
+def _configure_turn(nat: pj.AccountNatConfig, webrtc: WebRtcConfig) -> None:
+    """Relayed candidates for browser media through the first TURN server, if any."""
+    turn = webrtc.turn
+    if turn is None:
+        return
+    url, server = turn
+    nat.turnEnabled = True
+    nat.turnServer = url.hostport
+    nat.turnConnType = TURN_TRANSPORTS[url.transport]
+    nat.turnUserName = server.username
+    nat.turnPasswordType = 0  # plain text (PJ_STUN_PASSWD_PLAIN)
+    nat.turnPassword = server.credential
 
 
 def _configure_tls(tls: pj.TlsConfig, config: TlsConfig) -> None:

@@ -10,6 +10,7 @@ its own WebSocket.
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,12 +20,19 @@ import pytest
 import pytest_asyncio
 
 from media.analysis import tone_power
-from tests.integration.conftest import ACCOUNT_SID, AUTH_TOKEN, NUMBER, AppServer, running
+from tests.integration.conftest import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    NUMBER,
+    AppServer,
+    free_tcp_port,
+    running,
+)
 from tests.support import sipp
 from tests.support.certs import TestCa
 from tests.support.recording_checks import RecordingsClient, peak_tone_share, tone_share
 from tests.support.rtp_peer import RtpPeer
-from tests.support.sipp_reg import DOMAIN
+from tests.support.sipp_reg import DOMAIN, require_tool
 from tests.support.webrtc_switch import WebRtcSwitch
 from tests.support.ws_peer import SipMsg, WsPhone
 
@@ -404,3 +412,64 @@ async def test_a_source_opening_many_sockets_is_throttled_alone(
         assert (await alice.register()).status == 200
         for ws in opened:
             await ws.close()
+
+
+async def test_turn_from_ice_servers_gives_relayed_candidates(
+    app_server: AppServer, tmp_path: Path
+) -> None:
+    """[webrtc] ice_servers: the switch's answers to browsers carry relayed candidates
+    from the TURN server (coturn on loopback), and the page is told the same list."""
+    require_tool("turnserver", "coturn")
+    turn_port, relay_low = free_tcp_port(), 49200 + 100 * (os.getpid() % 50)
+    turn = await asyncio.create_subprocess_exec(
+        "turnserver", "-n", "--no-cli", "--no-tls", "--no-dtls", "--lt-cred-mech",
+        "--listening-ip=127.0.0.1", f"--listening-port={turn_port}", "--relay-ip=127.0.0.1",
+        f"--min-port={relay_low}", f"--max-port={relay_low + 99}", "--realm=dialswitch.test",
+        "--user=dialswitch:turn-secret", "--allow-loopback-peers", "--log-file=stdout",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    handle = WebRtcSwitch.create(tmp_path, app_server.base, CLIENTS)
+    assert handle.config is not None
+    handle.config.write_text(
+        handle.config.read_text()
+        + "\n[webrtc]\nice_servers = [\n"
+        + f'  {{ urls = "turn:127.0.0.1:{turn_port}", username = "dialswitch",'
+        + ' credential = "turn-secret" },\n]\n'
+    )
+    app_server.routes["/client"] = (
+        '<Response><Say>Hello.</Say><Pause length="3"/><Hangup/></Response>'
+    )
+    try:
+        async with running(handle):
+            phone = handle.phone("alice", CLIENTS["alice"])
+            await phone.connect()
+            try:
+                assert (await phone.register()).status == 200
+                call, response = await phone.dial(CALLEE)
+                assert response.status == 200, response.start
+                relayed = [
+                    line.split() for line in response.body.splitlines() if "typ relay" in line
+                ]
+                assert relayed, response.body
+                # a=candidate:F 1 UDP PRIO 127.0.0.1 PORT typ relay: coturn's relay port
+                assert all(relay_low <= int(c[5]) < relay_low + 100 for c in relayed), relayed
+                assert await call.connected()
+                await asyncio.wait_for(call.ended.wait(), 15)
+            finally:
+                await phone.close()
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"{handle.http}/phone/config.json") as page_config,
+            ):
+                servers = (await page_config.json())["ice_servers"]
+            assert servers == [
+                {
+                    "urls": [f"turn:127.0.0.1:{turn_port}"],
+                    "username": "dialswitch",
+                    "credential": "turn-secret",
+                }
+            ]
+            await handle.wait_idle()
+    finally:
+        turn.terminate()
+        await turn.wait()

@@ -115,3 +115,41 @@ def test_a_trunk_cannot_use_websocket(tmp_path: Path) -> None:
     path.write_text(text(sip='listen = ["udp:127.0.0.1:5060"]', extra=trunk))
     with pytest.raises(ConfigError, match="unknown transport 'ws'"):
         load_config(path)
+
+
+def test_ice_servers_parse(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    webrtc = (
+        "[webrtc]\nice_servers = [\n"
+        '  { urls = "stun:stun.example.com" },\n'
+        '  { urls = ["turns:turn.example.com", "turn:[2001:db8::1]:3479?transport=tcp"],'
+        ' username = "u", credential = "p" },\n]\n'
+    )
+    path.write_text(text(sip='listen = ["udp:127.0.0.1:5060"]', extra=webrtc))
+    config = load_config(path).webrtc
+    stun = config.stun
+    assert stun is not None and (stun.hostport, stun.transport) == ("stun.example.com:3478", "udp")
+    turn = config.turn
+    assert turn is not None
+    url, server = turn
+    assert (url.hostport, url.transport, server.username) == ("turn.example.com:5349", "tls", "u")
+    assert server.parsed()[1].hostport == "[2001:db8::1]:3479"
+    assert server.parsed()[1].transport == "tcp"
+    assert load_config(path).webrtc.ice_servers[0].as_json() == {"urls": ["stun:stun.example.com"]}
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ('{ urls = "http://x" }', "webrtc.ice_servers[0].urls: 'http://x' is not a stun:"),
+        ('{ urls = "turn:t.example.com" }', "webrtc.ice_servers[0].username: a TURN server"),
+        ("{ username = 'u' }", "webrtc.ice_servers[0].urls: required"),
+        ('{ urls = "stun:s.example.com", secret = 1 }', "webrtc.ice_servers[0].secret"),
+    ],
+)
+def test_ice_server_problems(tmp_path: Path, entry: str, problem: str) -> None:
+    path = tmp_path / "c.toml"
+    extra = f"[webrtc]\nice_servers = [{entry}]\n"
+    path.write_text(text(sip='listen = ["udp:127.0.0.1:5060"]', extra=extra))
+    with pytest.raises(ConfigError, match=problem.replace("[", r"\[").replace("]", r"\]")):
+        load_config(path)
