@@ -65,12 +65,7 @@ async def test_a_caller_rings_the_page_and_they_hear_each_other(
         '<Response><Dial timeout="15" action="/action"><Client>alice</Client></Dial></Response>'
     )
     app_server.routes["/action"] = "<Response><Hangup/></Response>"
-    caller_audio = RtpPeer(600)
-    await caller_audio.start()
-    scenario = sipp.caller(NUMBER, caller_audio.port, hangup_after_ms=6000)
-    caller = sipp.Sipp(workdir, "caller", scenario)
-    try:
-        await caller.start(switch.target(), timeout_s=40)
+    async with switch.calling(workdir, hangup_after_ms=6000) as (caller, caller_audio):
         shown = await phone.wait_incoming(15)
         assert "+14155550100" in shown
         await phone.screenshot("incoming")
@@ -81,9 +76,6 @@ async def test_a_caller_rings_the_page_and_they_hear_each_other(
         await caller.finish(30)  # the caller hangs up
         await phone.wait_call_state("ended", 10)
         await phone.screenshot("ended-by-caller")
-    finally:
-        caller_audio.close()
-        await caller.stop()
     assert heard_browser(caller_audio.audio())
     (action,) = await app_server.wait_for("/action")
     assert action.params["DialCallStatus"] == "completed"

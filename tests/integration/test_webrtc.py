@@ -79,13 +79,7 @@ async def test_a_caller_reaches_a_browser_and_they_hear_each_other(
         "</Dial></Response>"
     )
     app_server.routes["/action"] = "<Response><Hangup/></Response>"
-    caller_audio = RtpPeer(600)
-    await caller_audio.start()
-    caller = sipp.Sipp(
-        workdir, "caller", sipp.caller(NUMBER, caller_audio.port, hangup_after_ms=4000)
-    )
-    try:
-        await caller.start(switch.target(), timeout_s=40)
+    async with switch.calling(workdir, hangup_after_ms=4000) as (caller, caller_audio):
         invite = await next_invite(alice)
         # Late offer: the switch's INVITE has no SDP, the browser offers in its 200.
         assert invite.body == "", invite.body
@@ -96,9 +90,6 @@ async def test_a_caller_reaches_a_browser_and_they_hear_each_other(
         assert await call.listener.hears(600, timeout=10), call.listener.dominant()
         await caller.finish(30)
         await asyncio.wait_for(call.ended.wait(), 10)
-    finally:
-        caller_audio.close()
-        await caller.stop()
     assert call.end_reason == "remote BYE"
     heard = caller_audio.audio()
     assert tone_power(heard, 8000, 1000) > 10 * tone_power(heard, 8000, 600)
@@ -114,18 +105,10 @@ async def test_a_dual_recording_keeps_the_browser_on_its_own_channel(
         "alice", action="/action", record="record-from-answer-dual"
     )
     app_server.routes["/action"] = "<Response><Hangup/></Response>"
-    caller_audio = RtpPeer(600)
-    await caller_audio.start()
-    scenario = sipp.caller(NUMBER, caller_audio.port, hangup_after_ms=4000)
-    caller = sipp.Sipp(workdir, "caller", scenario)
-    try:
-        await caller.start(switch.target(), timeout_s=40)
+    async with switch.calling(workdir, hangup_after_ms=4000) as (caller, _):
         call = await alice.answer(await next_invite(alice))
         assert await call.connected()
         await caller.finish(30)
-    finally:
-        caller_audio.close()
-        await caller.stop()
     (action,) = await app_server.wait_for("/action")
     recordings = RecordingsClient(switch.http, ACCOUNT_SID, AUTH_TOKEN)
     wav = await recordings.wav(action.params["RecordingUrl"])
@@ -243,18 +226,11 @@ async def test_a_closed_socket_unregisters_and_ends_the_call(
     bob = switch.phone("bob", CLIENTS["bob"])
     await bob.connect()
     assert (await bob.register()).status == 200
-    caller_audio = RtpPeer(600)
-    await caller_audio.start()
-    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
-    try:
-        await caller.start(switch.target(), timeout_s=40)
+    async with switch.calling(workdir) as (caller, _):
         call = await bob.answer(await next_invite(bob))
         assert await call.listener.hears(600, timeout=10)
         await bob.close()  # the tab is closed: no BYE, only the socket goes
         await caller.finish(20)  # the switch hung the caller up (BYE after the action)
-    finally:
-        caller_audio.close()
-        await caller.stop()
     (action,) = await app_server.wait_for("/action")
     assert action.params["DialCallStatus"] == "completed"
     # Its registration went with the socket: dialling bob now finds nobody.
@@ -296,17 +272,10 @@ async def test_a_browser_whose_media_never_starts_fails_its_branch(
 ) -> None:
     app_server.routes["/voice"] = dial_client("alice", action="/action")
     app_server.routes["/action"] = "<Response><Hangup/></Response>"
-    caller_audio = RtpPeer(600)
-    await caller_audio.start()
-    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
-    try:
-        await caller.start(switch.target(), timeout_s=40)
+    async with switch.calling(workdir) as (caller, _):
         call = await alice.answer(await next_invite(alice), media=False)
         await asyncio.wait_for(call.ended.wait(), 20)  # the switch's BYE
         await caller.finish(20)
-    finally:
-        caller_audio.close()
-        await caller.stop()
     assert call.end_reason == "remote BYE"
     (action,) = await app_server.wait_for("/action")
     assert action.params["DialCallStatus"] == "failed"

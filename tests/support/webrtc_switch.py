@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
-from tests.integration.conftest import free_tcp_port
+from tests.integration.conftest import NUMBER, free_tcp_port
+from tests.support import sipp
+from tests.support.rtp_peer import RtpPeer
 from tests.support.sipp_reg import DOMAIN, ClientSwitch
 from tests.support.ws_peer import WsPhone
+
+CALLER_HZ = 600
 
 
 class WebRtcSwitch(ClientSwitch):
@@ -38,3 +43,20 @@ class WebRtcSwitch(ClientSwitch):
     def phone(self, identity: str, password: str, tone: float = 1000.0) -> WsPhone:
         """An aiortc browser (tests/support/ws_peer.py) for this switch."""
         return WsPhone(self.ws_url, identity, password, DOMAIN, tone=tone)
+
+    @contextlib.asynccontextmanager
+    async def calling(
+        self, workdir: Path, hangup_after_ms: int | None = None
+    ) -> AsyncIterator[tuple[sipp.Sipp, RtpPeer]]:
+        """A SIPp trunk caller of NUMBER, started, whose RTP party sends CALLER_HZ and
+        decodes what it hears; both are stopped on the way out."""
+        audio = RtpPeer(CALLER_HZ)
+        await audio.start()
+        scenario = sipp.caller(NUMBER, audio.port, hangup_after_ms=hangup_after_ms)
+        caller = sipp.Sipp(workdir, "caller", scenario)
+        try:
+            await caller.start(self.target(), timeout_s=40)
+            yield caller, audio
+        finally:
+            audio.close()
+            await caller.stop()
