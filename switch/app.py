@@ -72,7 +72,6 @@ class Switch:
         store = Store.open(config.storage.path)
         metrics = Metrics()
         webhooks = webhooks_for(config, metrics.webhook, store)
-        http_client = aiohttp.ClientSession()
         self.registrar = Registrar(config.registrar, config.sip.domain, config.clients, store)
         limits = config.limits
         self.floods = FloodGuard(
@@ -83,6 +82,11 @@ class Switch:
             limits.trusted,
         )
         engine = Engine(self._engine_settings(), self._incoming, self._register, self._admit)
+        self.edge = self._websocket_edge(engine)
+        if self.edge is not None:
+            # Before any thread or the engine starts: a port in use stops us cleanly.
+            await self.edge.start()
+        http_client = aiohttp.ClientSession()
         workers = WorkerPool()
         await workers.start()
         self.services = Services(config, store, webhooks, engine, http_client, workers, metrics)
@@ -90,9 +94,6 @@ class Switch:
         metrics.watch_rtp(lambda: engine.rtp)
         self.services.registrar = self.registrar
         engine.start(new_call_sid)
-        self.edge = self._websocket_edge(engine)
-        if self.edge is not None:
-            await self.edge.start()
         self._resend_recording_callbacks(store, webhooks)
         webhooks.start()  # what an earlier run left undelivered goes first
         self.services.spares = SpareSides(sweep_side_files(store, config.storage.path))
@@ -115,9 +116,19 @@ class Switch:
         http_app.router.add_get("/metrics", guard(self._metrics))
         runner = web.AppRunner(http_app)
         await runner.setup()
-        site = web.TCPSite(runner, config.http.host, config.http.port)
-        await site.start()
-        metrics_runner = await self._metrics_listener()
+        try:
+            await web.TCPSite(runner, config.http.host, config.http.port).start()
+            metrics_runner = await self._metrics_listener()
+        except OSError:  # undo what started, so the process can exit (cli reports it)
+            await engine.shutdown()  # pjsua2 must not outlive the loop
+            if self.edge is not None:
+                await self.edge.close()
+            await workers.close()
+            await webhooks.close()
+            await http_client.close()
+            await runner.cleanup()
+            store.close()
+            raise
         self.ready = True
         # Start-up objects (config, parsed tables, modules) never die: keep the
         # collector off them, and let it run less often under call load.

@@ -84,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from switch.app import Switch
 
-    return uvloop.run(Switch(config).run())
+    try:
+        return uvloop.run(Switch(config).run())
+    except OSError as error:  # a listener could not be bound (--check-config says so too)
+        logging.getLogger("dialswitch").error("cannot start: %s", error)
+        return 1
 
 
 if __name__ == "__main__":

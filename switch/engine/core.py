@@ -419,9 +419,9 @@ class Engine:
         return relay_id
 
     @property
-    def websocket_relay(self) -> tuple[str, int]:
-        """Where switch/sipws relays each browser's SIP (host, port)."""
-        assert self._relay is not None, "the engine was started without websocket"
+    def websocket_relay(self) -> tuple[str, int] | None:
+        """Where switch/sipws relays each browser's SIP (host, port); None until the
+        engine has started."""
         return self._relay
 
     def _make_account(

@@ -70,7 +70,7 @@ class WebSocketEdge:
     def __init__(
         self,
         listeners: Sequence[WebSocketListener],
-        relay: Callable[[], tuple[str, int]],
+        relay: Callable[[], tuple[str, int] | None],
         on_closed: Callable[[Peer], None],
         tls: ssl.SSLContext | None,
         rate: float,
@@ -185,7 +185,11 @@ class _Relay:
         return True
 
     async def _connect(self) -> asyncio.StreamWriter | None:
-        host, port = self.edge.relay()
+        relay = self.edge.relay()
+        if relay is None:  # the engine is not up yet
+            await self.ws.close(code=1013, message=b"starting, try again")
+            return None
+        host, port = relay
         try:
             reader, writer = await asyncio.open_connection(host, port)
         except OSError as error:

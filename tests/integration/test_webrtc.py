@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import ssl
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -442,3 +444,29 @@ async def test_turn_from_ice_servers_gives_relayed_candidates(
     finally:
         turn.terminate()
         await turn.wait()
+
+
+@pytest.mark.parametrize("taken", ["ws", "http"])
+async def test_a_listener_port_in_use_stops_the_start_with_one_line(
+    app_server: AppServer, tmp_path: Path, taken: str
+) -> None:
+    handle = WebRtcSwitch.create(tmp_path, app_server.base, CLIENTS)
+    assert handle.config is not None
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", handle.ws_port if taken == "ws" else handle.http_port))
+        squatter.listen()
+        switch = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "switch",
+            "--config",
+            str(handle.config),
+            cwd=Path(__file__).resolve().parents[2],
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(switch.communicate(), 30)
+    log = out.decode()
+    assert switch.returncode == 1, log[-2000:]
+    assert "ERROR dialswitch cannot start: [Errno 98]" in log and "address already in use" in log
+    assert "Traceback" not in log
