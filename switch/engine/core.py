@@ -390,12 +390,10 @@ class Engine:
             self._trunk_accounts[trunk.name] = self._make_account(
                 f"sip:{trunk.username}@{_hostport(first)}", trunk, False
             )
-        if relay_id is not None:
+        if relay_id is not None and self._relay is not None:
+            host, port = self._relay
             self._browser_account = self._make_account(
-                f"sip:dialswitch@{self._relay[0]}:{self._relay[1]};transport=tcp",  # type: ignore[index]
-                None,
-                False,
-                browser_transport=relay_id,
+                f"sip:dialswitch@{host}:{port};transport=tcp", None, False, relay_id
             )
         self._closed_fd = pj.AudioMediaRecorder.closedFd()
         self.loop.add_reader(self._closed_fd, self._read_closed)
@@ -594,7 +592,8 @@ class Engine:
         given, is the Request-URI (and so where the INVITE goes) while
         ``to_uri`` stays in To: a registered client is reached at the address
         its REGISTER came from. ``srtp`` is off, optional or mandatory
-        (switch.config_tls).
+        (switch.config_tls), or dtls for a browser's leg: the browser account,
+        and no offer in the INVITE.
         """
         if srtp == "dtls":
             account = self._browser_account

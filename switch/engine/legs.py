@@ -339,13 +339,13 @@ class Leg:
             self._emit(LegProgressed(code, early_media=code == 183))
 
     def _answered(self) -> None:
-        if self.srtp == "dtls" and self.outbound and not self._media_started:
-            # A browser's answer counts once its media flows (ICE and DTLS done):
-            # one that never gets there fails like a branch that never answered.
+        if self.srtp == "dtls" and not self._media_started:
+            # A browser whose ICE and DTLS never complete is hung up. Its answer
+            # to our INVITE counts once its media flows: one that never gets there
+            # fails like a branch that never answered.
             self.engine.await_browser_media(self, self._browser_media_started)
-            return
-        if self.srtp == "dtls" and not self.outbound and not self._media_started:
-            self.engine.await_browser_media(self, self._browser_media_started)
+            if self.outbound:
+                return
         self.was_answered = True
         if self.machine.process(LegInput.ANSWERED):
             self._emit(LegAnswered())
