@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from media.analysis import tone_power
 from tests.integration.conftest import NUMBER, AppServer, running
-from tests.support import sipp
+from tests.support import sipp, sipp_reg
 from tests.support.browser import PhonePage, chromium, require_chromium
 from tests.support.rtp_peer import RtpPeer
 from tests.support.webrtc_switch import WebRtcSwitch
@@ -151,5 +151,41 @@ async def test_a_fork_the_phone_answers_shows_answered_elsewhere(
     text = await phone.wait_message("answered-elsewhere")
     await phone.screenshot("answered-elsewhere")
     assert "elsewhere" in text.lower()
+    (action,) = await app_server.wait_for("/action")
+    assert action.params["DialCallStatus"] == "completed"
+
+
+async def test_alices_phone_and_browser_ring_and_the_phone_answers(
+    switch: WebRtcSwitch, app_server: AppServer, phone: PhonePage, workdir: Path
+) -> None:
+    """<Dial><Client>alice</Client> rings her SIP phone (SIPp) and her browser at once;
+    the phone answers, and the browser's branch is cancelled: its page says so."""
+    app_server.routes["/voice"] = (
+        '<Response><Dial timeout="15" action="/action"><Client>alice</Client></Dial></Response>'
+    )
+    app_server.routes["/action"] = "<Response><Hangup/></Response>"
+    desk_audio = RtpPeer(700)
+    await desk_audio.start()
+    main, answer = sipp_reg.registered_uas(
+        sipp_reg.register("alice", password=CLIENTS["alice"]),
+        sipp.callee("answer", rtp_port=desk_audio.port, ring_ms=2500),
+    )
+    desk = sipp_reg.Peer(workdir, "desk-phone", main, ooc=answer)
+    try:
+        await desk.start(switch.target(), timeout_s=40)
+        async with switch.calling(workdir, hangup_after_ms=5000) as (caller, _):
+            assert "+14155550100" in await phone.wait_incoming(15)  # both ring
+            text = await phone.wait_message("answered-elsewhere", 15)
+            await phone.screenshot("phone-answered-elsewhere")
+            await caller.finish(30)
+        assert await desk.wait(20) == 0
+    finally:
+        desk_audio.close()
+        await desk.stop()
+        unregister = sipp_reg.register("alice", password=CLIENTS["alice"], contact="*", expires=0)
+        await sipp_reg.Peer(workdir, "unregister", unregister).run(switch.target(), timeout=20)
+    assert "elsewhere" in text.lower()
+    received = desk.messages().received()
+    assert any(m.startswith("ACK ") for m in received)  # the desk phone won
     (action,) = await app_server.wait_for("/action")
     assert action.params["DialCallStatus"] == "completed"
