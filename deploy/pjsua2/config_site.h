@@ -54,6 +54,15 @@
  */
 #define PJSIP_TRANSPORT_SERVER_IDLE_TIME 7200
 
+/* Connections waiting to be accepted on a tcp: or tls: listener, and on the
+ * loopback listener every browser's WebSocket is relayed through. The stock 5
+ * made a burst of phones or browsers wait for the kernel's SYN retries (1 s,
+ * 3 s, 7 s...): 100 browsers connecting at once took over 10 s. The kernel
+ * caps it at net.core.somaxconn (4096 on current Linux).
+ */
+#define PJSIP_TCP_TRANSPORT_BACKLOG     1024
+#define PJ_SOMAXCONN                    1024
+
 /* Accounts (local identities) the engine may create. */
 #define PJSUA_MAX_ACC                   32
 

@@ -359,6 +359,30 @@ async def test_bad_frames_close_only_their_socket(
     assert (await switch.health())["status"] == "ok"
 
 
+async def test_a_hundred_browsers_register_at_once(switch: WebRtcSwitch) -> None:
+    """Each browser gets its own relay connection into the engine: a burst of them is
+    accepted at once, not a few at a time (a listen backlog of 5 made most wait
+    seconds for the kernel's SYN retries). Five sources, within the per-source limits."""
+    phones = [
+        WsPhone(switch.ws_url, "bob", CLIENTS["bob"], DOMAIN, local_host=f"127.0.0.{20 + i % 5}")
+        for i in range(100)
+    ]
+    started = asyncio.get_running_loop().time()
+    try:
+
+        async def register(phone: WsPhone) -> int:
+            await phone.connect()
+            # Expires 0: the whole round trip (challenge, digest), and no binding left.
+            return (await phone.register(expires=0)).status
+
+        statuses = await asyncio.gather(*(register(phone) for phone in phones))
+        elapsed = asyncio.get_running_loop().time() - started
+    finally:
+        await asyncio.gather(*(phone.close() for phone in phones))
+    assert statuses == [200] * 100
+    assert elapsed < 3.0, elapsed
+
+
 async def test_a_source_opening_many_sockets_is_throttled_alone(
     switch: WebRtcSwitch, alice: WsPhone
 ) -> None:

@@ -225,9 +225,11 @@ class WsPhone:
         domain: str,
         tone: float = 1000.0,
         ssl: ssl_module.SSLContext | None = None,
+        local_host: str | None = None,
     ):
         self.url = url
         self.ssl = ssl
+        self.local_host = local_host  # the address it connects from (127.0.0.x)
         self.identity = identity
         self.password = password
         self.domain = domain
@@ -251,7 +253,10 @@ class WsPhone:
         return f"sip:{self.identity}@{self.domain}"
 
     async def connect(self, protocols: tuple[str, ...] = ("sip",)) -> None:
-        self.session = aiohttp.ClientSession()
+        connector = aiohttp.TCPConnector(
+            local_addr=(self.local_host, 0) if self.local_host else None
+        )
+        self.session = aiohttp.ClientSession(connector=connector)
         self.ws = await self.session.ws_connect(
             self.url, protocols=protocols, autoping=True, ssl=self.ssl or True
         )
