@@ -1902,8 +1902,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--parallel",
         type=int,
         default=5,
-        help="idle: registrations at once (5: the engine's relay listener has a listen\n"
-        "backlog of 5, so more at once overflow its accept queue; see bench/README.md)",
+        help="idle: registrations at once (5, as the published figures; before the\n"
+        "listen backlog was raised, more at once overflowed it: see bench/README.md)",
     )
     p.add_argument(
         "--idle-seconds", type=float, default=35, help="idle: seconds all N stay idle (35)"
