@@ -41,7 +41,7 @@ from switch.rest import AccountGuard
 from switch.services import Services, new_call_sid, webhooks_for
 from switch.session import CallSession
 from switch.sipmsg import uri_user
-from switch.sipws.edge import Peer, WebSocketEdge, WebSocketListener
+from switch.sipws.edge import RELAY_HOST, Peer, WebSocketEdge, WebSocketListener
 from switch.store import Store
 from switch.webhook import WebhookClient
 from switch.workers import WorkerPool
@@ -265,7 +265,7 @@ class Switch:
         """A browser's WebSocket closed: its registrations go, its calls end."""
         log.info("browser %s:%d (%s) disconnected", peer.host, peer.port, peer.connection_id)
         self.registrar.drop_connection(peer.connection_id)
-        engine.drop_relayed("127.0.0.1", peer.relay_port)
+        engine.drop_relayed(RELAY_HOST, peer.relay_port)
 
     def _client_ip(self, host: str, port: int) -> str:
         """The address per-source limits count a SIP peer under (a browser's own)."""
@@ -339,11 +339,11 @@ class Switch:
         self._start(CallSession.inbound(self.services, leg, app, to=number))
 
     def _srtp_acceptable(self, leg: Leg, mode: str) -> bool:
-        """Refuse (488) an offer the caller's SRTP setting does not allow (a browser's
-        leg: one without DTLS-SRTP or a common codec)."""
+        """Refuse (488) an offer the caller's SRTP setting does not allow. A browser's
+        offer was checked before the SIP stack saw it (`_admit`)."""
         assert leg.request is not None
         if leg.srtp == "dtls":
-            mode = "dtls"
+            return True
         reason = srtp.refusal(mode, leg.request.body)
         if reason is None:
             return True

@@ -36,9 +36,15 @@ from dataclasses import dataclass
 from aiohttp import WSMsgType, web
 
 from switch.registrar.throttle import RateLimiter, source_key
-from switch.sipws.framing import MAX_MESSAGE, FrameRefused, StreamSplitter, browser_to_engine
+from switch.sipws.framing import (
+    MAX_MESSAGE,
+    FrameRefused,
+    StreamSplitter,
+    browser_to_engine,
+    is_keepalive,
+)
 
-__all__ = ["Peer", "WebSocketEdge", "WebSocketListener"]
+__all__ = ["RELAY_HOST", "Peer", "WebSocketEdge", "WebSocketListener"]
 
 log = logging.getLogger("dialswitch.sipws")
 
@@ -171,6 +177,9 @@ class _Relay:
             await self._close()
 
     async def _to_engine(self, data: str | bytes) -> bool:
+        if is_keepalive(data):
+            await self.ws.send_str("\r\n")
+            return True
         writer = self.writer or await self._connect()
         if writer is None:
             return False
@@ -179,8 +188,7 @@ class _Relay:
             writer.write(browser_to_engine(data, RELAY_HOST, self.peer.relay_port))
         except FrameRefused as error:
             log.info("%s from %s closed: %s", self.connection_id, self.host, error)
-            code = 1009 if "limit" in str(error) else 1007
-            await self.ws.close(code=code, message=str(error).encode()[:120])
+            await self.ws.close(code=error.close_code, message=str(error).encode()[:120])
             return False
         return True
 

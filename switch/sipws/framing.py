@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["MAX_MESSAGE", "FrameRefused", "StreamSplitter", "browser_to_engine"]
+__all__ = ["MAX_MESSAGE", "FrameRefused", "StreamSplitter", "browser_to_engine", "is_keepalive"]
 
 MAX_MESSAGE = 65_535
 """Largest SIP message either way, in bytes: a UDP datagram's worth."""
@@ -36,14 +36,25 @@ _BARE_URI = re.compile(r"^(\s*)sips?:([^;,\s]*)", re.I)
 
 
 class FrameRefused(Exception):
-    """A frame or stream the edge does not relay; the message says why."""
+    """A frame or stream the edge does not relay; the message says why, ``close_code``
+    is the WebSocket close code to end that connection with (RFC 6455 section 7.4.1)."""
+
+    def __init__(self, reason: str, close_code: int = 1007):
+        super().__init__(reason)
+        self.close_code = close_code  # 1007: bad payload; 1009: too big
+
+
+def is_keepalive(frame: bytes | str) -> bool:
+    """A CRLF keep-alive ping (RFC 5626 section 3.5.1), which some browser SIP stacks
+    send over WebSocket; it is answered with a CRLF pong, not relayed."""
+    return frame in ("\r\n\r\n", b"\r\n\r\n")
 
 
 def browser_to_engine(frame: bytes | str, relay_host: str, relay_port: int) -> bytes:
     """One WebSocket frame from a browser as the bytes to write to the engine."""
     data = frame.encode("utf-8") if isinstance(frame, str) else frame
     if len(data) > MAX_MESSAGE:
-        raise FrameRefused(f"message of {len(data)} bytes (limit {MAX_MESSAGE})")
+        raise FrameRefused(f"message of {len(data)} bytes (limit {MAX_MESSAGE})", 1009)
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -109,14 +120,14 @@ class StreamSplitter:
             end = self._buffer.find(_HEADER_END)
             if end < 0:
                 if len(self._buffer) > MAX_MESSAGE:
-                    raise FrameRefused("header section longer than a message may be")
+                    raise FrameRefused("header section longer than a message may be", 1009)
                 return messages
             head = bytes(self._buffer[:end])
             match = _CONTENT_LENGTH.search(head)
             length = int(match.group(1)) if match else 0
             total = end + len(_HEADER_END) + length
             if total > MAX_MESSAGE:
-                raise FrameRefused(f"message of {total} bytes (limit {MAX_MESSAGE})")
+                raise FrameRefused(f"message of {total} bytes (limit {MAX_MESSAGE})", 1009)
             if len(self._buffer) < total:
                 return messages
             messages.append(bytes(self._buffer[:total]))

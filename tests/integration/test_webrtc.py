@@ -285,6 +285,21 @@ async def test_a_browser_whose_media_never_starts_fails_its_branch(
     assert "did not start within 10 s" in switch.log()
 
 
+async def test_a_crlf_keepalive_gets_a_pong_and_keeps_the_socket(
+    switch: WebRtcSwitch, alice: WsPhone
+) -> None:
+    """RFC 5626 section 3.5.1 pings, which SIP.js sends over WebSocket when asked to."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(switch.ws_url, protocols=("sip",)) as ws,
+    ):
+        await ws.send_str("\r\n\r\n")
+        pong = await ws.receive(timeout=5)
+        assert (pong.type, pong.data) == (aiohttp.WSMsgType.TEXT, "\r\n")
+        assert not ws.closed
+    assert (await alice.register()).status == 200
+
+
 async def test_a_browser_registers_and_calls_over_wss(
     app_server: AppServer, tmp_path: Path
 ) -> None:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from switch.sipws.framing import MAX_MESSAGE, FrameRefused, StreamSplitter, browser_to_engine
+from switch.sipws.framing import (
+    MAX_MESSAGE,
+    FrameRefused,
+    StreamSplitter,
+    browser_to_engine,
+    is_keepalive,
+)
 
 REGISTER = (
     "REGISTER sip:example.com SIP/2.0\r\n"
@@ -52,17 +58,23 @@ def test_content_length_is_the_body_size() -> None:
 
 
 @pytest.mark.parametrize(
-    ("frame", "reason"),
+    ("frame", "reason", "close_code"),
     [
-        (b"\xff\xfe REGISTER", "not UTF-8 at byte 0"),
-        (b"hello\r\n\r\n", "not a SIP message"),
-        (b"REGISTER sip:x SIP/2.0\r\nVia: x", "not a SIP message"),
-        (REGISTER.encode() + b"x" * MAX_MESSAGE, "limit 65535"),
+        (b"\xff\xfe REGISTER", "not UTF-8 at byte 0", 1007),
+        (b"hello\r\n\r\n", "not a SIP message", 1007),
+        (b"REGISTER sip:x SIP/2.0\r\nVia: x", "not a SIP message", 1007),
+        (REGISTER.encode() + b"x" * MAX_MESSAGE, "limit 65535", 1009),
     ],
 )
-def test_bad_frames_are_refused(frame: bytes, reason: str) -> None:
-    with pytest.raises(FrameRefused, match=reason):
+def test_bad_frames_are_refused(frame: bytes, reason: str, close_code: int) -> None:
+    with pytest.raises(FrameRefused, match=reason) as refused:
         browser_to_engine(frame, "127.0.0.1", 5)
+    assert refused.value.close_code == close_code
+
+
+def test_crlf_keepalives_are_recognised() -> None:
+    assert is_keepalive("\r\n\r\n") and is_keepalive(b"\r\n\r\n")
+    assert not is_keepalive("\r\n") and not is_keepalive(REGISTER)
 
 
 def test_responses_pass() -> None:
