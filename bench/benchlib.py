@@ -1133,9 +1133,20 @@ async def run_repeats(
         "runs": runs,
         "kept_workdirs": kept,
     }
-    out = args.json or (
-        BENCH / "results" / f"{result_prefix}{mode}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    )
+    write_results(args, f"{result_prefix}{mode}", result, summary, kept)
+    return runs
+
+
+def write_results(
+    args: argparse.Namespace,
+    stem: str,
+    result: dict[str, Any],
+    summary: dict[str, Any],
+    kept: Sequence[str],
+) -> Path:
+    """Write a bench's result JSON (--json, or bench/results/<stem>-<time>.json) and
+    print the summary, the file and the workdirs kept."""
+    out: Path = args.json or (BENCH / "results" / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print("== summary (medians over runs)")
@@ -1143,7 +1154,7 @@ async def run_repeats(
     print(f"result file: {out}")
     if kept:
         print(f"kept workdirs: {' '.join(kept)}")
-    return runs
+    return out
 
 
 def launch(name: str, run: Callable[[], Coroutine[Any, Any, int]]) -> int:

@@ -86,6 +86,7 @@ from benchlib import (  # noqa: E402
     percentile,
     rss_kb,
     thread_cpu_seconds,
+    write_results,
     xml_response,
 )
 
@@ -1868,16 +1869,7 @@ async def run(args: argparse.Namespace) -> int:
         "runs": runs,
         "kept_workdirs": kept,
     }
-    out = args.json or (
-        BENCH / "results" / f"webrtc-{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print("== summary (medians over runs)")
-    print(json.dumps(summary, indent=2))
-    print(f"result file: {out}")
-    if kept:
-        print(f"kept workdirs: {' '.join(kept)}")
+    write_results(args, f"webrtc-{args.mode}", result, summary, kept)
     return 0
 
 
