@@ -36,7 +36,7 @@ from tests.support.recording_checks import RecordingsClient, peak_tone_share, to
 from tests.support.rtp_peer import RtpPeer
 from tests.support.sipp_reg import DOMAIN, require_tool
 from tests.support.webrtc_switch import WebRtcSwitch
-from tests.support.ws_peer import SipMsg, WsPhone
+from tests.support.ws_peer import SipMsg, WsPhone, with_telephone_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -187,6 +187,22 @@ async def test_a_browsers_dtmf_reaches_gather_and_hangs_up_on_star(
         await callee.stop()
     assert dialled.params["DialCallStatus"] == "completed"
     assert any(m.startswith("BYE ") for m in callee.messages().received())
+
+
+async def test_digits_played_to_a_browser_arrive_as_rfc4733_events(
+    switch: WebRtcSwitch, app_server: AppServer, alice: WsPhone
+) -> None:
+    """<Play digits> (the path of sendDigits) towards a browser leg: RFC 4733 events on
+    the telephone-event the browser offered, at opus's 48 kHz clock."""
+    app_server.routes["/client"] = (
+        '<Response><Say>Hi.</Say><Pause length="1"/><Play digits="19#"/>'
+        '<Pause length="1"/><Hangup/></Response>'
+    )
+    call, response = await alice.dial(CALLEE, sdp_edit=with_telephone_event)
+    assert response.status == 200, response.start
+    assert "telephone-event/48000" in response.body
+    await asyncio.wait_for(call.ended.wait(), 20)  # <Hangup/>: the switch's BYE
+    assert call.listener.digits == "19#"
 
 
 async def test_a_browser_call_is_challenged_and_a_wrong_password_refused(

@@ -26,6 +26,7 @@ import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RtpPacket
 
 RATE = 48_000
 FRAME = 960  # 20 ms at 48 kHz
@@ -119,13 +120,54 @@ class ToneTrack(MediaStreamTrack):  # type: ignore[misc]
         return frame
 
 
+TELEPHONE_EVENT_PT = 101
+"""The payload type `with_telephone_event` offers RFC 4733 events on (aiortc offers none)."""
+EVENT_DIGITS = "0123456789*#"
+
+
+def with_telephone_event(sdp: str) -> str:
+    """An aiortc offer that also offers telephone-event/48000 (RFC 4733), as browsers do."""
+    lines = sdp.split("\r\n")
+    out = []
+    for line in lines:
+        if line.startswith("m=audio "):
+            line += f" {TELEPHONE_EVENT_PT}"
+        out.append(line)
+        if line.startswith("m=audio "):
+            out.append(f"a=rtpmap:{TELEPHONE_EVENT_PT} telephone-event/48000")
+    return "\r\n".join(out)
+
+
 @dataclass
 class Listener:
-    """Decoded audio the far end sent, as mono samples at the frames' rate."""
+    """Decoded audio the far end sent, as mono samples at the frames' rate, and the
+    RFC 4733 digits it sent (each event once, by its timestamp)."""
 
     chunks: list[np.ndarray] = field(default_factory=list)
     rate: int = RATE
     task: asyncio.Task[None] | None = None
+    digit_events: dict[int, str] = field(default_factory=dict)  # RTP timestamp -> digit
+
+    @property
+    def digits(self) -> str:
+        return "".join(self.digit_events[t] for t in sorted(self.digit_events))
+
+    def spy_on(self, pc: RTCPeerConnection) -> None:
+        """Keep the telephone-events reaching ``pc``, which aiortc itself drops (it
+        routes no RFC 4733): watched where its DTLS transport hands on RTP."""
+        transport = pc.getTransceivers()[0].receiver.transport
+        handle = transport._handle_rtp_data
+
+        async def spy(data: bytes, arrival_time_ms: int) -> None:
+            with contextlib.suppress(ValueError):
+                packet = RtpPacket.parse(data)
+                if packet.payload_type == TELEPHONE_EVENT_PT and packet.payload:
+                    event = packet.payload[0]
+                    if event < len(EVENT_DIGITS):
+                        self.digit_events[packet.timestamp] = EVENT_DIGITS[event]
+            await handle(data, arrival_time_ms)
+
+        transport._handle_rtp_data = spy
 
     def follow(self, track: MediaStreamTrack) -> None:
         self.task = asyncio.get_running_loop().create_task(self._read(track))
@@ -393,6 +435,7 @@ class WsPhone:
         offer = pc.localDescription.sdp
         if callable(sdp_edit):
             offer = sdp_edit(offer)
+        listener.spy_on(pc)
         uri = f"sip:{target}@{self.domain}"
         call = Call(self, secrets.token_hex(8), secrets.token_hex(4), uri, pc, listener)
         self.calls[call.call_id] = call
