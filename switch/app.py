@@ -41,7 +41,7 @@ from switch.rest import AccountGuard
 from switch.services import Services, new_call_sid, webhooks_for
 from switch.session import CallSession
 from switch.sipmsg import uri_user
-from switch.sipws.edge import RELAY_HOST, Peer, WebSocketEdge, WebSocketListener
+from switch.sipws.edge import Peer, WebSocketEdge, WebSocketListener
 from switch.store import Store
 from switch.webhook import WebhookClient
 from switch.workers import WorkerPool
@@ -265,7 +265,7 @@ class Switch:
         """A browser's WebSocket closed: its registrations go, its calls end."""
         log.info("browser %s:%d (%s) disconnected", peer.host, peer.port, peer.connection_id)
         self.registrar.drop_connection(peer.connection_id)
-        engine.drop_relayed(RELAY_HOST, peer.relay_port)
+        engine.drop_relayed(peer.relay_host, peer.relay_port)
 
     def _client_ip(self, host: str, port: int) -> str:
         """The address per-source limits count a SIP peer under (a browser's own)."""

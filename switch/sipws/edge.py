@@ -44,11 +44,10 @@ from switch.sipws.framing import (
     is_keepalive,
 )
 
-__all__ = ["RELAY_HOST", "Peer", "WebSocketEdge", "WebSocketListener"]
+__all__ = ["Peer", "WebSocketEdge", "WebSocketListener"]
 
 log = logging.getLogger("dialswitch.sipws")
 
-RELAY_HOST = "127.0.0.1"
 HEARTBEAT_SECONDS = 30.0
 """WebSocket pings: a browser that vanished without a close is noticed within two."""
 RETRY_AFTER = "5"
@@ -69,6 +68,7 @@ class Peer:
     host: str
     port: int
     scheme: str
+    relay_host: str  # the relay connection's own address, as the engine sees it
     relay_port: int
 
 
@@ -89,7 +89,7 @@ class WebSocketEdge:
         self.limiter = RateLimiter(rate=rate, burst=rate * 2)
         self.max_per_source = max_per_source
         self.open_per_source: Counter[str] = Counter()
-        self.peers: dict[int, Peer] = {}  # by relay port
+        self.peers: dict[tuple[str, int], Peer] = {}  # by relay address
         self.connections: set[web.WebSocketResponse] = set()
         self._ids = itertools.count(1)
         self._runners: list[web.AppRunner] = []
@@ -112,7 +112,7 @@ class WebSocketEdge:
 
     def peer(self, host: str, port: int) -> Peer | None:
         """The browser behind a relay connection the engine reports as ``host:port``."""
-        return self.peers.get(port) if host == RELAY_HOST else None
+        return self.peers.get((host, port))
 
     def client_ip(self, host: str, port: int) -> str:
         """The address limits count a SIP peer under: a browser's own, else ``host``."""
@@ -185,7 +185,7 @@ class _Relay:
             return False
         assert self.peer is not None
         try:
-            writer.write(browser_to_engine(data, RELAY_HOST, self.peer.relay_port))
+            writer.write(browser_to_engine(data, self.peer.relay_host, self.peer.relay_port))
         except FrameRefused as error:
             log.info("%s from %s closed: %s", self.connection_id, self.host, error)
             await self.ws.close(code=error.close_code, message=str(error).encode()[:120])
@@ -206,9 +206,11 @@ class _Relay:
             )
             await self.ws.close(code=1011, message=b"engine unavailable")
             return None
-        relay_port = writer.get_extra_info("sockname")[1]
-        self.peer = Peer(self.connection_id, self.host, self.port, self.scheme, relay_port)
-        self.edge.peers[relay_port] = self.peer
+        relay_host, relay_port = writer.get_extra_info("sockname")[:2]
+        self.peer = Peer(
+            self.connection_id, self.host, self.port, self.scheme, relay_host, relay_port
+        )
+        self.edge.peers[(relay_host, relay_port)] = self.peer
         self.writer = writer
         self.reader_task = asyncio.get_running_loop().create_task(self._to_browser(reader))
         log.debug(
@@ -216,7 +218,7 @@ class _Relay:
             self.connection_id,
             self.host,
             self.port,
-            RELAY_HOST,
+            relay_host,
             relay_port,
         )
         return writer
@@ -245,5 +247,5 @@ class _Relay:
             with contextlib.suppress(OSError):
                 await self.writer.wait_closed()
         if self.peer is not None:
-            self.edge.peers.pop(self.peer.relay_port, None)
+            self.edge.peers.pop((self.peer.relay_host, self.peer.relay_port), None)
             self.edge.on_closed(self.peer)
