@@ -458,6 +458,18 @@ class _Table:
                 )
         return items
 
+    def string_or_strings(self, name: str) -> tuple[str, ...] | None:
+        """A required string or non-empty array of strings (as RTCConfiguration's
+        ``urls``); None after a problem."""
+        value = self._get(name, (str, list), "a string or an array of strings", True)
+        if isinstance(value, str):
+            return (value,)
+        if value and all(isinstance(item, str) for item in value):
+            return tuple(value)
+        if value is not None:
+            self.problem(name, "expected a string or a non-empty array of strings")
+        return None
+
     def table(self, name: str) -> _Table:
         """A sub-table; an absent one reads as empty so its required keys are reported."""
         value = self._get(name, dict, "a table", required=False)

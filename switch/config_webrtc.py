@@ -103,18 +103,8 @@ def build_webrtc(t: Any) -> WebRtcConfig:
     """The ``[webrtc]`` table; ``t`` is switch.config's table reader."""
     servers = []
     for entry in t.tables("ice_servers"):
-        urls_value = entry.data.get("urls")
-        entry._read.add("urls")
-        if isinstance(urls_value, str):
-            urls = (urls_value,)
-        elif (
-            isinstance(urls_value, list)
-            and urls_value
-            and all(isinstance(u, str) for u in urls_value)
-        ):
-            urls = tuple(urls_value)
-        else:
-            entry.problem("urls", "required: a URL or an array of URLs")
+        urls = entry.string_or_strings("urls")
+        if urls is None:
             continue
         username = entry.string("username", "") or ""
         credential = entry.string("credential", "") or ""
