@@ -40,7 +40,7 @@ from switch.registrar.service import Registrar
 from switch.rest import AccountGuard
 from switch.services import Services, new_call_sid, webhooks_for
 from switch.session import CallSession
-from switch.sipmsg import uri_user
+from switch.sipmsg import SipMessage, uri_user
 from switch.sipws.edge import Peer, WebSocketEdge, WebSocketListener
 from switch.store import Store
 from switch.webhook import WebhookClient
@@ -94,6 +94,8 @@ class Switch:
         metrics.watch_rtp(lambda: engine.rtp)
         self.services.registrar = self.registrar
         engine.start(new_call_sid)
+        if self.edge is not None and engine.websocket_relay is not None:
+            await self.edge.attach(engine.websocket_relay)
         self._resend_recording_callbacks(store, webhooks)
         webhooks.start()  # what an earlier run left undelivered goes first
         self.services.spares = SpareSides(sweep_side_files(store, config.storage.path))
@@ -254,7 +256,6 @@ class Switch:
             return None
         return WebSocketEdge(
             [WebSocketListener(x.transport, x.host, x.port) for x in sip.websocket_listen],
-            lambda: engine.websocket_relay,
             lambda peer: self._browser_gone(engine, peer),
             server_context(sip.tls) if any(x.transport == "wss" for x in sip.listen) else None,
             rate=self.config.registrar.register_rate,
@@ -265,25 +266,37 @@ class Switch:
         """A browser's WebSocket closed: its registrations go, its calls end."""
         log.info("browser %s:%d (%s) disconnected", peer.host, peer.port, peer.connection_id)
         self.registrar.drop_connection(peer.connection_id)
-        engine.drop_relayed(peer.relay_host, peer.relay_port)
+        engine.drop_relayed(peer.connection_id)
 
-    def _client_ip(self, host: str, port: int) -> str:
+    def _browser(self, host: str, port: int, via: str | None) -> Peer | None:
+        """The browser a request from ``host:port`` with top Via ``via`` came from."""
+        if self.edge is None or via is None:
+            return None
+        return self.edge.peer(host, port, via)
+
+    def _client_ip(self, host: str, port: int, via: str | None) -> str:
         """The address per-source limits count a SIP peer under (a browser's own)."""
-        return self.edge.client_ip(host, port) if self.edge is not None else host
+        browser = self._browser(host, port, via)
+        return browser.host if browser is not None else host
 
     def _admit(self, method: str, host: str, port: int, raw: bytes) -> sipcheck.Answer | None:
         """An out-of-dialog request, before the SIP stack acts on it: the per-source
         limits; for a browser's INVITE, an offer its leg can answer (pjsua would
         refuse one without DTLS with a bare 480); for an INVITE, room for its leg
         (switch/call/capacity.py)."""
-        refused = self.floods.admit(method, self._client_ip(host, port), time.monotonic())
+        browser = None
+        if self.edge is not None and (host, port) == self.edge.relay_address:
+            request = SipMessage.parse(raw.decode("utf-8", "replace"))
+            browser = self._browser(host, port, request.header("via"))
+        source_ip = browser.host if browser is not None else host
+        refused = self.floods.admit(method, source_ip, time.monotonic())
         if refused is not None:
             self.services.metrics.flood_refused(method)
             status, reason, retry_after = refused
             return sipcheck.Answer(status, reason, (("Retry-After", retry_after),))
         if method != "INVITE":
             return None
-        if self.edge is not None and self.edge.peer(host, port) is not None:
+        if browser is not None:
             body = raw.partition(b"\r\n\r\n")[2].decode("utf-8", "replace")
             unusable = srtp.refusal("dtls", body)
             if unusable is not None:
@@ -297,7 +310,7 @@ class Switch:
         return None
 
     def _register(self, request: RegisterRequest) -> tuple[int, str, Sequence[tuple[str, str]]]:
-        peer = self.edge.peer(request.host, request.port) if self.edge is not None else None
+        peer = self._browser(request.host, request.port, request.message.header("via"))
         if peer is not None:
             source = Source(peer.scheme, request.host, request.port)
             reply = self.registrar.handle(request.message, source, peer.connection_id, peer.host)
@@ -356,7 +369,7 @@ class Switch:
         request = leg.request
         assert request is not None
         host, _, port = leg.source.rpartition(":")
-        source_ip = self._client_ip(host.strip("[]"), int(port or 0))
+        source_ip = self._client_ip(host.strip("[]"), int(port or 0), request.header("via"))
         user, refusal = self.registrar.authenticate(
             "INVITE", request, source_ip, "Proxy-Authorization"
         )

@@ -825,11 +825,9 @@ def binding_target(binding: Binding) -> str:
     user = rest.split("@", 1)[0] + "@" if "@" in rest else ""
     source = binding.source
     host = f"[{source.host}]" if ":" in source.host else source.host
-    if source.browser:
-        scheme, relayed = "sip", "tcp"  # its relay connection (switch/sipws)
-    else:
-        relayed = source.transport
-    transport = "" if relayed == "udp" else f";transport={relayed}"
+    if source.browser:  # the edge's connection, and the browser's flow on it (switch/sipws)
+        return f"sip:{user}{host}:{source.port};transport=tcp;flow={binding.connection_id}"
+    transport = "" if source.transport == "udp" else f";transport={source.transport}"
     return f"{scheme}:{user}{host}:{source.port}{transport}"
 
 

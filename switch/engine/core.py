@@ -43,6 +43,7 @@ from switch.config_webrtc import WebRtcConfig
 from switch.engine.legs import Leg, _PjCall, add_headers, guarded
 from switch.engine.tls import TlsFailures
 from switch.sipmsg import SipMessage
+from switch.sipws.framing import flow_of_uri, flow_of_via
 
 log = logging.getLogger("dialswitch.engine")
 
@@ -562,6 +563,7 @@ class Engine:
         leg.source = leg.signalling = prm.rdata.srcAddress
         if account is self._browser_account:
             leg.srtp = "dtls"
+            leg.flow = flow_of_via(request.header("via") or "") or ""
         call = _PjCall(account, leg, prm.callId)
         call.slot = prm.callId
         leg._attach(call)
@@ -605,6 +607,8 @@ class Engine:
         leg.srtp = srtp
         leg.tls_destination = tls_destination(target_uri or to_uri)
         leg.signalling = uri_hostport(target_uri or to_uri)
+        if srtp == "dtls":
+            leg.flow = flow_of_uri(target_uri or to_uri) or ""
         if account is None:
             leg._disconnected(None, 503, "No Account For These Credentials")
             return leg
@@ -654,17 +658,16 @@ class Engine:
         self._credential_accounts[key] = account  # most recently used last
         return account
 
-    def drop_relayed(self, host: str, port: int) -> None:
-        """A browser's relay connection closed: end its legs as if it hung up.
+    def drop_relayed(self, flow: str) -> None:
+        """A browser's WebSocket (its ``flow``, switch/sipws) closed: end its legs as
+        if it hung up.
 
-        An answered leg is hung up (its BYE has nowhere to go and fails at once); a
-        ringing one has already failed with its INVITE transaction (transport
-        error), so a fork it was in goes on.
+        An answered leg is hung up (the edge answers its BYE with 430 at once); a
+        ringing one is cancelled, and a fork it was in goes on.
         """
-        address = f"{host}:{port}"
         for call in list(self._calls.values()):
             leg = call.leg
-            if leg.srtp == "dtls" and leg.signalling == address and leg.live:
+            if leg.flow == flow and leg.live:
                 log.info("%s: browser connection closed: hanging up", leg.call_sid)
                 leg.hangup()
 

@@ -170,6 +170,7 @@ class Leg:
         self.sip_call_id = ""
         self.source = ""  # inbound: "ip:port" the INVITE came from
         self.signalling = ""  # "ip:port" its requests go to (inbound: source)
+        self.flow = ""  # a browser leg's WebSocket connection (switch/sipws), else ""
         self.final_code: int | None = None
         self.final_reason = ""
         self.was_answered = False

@@ -64,8 +64,9 @@ class Source:
 
     @property
     def browser(self) -> bool:
-        """A browser over SIP-over-WebSocket: ``host:port`` is its relay connection
-        into the engine (switch/sipws), which is plain TCP."""
+        """A browser over SIP-over-WebSocket: ``host:port`` is the edge's shared TCP
+        connection into the engine (switch/sipws), the binding's ``connection_id``
+        the browser's flow on it."""
         return self.transport in ("ws", "wss")
 
 

@@ -137,7 +137,7 @@ class Registrar:
         client_ip: str | None = None,
     ) -> Reply:
         """One REGISTER. ``client_ip`` is the address limits count it under when that
-        is not ``source.host`` (a browser, whose source is its relay connection)."""
+        is not ``source.host`` (a browser, whose source is the WebSocket edge)."""
         now = self.clock()
         ip = client_ip or source.host
         if not self.limiter.allow(ip, now):

@@ -1,30 +1,32 @@
 """SIP over WebSocket (RFC 7118): the listeners browsers register and call through.
 
-Each ``ws:``/``wss:`` listener of ``[sip] listen`` is an aiohttp server that takes
-WebSocket connections on any path with the ``sip`` subprotocol. Every connection
-is relayed over a loopback TCP connection of its own to the engine's internal
-listener (`Engine.websocket_relay`), opened with the browser's first message: the
-engine sees an ordinary TCP peer at ``127.0.0.1:<relay port>``, its registrations
-are reached at that address (over that very connection), and the engine's answers
-and requests come back on it to be framed onto the WebSocket
-(switch/sipws/framing.py).
+Each ``ws:``/``wss:`` listener of ``[sip] listen`` takes WebSocket connections on
+any path with the ``sip`` subprotocol (switch/sipws/server.py). The edge is a
+stateless proxy in front of the engine: every browser's SIP goes over one shared
+loopback TCP connection to the engine's internal listener
+(`Engine.websocket_relay`), opened once the engine has started. Each WebSocket is
+a *flow* (``ws-7``) named in the edge's Via on the browser's requests and in the
+browser's rewritten Contact (switch/sipws/framing.py), so the engine's responses
+and requests find their way back to the right socket, and the engine keeps no
+connection per browser.
 
-The edge owns the mapping from a relay port to the browser behind it (`Peer`), so
-the per-source limits of the registrar and of flood control count the browser's
-own address rather than loopback. When either side closes, the other is closed
-and ``on_closed`` is told, which removes the browser's registrations and ends its
-calls as if it had hung up.
+The edge owns the mapping from a flow to the browser behind it (`Peer`), so the
+per-source limits of the registrar and of flood control count the browser's own
+address rather than loopback. When a browser's socket closes, ``on_closed`` is
+told, which removes its registrations and ends its calls as if it had hung up;
+a request the engine sends it afterwards gets 430 Flow Failed. Should the shared
+connection itself close, every browser is disconnected (they reconnect and
+register again) and it is opened anew.
 
 Abuse: a connection without the ``sip`` subprotocol gets 400; a source opening
 connections faster than ``rate`` per second, or holding ``max_per_source`` at
-once, gets 503 with Retry-After; an oversized or non-UTF-8 frame closes that
+once, gets 503 with Retry-After; an oversized or non-UTF-8 message closes that
 connection (1009 or 1007) with a log line.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import ssl
@@ -32,17 +34,19 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-from aiohttp import WSMsgType, web
+from typing import cast
 
 from switch.registrar.throttle import RateLimiter, source_key
 from switch.sipws.framing import (
-    MAX_MESSAGE,
     FrameRefused,
     StreamSplitter,
     browser_to_engine,
+    engine_to_browser,
+    flow_failed,
+    flow_of_via,
     is_keepalive,
 )
+from switch.sipws.server import WebSocketConnection, WebSocketListener, WebSocketServer
 
 __all__ = ["Peer", "WebSocketEdge", "WebSocketListener"]
 
@@ -50,202 +54,200 @@ log = logging.getLogger("dialswitch.sipws")
 
 HEARTBEAT_SECONDS = 30.0
 """WebSocket pings: a browser that vanished without a close is noticed within two."""
-RETRY_AFTER = "5"
-
-
-@dataclass(frozen=True)
-class WebSocketListener:
-    scheme: str  # ws | wss
-    host: str
-    port: int
+RECONNECT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
 class Peer:
-    """A browser's connection: who it is, and the relay port the engine sees it at."""
+    """A browser's connection: its flow id and where it connects from."""
 
-    connection_id: str  # "ws-<n>": the registrar's flow of its bindings
+    connection_id: str  # "ws-<n>": its flow, and the registrar's flow of its bindings
     host: str
     port: int
     scheme: str
-    relay_host: str  # the relay connection's own address, as the engine sees it
-    relay_port: int
 
 
 class WebSocketEdge:
     def __init__(
         self,
         listeners: Sequence[WebSocketListener],
-        relay: Callable[[], tuple[str, int] | None],
         on_closed: Callable[[Peer], None],
         tls: ssl.SSLContext | None,
         rate: float,
         max_per_source: int,
     ):
-        self.listeners = tuple(listeners)
-        self.relay = relay
         self.on_closed = on_closed
-        self.tls = tls
         self.limiter = RateLimiter(rate=rate, burst=rate * 2)
         self.max_per_source = max_per_source
         self.open_per_source: Counter[str] = Counter()
-        self.peers: dict[tuple[str, int], Peer] = {}  # by relay address
-        self.connections: set[web.WebSocketResponse] = set()
+        self.peers: dict[str, Peer] = {}  # by flow
+        self._sockets: dict[str, WebSocketConnection] = {}  # by flow
+        self._flows: dict[WebSocketConnection, Peer] = {}
         self._ids = itertools.count(1)
-        self._runners: list[web.AppRunner] = []
+        self._relay: _Relay | None = None
+        self._engine: tuple[str, int] | None = None
+        self._stopping = False
+        self.server = WebSocketServer(
+            listeners,
+            tls,
+            self._admit,
+            self._opened,
+            self._received,
+            self._gone,
+            heartbeat=HEARTBEAT_SECONDS,
+        )
 
     async def start(self) -> None:
-        for listener in self.listeners:
-            app = web.Application()
-            app.router.add_get("/{path:.*}", self._serve)
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
-            await runner.setup()
-            context = self.tls if listener.scheme == "wss" else None
-            await web.TCPSite(runner, listener.host, listener.port, ssl_context=context).start()
-            self._runners.append(runner)
+        """Listen (an OSError if a port is taken); browsers are told to come back
+        until `attach` connects the engine."""
+        await self.server.start()
+
+    async def attach(self, engine: tuple[str, int]) -> None:
+        """Open the shared connection to the engine's relay listener at ``engine``."""
+        self._engine = engine
+        await self._connect()
 
     async def close(self) -> None:
-        for ws in list(self.connections):
-            await ws.close(code=1001, message=b"server stopping")
-        for runner in self._runners:
-            await runner.cleanup()
+        self._stopping = True
+        await self.server.close()
+        if self._relay is not None:
+            self._relay.transport.close()
 
-    def peer(self, host: str, port: int) -> Peer | None:
-        """The browser behind a relay connection the engine reports as ``host:port``."""
-        return self.peers.get((host, port))
+    @property
+    def relay_address(self) -> tuple[str, int] | None:
+        """The shared connection's own address, which is where the engine sees every
+        browser's messages come from; None while it is not connected."""
+        return self._relay.address if self._relay is not None else None
 
-    def client_ip(self, host: str, port: int) -> str:
+    def peer(self, host: str, port: int, via: str) -> Peer | None:
+        """The browser behind a message the engine received from ``host:port`` with
+        ``via`` as its top Via, or None if it is not a browser's."""
+        if (host, port) != self.relay_address:
+            return None
+        flow = flow_of_via(via)
+        return self.peers.get(flow) if flow is not None else None
+
+    def client_ip(self, host: str, port: int, via: str) -> str:
         """The address limits count a SIP peer under: a browser's own, else ``host``."""
-        peer = self.peer(host, port)
+        peer = self.peer(host, port, via)
         return peer.host if peer is not None else host
 
-    async def _serve(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(
-            protocols=("sip",), max_msg_size=MAX_MESSAGE, heartbeat=HEARTBEAT_SECONDS
-        )
-        remote = request.remote or "?"
-        if ws.can_prepare(request).protocol != "sip":
-            log.info("WebSocket from %s refused: no 'sip' subprotocol", remote)
-            return web.Response(status=400, text="WebSocket subprotocol 'sip' required\n")
-        key = source_key(remote)
-        if (
-            not self.limiter.allow(key, time.monotonic())
-            or self.open_per_source[key] >= self.max_per_source
-        ):
-            log.info("WebSocket from %s refused: too many connections", remote)
-            return web.Response(
-                status=503, text="Too many connections\n", headers={"Retry-After": RETRY_AFTER}
-            )
-        self.open_per_source[key] += 1
-        try:
-            await ws.prepare(request)
-            self.connections.add(ws)
-            await _Relay(self, ws, request).run()
-        finally:
-            self.connections.discard(ws)
-            self.open_per_source[key] -= 1
-            if not self.open_per_source[key]:
-                del self.open_per_source[key]
-        return ws
+    # ---- browsers ---------------------------------------------------------------
 
+    def _admit(self, source: str) -> str | None:
+        key = source_key(source)
+        if not self.limiter.allow(key, time.monotonic()):
+            return "connection rate"
+        if self.open_per_source[key] >= self.max_per_source:
+            return "too many connections"
+        return None
 
-class _Relay:
-    """One browser's WebSocket and its loopback TCP connection to the engine."""
+    def _opened(self, socket: WebSocketConnection) -> None:
+        peer = Peer(f"ws-{next(self._ids)}", socket.host, socket.port, socket.scheme)
+        self.open_per_source[source_key(socket.host)] += 1
+        self.peers[peer.connection_id] = peer
+        self._sockets[peer.connection_id] = socket
+        self._flows[socket] = peer
+        log.debug("%s from %s:%d", peer.connection_id, peer.host, peer.port)
 
-    def __init__(self, edge: WebSocketEdge, ws: web.WebSocketResponse, request: web.Request):
-        self.edge = edge
-        self.ws = ws
-        peername = request.transport.get_extra_info("peername") if request.transport else None
-        self.host: str = peername[0] if peername else "?"
-        self.port: int = peername[1] if peername else 0
-        self.scheme = "wss" if request.secure else "ws"
-        self.connection_id = f"ws-{next(edge._ids)}"
-        self.writer: asyncio.StreamWriter | None = None
-        self.reader_task: asyncio.Task[None] | None = None
-        self.peer: Peer | None = None
-
-    async def run(self) -> None:
-        try:
-            async for message in self.ws:
-                if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                    if not await self._to_engine(message.data):
-                        break
-                elif message.type == WSMsgType.ERROR:
-                    log.info("%s from %s closed: %s", self.connection_id, self.host, message.data)
-                    break
-        finally:
-            await self._close()
-
-    async def _to_engine(self, data: str | bytes) -> bool:
+    def _received(self, socket: WebSocketConnection, data: str | bytes) -> None:
+        peer = self._flows.get(socket)
+        if peer is None:
+            return
         if is_keepalive(data):
-            await self.ws.send_str("\r\n")
-            return True
-        writer = self.writer or await self._connect()
-        if writer is None:
-            return False
-        assert self.peer is not None
+            socket.send("\r\n")
+            return
+        relay = self._relay
+        if relay is None:  # the engine is not up (yet, or again)
+            socket.close(1013, "starting, try again")
+            return
         try:
-            writer.write(browser_to_engine(data, self.peer.relay_host, self.peer.relay_port))
+            message = browser_to_engine(data, peer.connection_id, relay.hostport)
         except FrameRefused as error:
-            log.info("%s from %s closed: %s", self.connection_id, self.host, error)
-            await self.ws.close(code=error.close_code, message=str(error).encode()[:120])
-            return False
-        return True
+            log.info("%s from %s closed: %s", peer.connection_id, peer.host, error)
+            socket.close(error.close_code, str(error)[:120])
+            return
+        relay.transport.write(message)
 
-    async def _connect(self) -> asyncio.StreamWriter | None:
-        relay = self.edge.relay()
-        if relay is None:  # the engine is not up yet
-            await self.ws.close(code=1013, message=b"starting, try again")
-            return None
-        host, port = relay
+    def _gone(self, socket: WebSocketConnection) -> None:
+        peer = self._flows.pop(socket, None)
+        if peer is None:
+            return
+        del self.peers[peer.connection_id]
+        del self._sockets[peer.connection_id]
+        key = source_key(peer.host)
+        self.open_per_source[key] -= 1
+        if not self.open_per_source[key]:
+            del self.open_per_source[key]
+        self.on_closed(peer)
+
+    # ---- the engine -------------------------------------------------------------
+
+    def _from_engine(self, message: bytes) -> None:
+        flow, data = engine_to_browser(message)
+        socket = self._sockets.get(flow) if flow is not None else None
+        if flow is not None and socket is not None and not socket.closed:
+            socket.send(data.decode("utf-8", "replace"))
+            return
+        if flow is None:
+            log.warning("engine message for no browser dropped: %r", message[:80])
+        self._to_engine(flow_failed(message))
+
+    def _to_engine(self, message: bytes | None) -> None:
+        if message is not None and self._relay is not None:
+            self._relay.transport.write(message)
+
+    async def _connect(self) -> None:
+        assert self._engine is not None
+        host, port = self._engine
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.open_connection(host, port)
+            await loop.create_connection(lambda: _Relay(self), host, port)
         except OSError as error:
-            log.warning(
-                "%s: relay to the engine at %s:%d failed: %s", self.connection_id, host, port, error
-            )
-            await self.ws.close(code=1011, message=b"engine unavailable")
-            return None
-        relay_host, relay_port = writer.get_extra_info("sockname")[:2]
-        self.peer = Peer(
-            self.connection_id, self.host, self.port, self.scheme, relay_host, relay_port
-        )
-        self.edge.peers[(relay_host, relay_port)] = self.peer
-        self.writer = writer
-        self.reader_task = asyncio.get_running_loop().create_task(self._to_browser(reader))
-        log.debug(
-            "%s from %s:%d relayed as %s:%d",
-            self.connection_id,
-            self.host,
-            self.port,
-            relay_host,
-            relay_port,
-        )
-        return writer
+            log.warning("relay to the engine at %s:%d failed: %s", host, port, error)
+            loop.call_later(RECONNECT_SECONDS, self._reconnect)
 
-    async def _to_browser(self, reader: asyncio.StreamReader) -> None:
-        splitter = StreamSplitter()
+    def _relay_lost(self) -> None:
+        self._relay = None
+        if self._stopping:
+            return
+        log.warning("relay to the engine closed: %d browsers disconnected", len(self._sockets))
+        for socket in list(self._sockets.values()):
+            socket.close(1011, "engine connection lost")
+        asyncio.get_running_loop().call_later(RECONNECT_SECONDS, self._reconnect)
+
+    def _reconnect(self) -> None:
+        if not self._stopping and self._relay is None:
+            asyncio.get_running_loop().create_task(self._connect())
+
+
+class _Relay(asyncio.Protocol):
+    """The shared TCP connection to the engine: a SIP stream cut into messages."""
+
+    def __init__(self, edge: WebSocketEdge):
+        self.edge = edge
+        self.splitter = StreamSplitter()
+        self.address: tuple[str, int] = ("", 0)
+        self.hostport = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        host, port = transport.get_extra_info("sockname")[:2]
+        self.address = (host, port)
+        self.hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.edge._relay = self
+        log.info("browsers relayed to the engine as %s", self.hostport)
+
+    def data_received(self, data: bytes) -> None:
         try:
-            while data := await reader.read(65536):
-                for message in splitter.feed(data):
-                    await self.ws.send_str(message.decode("utf-8", "replace"))
+            messages = self.splitter.feed(data)
         except FrameRefused as error:
-            log.warning("%s: engine stream refused: %s", self.connection_id, error)
-        except (ConnectionError, RuntimeError):
-            pass  # the browser's side went first
-        # The engine closed the relay (or the browser went): the browser reconnects.
-        if not self.ws.closed:
-            await self.ws.close(code=1001, message=b"relay closed")
+            log.warning("engine stream refused: %s", error)
+            self.transport.close()
+            return
+        for message in messages:
+            self.edge._from_engine(message)
 
-    async def _close(self) -> None:
-        if self.reader_task is not None:
-            self.reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.reader_task
-        if self.writer is not None:
-            self.writer.close()
-            with contextlib.suppress(OSError):
-                await self.writer.wait_closed()
-        if self.peer is not None:
-            self.edge.peers.pop((self.peer.relay_host, self.peer.relay_port), None)
-            self.edge.on_closed(self.peer)
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.edge._relay is self:
+            self.edge._relay_lost()

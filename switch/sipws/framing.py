@@ -2,15 +2,24 @@
 
 A browser sends one SIP message per WebSocket frame; the engine reads SIP over a
 TCP stream, where Content-Length delimits the body (RFC 3261 section 18.3). The
-edge (switch/sipws/edge.py) relays each browser over a TCP connection of its own
-to an internal listener, and this module is the pure part of that relay:
+edge (switch/sipws/edge.py) relays every browser over one shared TCP connection
+to the engine's internal listener, acting as a stateless proxy in front of it,
+and this module is the pure part of that relay. Each browser's WebSocket is a
+*flow* with an id (``ws-7``):
 
 - `browser_to_engine` checks a frame, sets its Content-Length to the body's real
-  size (RFC 7118 section 5 leaves it optional) and rewrites every Contact URI to
-  the relay connection's address. A browser's Contact names a ``.invalid`` host
-  (RFC 7118 section 5) that no one can reach, so the engine would send in-dialog
-  requests nowhere; with the rewrite they go back over the same connection, and
-  the edge puts them on the browser's WebSocket.
+  size (RFC 7118 section 5 leaves it optional), puts the edge's own Via on top of
+  a request with the flow in its branch (RFC 3261 section 16.6 step 8), and
+  rewrites every Contact URI to the shared connection's address with a
+  ``flow`` parameter. A browser's Contact names a ``.invalid`` host that no one
+  can reach (RFC 7118 section 5); rewritten, the engine's requests to the browser
+  (a Request-URI made from that Contact) come back over the shared connection
+  and carry the flow that leads to the browser's WebSocket.
+- `engine_to_browser` finds the flow of what the engine sends: a request's
+  Request-URI parameter, a response's top Via (which it removes, RFC 3261
+  section 16.7 step 3).
+- `flow_failed` answers a request for a browser that is gone with 430 Flow
+  Failed (RFC 5626 section 5.3), so the engine's transaction ends at once.
 - `StreamSplitter` cuts the engine's TCP byte stream back into messages, one per
   frame, dropping the CRLF keep-alives of RFC 5626 section 3.5.1.
 
@@ -22,7 +31,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["MAX_MESSAGE", "FrameRefused", "StreamSplitter", "browser_to_engine", "is_keepalive"]
+__all__ = [
+    "MAX_MESSAGE",
+    "FrameRefused",
+    "StreamSplitter",
+    "browser_to_engine",
+    "engine_to_browser",
+    "flow_failed",
+    "flow_of_uri",
+    "flow_of_via",
+    "is_keepalive",
+]
 
 MAX_MESSAGE = 65_535
 """Largest SIP message either way, in bytes: a UDP datagram's worth."""
@@ -33,6 +52,12 @@ _CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*$",
 _CONTACT_LINE = re.compile(r"^((?:contact|m)[ \t]*:[ \t]*)(.*)$", re.I)
 _ANGLE_URI = re.compile(r"<\s*sips?:([^>]*)>", re.I)
 _BARE_URI = re.compile(r"^(\s*)sips?:([^;,\s]*)", re.I)
+_VIA_LINE = re.compile(r"^(?:via|v)[ \t]*:[ \t]*(.*)$", re.I)
+_BRANCH = re.compile(r";[ \t]*branch[ \t]*=[ \t]*([^;,\s]+)", re.I)
+_COOKIE = "z9hG4bK"  # RFC 3261 section 8.1.1.7
+_OUR_BRANCH = re.compile(_COOKIE + r"\.([A-Za-z0-9-]+)\.")
+_FLOW_PARAM = re.compile(r";flow=([A-Za-z0-9-]+)", re.I)
+_ECHOED = ("via", "v", "from", "f", "to", "t", "call-id", "i", "cseq")
 
 
 class FrameRefused(Exception):
@@ -50,8 +75,9 @@ def is_keepalive(frame: bytes | str) -> bool:
     return frame in ("\r\n\r\n", b"\r\n\r\n")
 
 
-def browser_to_engine(frame: bytes | str, relay_host: str, relay_port: int) -> bytes:
-    """One WebSocket frame from a browser as the bytes to write to the engine."""
+def browser_to_engine(frame: bytes | str, flow: str, relay: str) -> bytes:
+    """One WebSocket frame from the browser on ``flow`` as the bytes to write to the
+    engine, whose shared connection from the edge it sees as ``relay`` (host:port)."""
     data = frame.encode("utf-8") if isinstance(frame, str) else frame
     if len(data) > MAX_MESSAGE:
         raise FrameRefused(f"message of {len(data)} bytes (limit {MAX_MESSAGE})", 1009)
@@ -63,17 +89,91 @@ def browser_to_engine(frame: bytes | str, relay_host: str, relay_port: int) -> b
     if not sep or not _START_LINE.match(head + b"\r\n"):
         raise FrameRefused("not a SIP message")
     lines = head.decode("utf-8").split("\r\n")
-    relay = f"{relay_host}:{relay_port}"
     out = [lines[0]]
+    if not lines[0].startswith("SIP/2.0 "):
+        out.append(f"Via: SIP/2.0/TCP {relay};branch={_COOKIE}.{flow}.{_browser_branch(lines)}")
     for line in lines[1:]:
         if _CONTENT_LENGTH.match(line.encode("utf-8")):
             continue
         match = _CONTACT_LINE.match(line)
         if match:
-            line = match.group(1) + _relay_contacts(match.group(2), relay)
+            line = match.group(1) + _relay_contacts(match.group(2), f"{relay};flow={flow}")
         out.append(line)
     out.append(f"Content-Length: {len(body)}")
     return "\r\n".join(out).encode("utf-8") + _HEADER_END + body
+
+
+def _browser_branch(lines: list[str]) -> str:
+    """The branch of a request's top Via, without the magic cookie: the edge's own
+    branch is made from it, so a CANCEL (and the ACK of a failed INVITE) matches
+    its INVITE's transaction in the engine, and the flow in front keeps two
+    browsers' branches apart."""
+    for line in lines[1:]:
+        via = _VIA_LINE.match(line)
+        if via:
+            branch = _BRANCH.search(via.group(1).split(",", 1)[0])
+            if branch and branch.group(1).startswith(_COOKIE) and len(branch.group(1)) > 7:
+                return branch.group(1)[len(_COOKIE) :]
+            break
+    raise FrameRefused("request without an RFC 3261 Via branch")
+
+
+def flow_of_via(via: str) -> str | None:
+    """The flow a message came in on, from the top Via value the edge put there."""
+    branch = _BRANCH.search(via.split(",", 1)[0])
+    match = _OUR_BRANCH.match(branch.group(1)) if branch else None
+    return match.group(1) if match else None
+
+
+def flow_of_uri(uri: str) -> str | None:
+    """The flow a Request-URI made from a browser's rewritten Contact leads to."""
+    param = _FLOW_PARAM.search(uri.split("?", 1)[0])
+    return param.group(1) if param else None
+
+
+def engine_to_browser(message: bytes) -> tuple[str | None, bytes]:
+    """The flow a message from the engine goes to, and the message to send on it.
+
+    A request goes where its Request-URI's ``flow`` parameter says (the rewritten
+    Contact it was made from); a response where the top Via, the edge's own,
+    says, and that Via is removed. ``None``: the message names no flow.
+    """
+    head, sep, body = message.partition(_HEADER_END)
+    lines = head.decode("utf-8", "replace").split("\r\n")
+    if not lines[0].startswith("SIP/2.0 "):
+        uri = lines[0].split(" ")[1] if lines[0].count(" ") >= 2 else ""
+        return flow_of_uri(uri), message
+    for index, line in enumerate(lines[1:], 1):
+        via = _VIA_LINE.match(line)
+        if via is None:
+            continue
+        first, comma, rest = via.group(1).partition(",")
+        flow = flow_of_via(first)
+        if flow is None:
+            return None, message
+        if comma:
+            lines[index] = line[: via.start(1)] + rest.lstrip()
+        else:
+            del lines[index]
+        return flow, "\r\n".join(lines).encode("utf-8") + sep + body
+    return None, message
+
+
+def flow_failed(request: bytes) -> bytes | None:
+    """430 Flow Failed (RFC 5626 section 5.3) to a request from the engine for a
+    browser whose WebSocket is gone; None for an ACK, which gets no response."""
+    lines = request.partition(_HEADER_END)[0].decode("utf-8", "replace").split("\r\n")
+    if lines[0].startswith(("SIP/2.0 ", "ACK ")):
+        return None
+    echoed = []
+    for line in lines[1:]:
+        name = line.split(":", 1)[0].strip().lower()
+        if name in ("to", "t") and ";tag=" not in line.lower():
+            line += ";tag=flow-failed"  # RFC 3261 section 8.2.6.2
+        if name in _ECHOED:
+            echoed.append(line)
+    response = ["SIP/2.0 430 Flow Failed", *echoed, "Content-Length: 0"]
+    return "\r\n".join(response).encode("utf-8") + _HEADER_END
 
 
 def _relay_contacts(value: str, relay: str) -> str:
@@ -86,15 +186,20 @@ def _relay_contacts(value: str, relay: str) -> str:
     if value.strip() == "*":
         return value
     if _BARE_URI.match(value):
-        return _BARE_URI.sub(lambda m: m.group(1) + _relay_uri(m.group(2), relay), value, count=1)
+        # Without angle brackets what follows the URI are header parameters
+        # (RFC 3261 section 20.10): the brackets keep the flow in the URI.
+        return _BARE_URI.sub(
+            lambda m: f"{m.group(1)}<{_relay_uri(m.group(2), relay)}>", value, count=1
+        )
     return _ANGLE_URI.sub(lambda m: f"<{_relay_uri(m.group(1), relay)}>", value)
 
 
 def _relay_uri(rest: str, relay: str) -> str:
-    """``sip:`` + user@ + the relay's hostport + the URI's params but transport."""
+    """``sip:`` + user@ + the relay's hostport and flow + the URI's params but
+    transport (and any ``flow`` a browser put there itself)."""
     address, _, params = rest.partition(";")
     user = address.rpartition("@")[0]
-    kept = [p for p in params.split(";") if p and not p.lower().startswith("transport=")]
+    kept = [p for p in params.split(";") if p and not p.lower().startswith(("transport=", "flow="))]
     return (
         "sip:"
         + (f"{user}@" if user else "")

@@ -255,6 +255,31 @@ async def test_a_closed_socket_unregisters_and_ends_the_call(
     assert switch.query("SELECT * FROM bindings WHERE identity = 'bob'") == []
 
 
+async def test_a_browser_gone_while_ringing_ends_its_branch_at_once(
+    switch: WebRtcSwitch, app_server: AppServer, workdir: Path
+) -> None:
+    """The INVITE it never answered gets 430 Flow Failed from the edge as the socket
+    closes, and the branch is withdrawn: the Dial ends now (no-answer, as a tab closed
+    while ringing is nobody answering), not at its timeout (10 s) or the INVITE's
+    (32 s)."""
+    app_server.routes["/voice"] = dial_client("bob", action="/action")
+    app_server.routes["/action"] = "<Response><Hangup/></Response>"
+    bob = switch.phone("bob", CLIENTS["bob"])
+    await bob.connect()
+    assert (await bob.register()).status == 200
+    loop = asyncio.get_running_loop()
+    async with switch.calling(workdir) as (caller, _):
+        await next_invite(bob)
+        closed = loop.time()
+        await bob.close()
+        (action,) = await app_server.wait_for("/action", timeout=9)
+        elapsed = loop.time() - closed
+        await caller.finish(20)
+    assert elapsed < 3, elapsed
+    assert action.params["DialCallStatus"] == "no-answer"
+    assert action.params["DialBridged"] == "false"
+
+
 async def test_a_fork_to_a_browser_and_a_phone_cancels_the_browser(
     switch: WebRtcSwitch, app_server: AppServer, alice: WsPhone, workdir: Path
 ) -> None:
@@ -391,9 +416,10 @@ async def test_bad_frames_close_only_their_socket(
 
 
 async def test_a_hundred_browsers_register_at_once(switch: WebRtcSwitch) -> None:
-    """Each browser gets its own relay connection into the engine: a burst of them is
-    accepted at once, not a few at a time (a listen backlog of 5 made most wait
-    seconds for the kernel's SYN retries). Five sources, within the per-source limits."""
+    """A burst of browsers is accepted at once, not a few at a time (a listen backlog
+    of 5 made most wait seconds for the kernel's SYN retries), and their REGISTERs
+    share the edge's one connection into the engine. Five sources, within the
+    per-source limits."""
     phones = [
         WsPhone(switch.ws_url, "bob", CLIENTS["bob"], DOMAIN, local_host=f"127.0.0.{20 + i % 5}")
         for i in range(100)

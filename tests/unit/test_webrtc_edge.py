@@ -10,6 +10,7 @@ from switch.config import ConfigError, load_config
 from switch.dial import binding_target
 from switch.engine.core import uri_hostport
 from switch.registrar.bindings import Binding, BindingTable, Source
+from switch.sipws.framing import flow_of_uri
 from switch.srtp import audio_offer, refusal
 from tests.unit.test_config import text, tls_keys
 
@@ -64,8 +65,10 @@ def _binding(transport: str) -> Binding:
     )
 
 
-def test_a_browser_is_reached_over_its_relay_connection() -> None:
-    assert binding_target(_binding("wss")) == "sip:ab12@127.0.0.1:40000;transport=tcp"
+def test_a_browser_is_reached_over_the_edges_connection_on_its_flow() -> None:
+    target = binding_target(_binding("wss"))
+    assert target == "sip:ab12@127.0.0.1:40000;transport=tcp;flow=ws-3"
+    assert flow_of_uri(target) == "ws-3"
     assert binding_target(_binding("udp")) == "sip:ab12@127.0.0.1:40000"
     assert uri_hostport("sip:ab12@127.0.0.1:40000;transport=tcp") == "127.0.0.1:40000"
     assert uri_hostport("sip:a@[::1];transport=tcp") == "[::1]:5060"
