@@ -30,10 +30,16 @@ sockets in this process. It checks (patch numbers of deploy/pjsua2/patches):
 - no_sdp_offer: a call from the browser account with PJSUA_CALL_NO_SDP_OFFER sends an
   INVITE without SDP over the connection the peer opened to the relay listener, takes
   the offer in the 200 and sends its answer (with a=mid and BUNDLE) in the ACK;
-- dtls (0021, 0023): DTLS-SRTP calls over ICE from the browser account to the relay
-  listener (so to the browser account again) complete both handshakes and carry SRTP
-  both ways, and no single poll of the endpoint stalls: with a 4 Hz retransmission
-  clock each completed handshake blocked the polling thread for about 250 ms.
+- dtls (0021, 0023, 0024): DTLS-SRTP calls over ICE from the browser account to the
+  relay listener (so to the browser account again) complete both handshakes and carry
+  SRTP both ways, no single poll of the endpoint stalls (with a 4 Hz retransmission
+  clock each completed handshake blocked the polling thread for about 250 ms), and no
+  poll that completes a handshake takes 10 ms (with 0021's 50 Hz clock it waited about
+  20 ms for the clock thread; 0024 stops the clock without waiting for its thread);
+- dtls_renegotiation (0024): a re-INVITE that swaps the DTLS roles (a=setup) on an
+  established browser-account call makes both ends run a new handshake on their
+  transports, with a retransmission clock thread running again (the one stopped after
+  the first handshake was not joined), and SRTP flows both ways again afterwards.
 
 Prints one JSON object on stdout (pjsua's own output goes to stderr); "ok" is true when
 every entry of "checks" is. Exit status 0 when ok, 1 when a check failed, 3 when a step
@@ -70,6 +76,16 @@ DTLS_CALLS = 3
 # (measured 246-258 ms: the clock thread had just started its first 250 ms sleep); with
 # patch 0021's 50 Hz clock for about 20 ms.
 POLL_STALL_LIMIT_MS = 200.0
+# The longest a poll that completes a DTLS handshake may take (patch 0024). The poll's
+# own work there (SRTP keys, the callback, maybe the other leg's handshake step) takes
+# 1-3 ms on a small machine, and the packet is already waiting: both ends are in this
+# process. Before 0024 the poll also joined the retransmission clock's thread, which
+# sleeps until its next tick: about 20 ms at 0021's 50 Hz, since the handshake ends a
+# few ms after that thread started its first 20 ms sleep (measured 14-22 ms). 10 ms
+# leaves a busy shared machine a few ms of scheduling delay and is still half of that.
+HANDSHAKE_POLL_LIMIT_MS = 10.0
+# What pjsua logs (level 2) when a DTLS-SRTP handshake completes.
+HANDSHAKE_DONE = "DTLS-SRTP negotiation completed"
 
 T = TypeVar("T")
 
@@ -368,6 +384,11 @@ class Check:
         self.step = "starting"
         self.step_deadline = time.monotonic() + STEP_TIMEOUT
         self.polls_ms: list[float] = []  # how long each poll of the endpoint took
+        self.log = PjLog()  # pjsua's log: counts the completed DTLS handshakes
+        # How long each poll took that completed a DTLS handshake, and how long it ran
+        # on after the handshake completed (the first one, if it completed several).
+        self.handshake_polls_ms: list[float] = []
+        self.after_handshake_ms: list[float] = []
         self.checks: dict[str, bool] = {}
         self.result: dict[str, Any] = {}
 
@@ -388,9 +409,15 @@ class Check:
             return None
 
     def poll(self, peers: tuple[SipPeer, ...] = ()) -> None:
+        handshakes = self.log.handshakes
         start = time.perf_counter()
         self.ep.libHandleEvents(5)
-        self.polls_ms.append((time.perf_counter() - start) * 1000)
+        end = time.perf_counter()
+        self.polls_ms.append((end - start) * 1000)
+        if self.log.handshakes != handshakes:
+            self.handshake_polls_ms.append((end - start) * 1000)
+            first_done = self.log.done_at[handshakes]
+            self.after_handshake_ms.append((end - max(first_done, start)) * 1000)
         for peer in peers:
             peer.poll()
 
@@ -411,6 +438,31 @@ class Check:
         return self.until(lambda: peer.take(pred), (peer,), timeout)
 
 
+class PjLog(pj.LogWriter):  # type: ignore[misc]
+    """pjsua's log: notes when DTLS handshakes complete, writes the rest to stderr up
+    to ``echo_level``. Called on the polling thread only (mainThreadOnly queues other
+    threads' messages for it), so a handshake completed in a poll is noted in it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.echo_level = 0
+        self.handshakes = 0
+        self.done_at: list[float] = []  # perf_counter() of each completed handshake
+
+    def write(self, entry: pj.LogEntry) -> None:
+        if HANDSHAKE_DONE in entry.msg:
+            self.done_at.append(time.perf_counter())
+            self.handshakes += 1
+        if entry.level <= self.echo_level:
+            sys.stderr.write(entry.msg if entry.msg.endswith("\n") else entry.msg + "\n")
+
+
+def live_threads() -> int:
+    """The process's threads that have not exited (a DTLS retransmission clock runs
+    one while its handshake is in progress)."""
+    return len(os.listdir("/proc/self/task"))
+
+
 class Leg(pj.Call):  # type: ignore[misc]
     """A call; ``Check.calls`` holds it until shutdown."""
 
@@ -420,6 +472,8 @@ class Leg(pj.Call):  # type: ignore[misc]
         self.account = acc.name
         self.state = 0
         self.audio_index = -1
+        self.swap_setup = False  # in the next SDP: a=setup:active <-> a=setup:passive
+        self.swapped: list[str] = []  # the a=setup values swapped
         check.calls.append(self)
 
     def onCallState(self, prm: pj.OnCallStateParam) -> None:  # noqa: N802 - pjsua2 name
@@ -438,6 +492,21 @@ class Leg(pj.Call):  # type: ignore[misc]
                     self.audio_index = media.index
                     tx = self.check.ep.audDevManager().getCaptureDevMedia()
                     tx.startTransmit(self.getAudioMedia(media.index))
+
+        self.check.guard(body)
+
+    def onCallSdpCreated(self, prm: pj.OnCallSdpCreatedParam) -> None:  # noqa: N802
+        def body() -> None:
+            if not self.swap_setup:
+                return
+            self.swap_setup = False
+            swap = {"active": "passive", "passive": "active"}
+
+            def repl(m: re.Match[str]) -> str:
+                self.swapped.append(m.group(1))
+                return "a=setup:" + swap[m.group(1)]
+
+            prm.sdp.wholeSdp = re.sub(r"a=setup:(active|passive)\b", repl, prm.sdp.wholeSdp)
 
         self.check.guard(body)
 
@@ -525,8 +594,14 @@ def start(check: Check, log_level: int, log_file: str | None) -> Setup:
     cfg.medConfig.sndClockRate = 8000
     cfg.medConfig.noVad = True
     cfg.medConfig.ecTailLen = 0
-    cfg.logConfig.level = log_level
-    cfg.logConfig.consoleLevel = 0 if log_file else log_level
+    # The writer gets messages up to consoleLevel and must see the level 2 message of a
+    # completed DTLS handshake; it writes to stderr what was asked for. libDestroy()
+    # deletes the writer: pjsua2 owns it.
+    check.log.echo_level = 0 if log_file else log_level
+    cfg.logConfig.level = max(log_level, 2)
+    cfg.logConfig.consoleLevel = max(check.log.echo_level, 2)
+    check.log.__disown__()
+    cfg.logConfig.writer = check.log
     if log_file:
         cfg.logConfig.filename = log_file
     ep.libInit(cfg)
@@ -734,6 +809,7 @@ def step_dtls(check: Check, s: Setup) -> None:
     apart from the other calls'."""
     check.begin("dtls: browser-account calls to the relay listener", STEP_TIMEOUT + 4)
     check.polls_ms.clear()
+    handshakes = check.log.handshakes
     setups: list[float] = []
     callees: set[str] = set()
     flowing_calls = 0
@@ -760,6 +836,7 @@ def step_dtls(check: Check, s: Setup) -> None:
 
         check.until(ended, timeout=2.0)
     slowest = sorted(check.polls_ms, reverse=True)[:5]
+    handshake_ms = max(check.handshake_polls_ms, default=HANDSHAKE_POLL_LIMIT_MS)
     check.result["dtls"] = {
         "calls": DTLS_CALLS,
         "calls_with_srtp_both_ways": flowing_calls,
@@ -767,12 +844,111 @@ def step_dtls(check: Check, s: Setup) -> None:
         "setup_ms": setups,
         "slowest_polls_ms": [round(ms, 1) for ms in slowest],
         "poll_limit_ms": POLL_STALL_LIMIT_MS,
+        "handshakes": check.log.handshakes - handshakes,
+        **handshake_polls(check),
     }
     check.ok("dtls_srtp_over_ice_both_ways", flowing_calls == DTLS_CALLS)
     check.ok(
         "dtls_handshakes_do_not_stall_the_poll",
         bool(slowest) and slowest[0] < POLL_STALL_LIMIT_MS,
     )
+    check.ok("dtls_handshakes_logged", check.log.handshakes - handshakes == 2 * DTLS_CALLS)
+    check.ok(
+        "dtls_handshake_polls_do_not_wait_for_the_clock", handshake_ms < HANDSHAKE_POLL_LIMIT_MS
+    )
+
+
+def handshake_polls(check: Check) -> dict[str, Any]:
+    """The polls that completed DTLS handshakes so far, slowest first (and empties the
+    lists)."""
+    polls = sorted(check.handshake_polls_ms, reverse=True)
+    after = sorted(check.after_handshake_ms, reverse=True)
+    check.handshake_polls_ms.clear()
+    check.after_handshake_ms.clear()
+    return {
+        "handshake_polls_ms": [round(ms, 2) for ms in polls],
+        "after_handshake_ms": [round(ms, 2) for ms in after],
+        "handshake_poll_limit_ms": HANDSHAKE_POLL_LIMIT_MS,
+    }
+
+
+def step_dtls_renegotiation(check: Check, s: Setup) -> None:
+    """(0024) A re-INVITE that swaps the DTLS roles on an established call.
+
+    The caller offers a=setup:active where it was passive (its own SDP, edited in
+    onCallSdpCreated): the callee answers passive, and each end resets its DTLS state
+    and runs a new handshake on the same transport, restarting the retransmission clock
+    that stopped after the first handshake. Between polls the new handshakes wait for
+    packets with their clock threads running: the process has more live threads than
+    before the re-INVITE (with a clock that did not restart: as many). Then SRTP, with
+    the new keys, flows both ways again."""
+    check.begin("dtls_renegotiation: re-INVITE with swapped DTLS roles", STEP_TIMEOUT + 4)
+    result: dict[str, Any] = {}
+    check.result["dtls_renegotiation"] = result
+    before = len(check.calls)
+    caller = Leg(check, s.browser)
+    caller.makeCall(f"sip:browser@{s.relay[0]}:{s.relay[1]};transport=tcp", pj.CallOpParam(True))
+
+    def legs() -> list[Leg]:
+        return check.calls[before:]
+
+    result["call_flowing"] = bool(
+        check.until(
+            lambda: len(legs()) == 2 and all(leg.rx_packets() > 0 for leg in legs()), timeout=3.0
+        )
+    )
+    check.ok("dtls_renegotiation_call_flowing", result["call_flowing"])
+    if result["call_flowing"]:
+        # The first handshakes' clock threads leave within a tick (20 ms) of them.
+        check.until(lambda: None, timeout=0.1)
+        idle_threads = live_threads()
+        handshakes = check.log.handshakes
+        check.handshake_polls_ms.clear()
+        check.after_handshake_ms.clear()
+        caller.swap_setup = True
+        caller.reinvite(pj.CallOpParam(True))
+        most_threads = idle_threads
+
+        def renegotiated() -> bool:
+            nonlocal most_threads
+            if check.log.handshakes < handshakes + 2:
+                most_threads = max(most_threads, live_threads())
+                return False
+            return True
+
+        done = bool(check.until(renegotiated, timeout=3.0))
+        rx = [leg.rx_packets() for leg in legs()]
+        flowing = bool(
+            done
+            and check.until(
+                lambda: all(leg.rx_packets() > n for leg, n in zip(legs(), rx, strict=False)),
+                timeout=2.0,
+            )
+        )
+        result.update(
+            offer_setup_swapped=caller.swapped,
+            handshakes=check.log.handshakes - handshakes,
+            live_threads_before=idle_threads,
+            live_threads_during=most_threads,
+            rx_packets_at_handshake=rx,
+            rx_packets_after=[leg.rx_packets() for leg in legs()],
+            states=[leg.state for leg in legs()],
+            **handshake_polls(check),
+        )
+        check.ok("dtls_renegotiation_offer_swapped_setup", len(caller.swapped) == 1)
+        check.ok("dtls_renegotiation_both_handshakes_completed", done)
+        check.ok("dtls_renegotiation_clock_threads_running", most_threads > idle_threads)
+        check.ok("dtls_renegotiation_srtp_both_ways", flowing)
+        check.ok(
+            "dtls_renegotiation_calls_confirmed",
+            all(leg.state == pj.PJSIP_INV_STATE_CONFIRMED for leg in legs()),
+        )
+        check.ok(
+            "dtls_renegotiation_polls_do_not_wait_for_the_clock",
+            max(result["handshake_polls_ms"], default=0.0) < HANDSHAKE_POLL_LIMIT_MS,
+        )
+    caller.hangup(pj.CallOpParam(True))
+    check.until(lambda: caller.state == pj.PJSIP_INV_STATE_DISCONNECTED, timeout=2.0)
 
 
 # ---------------------------------------------------------------------------------
@@ -835,6 +1011,7 @@ def main() -> int:
         step_no_sdp_offer(check, s, relay_peer)
         relay_peer.close()
         step_dtls(check, s)
+        step_dtls_renegotiation(check, s)
     except Exception:  # noqa: BLE001 - reported in the JSON
         check.errors.append(traceback.format_exc())
     shutdown(check, accounts)

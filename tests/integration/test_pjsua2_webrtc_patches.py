@@ -1,4 +1,4 @@
-"""pjsua2 for browser (WebRTC) legs: deploy/pjsua2/patches 0020-0023.
+"""pjsua2 for browser (WebRTC) legs: deploy/pjsua2/patches 0020-0024.
 
 Runs deploy/pjsua2/webrtc_check.py with this interpreter in a child process (one pjsua2
 Endpoint per process; a step that hangs inside pjsua ends the child through its
@@ -12,6 +12,9 @@ hangs creating an ICE media transport (0020) and every test here fails, naming t
 - 0022: an answer repeats the offer's a=mid and accepts its BUNDLE group.
 - 0023: an account bound to a transport takes the requests that arrive through it, and
   only those.
+- 0024: a poll that completes a DTLS-SRTP handshake does not wait for the retransmission
+  clock's thread, and a later handshake on the same transport (a re-INVITE that swaps
+  the DTLS roles) still runs that clock.
 - PJSUA_CALL_NO_SDP_OFFER from the browser account: offer in the 200, answer in the ACK.
 """
 
@@ -46,7 +49,7 @@ def report() -> dict[str, Any]:
     result: dict[str, Any] = json.loads(lines[-1])
     assert "hung" not in result, (
         f"webrtc_check.py hung in step {result['hung']!r}: is the installed pjsua2 built "
-        f"with deploy/pjsua2/patches 0020-0023?\n{json.dumps(result, indent=1)}\n{tail}"
+        f"with deploy/pjsua2/patches 0020-0024?\n{json.dumps(result, indent=1)}\n{tail}"
     )
     assert not result["callback_errors"], result["callback_errors"]
     assert proc.returncode in (0, 1), f"exit {proc.returncode}\n{tail}"
@@ -103,6 +106,22 @@ def test_dtls_srtp_over_ice_without_stalls(report: dict[str, Any]) -> None:
     dtls = report["dtls"]
     assert dtls["calls_with_srtp_both_ways"] == dtls["calls"], dtls
     assert dtls["slowest_polls_ms"][0] < dtls["poll_limit_ms"], dtls
+    assert dtls["handshakes"] == 2 * dtls["calls"], dtls
+
+
+def test_dtls_handshake_completion_does_not_wait_for_the_clock(report: dict[str, Any]) -> None:
+    # Before 0024 each completing poll joined the 50 Hz clock's thread: about 20 ms.
+    dtls = report["dtls"]
+    assert dtls["handshake_polls_ms"], dtls
+    assert dtls["handshake_polls_ms"][0] < dtls["handshake_poll_limit_ms"], dtls
+
+
+def test_dtls_renegotiation_restarts_the_clock(report: dict[str, Any]) -> None:
+    reneg = report["dtls_renegotiation"]
+    assert not failed(report, "dtls_renegotiation"), reneg
+    assert reneg["handshakes"] == 2, reneg
+    # The clock stopped without a join after the first handshake runs a thread again.
+    assert reneg["live_threads_during"] > reneg["live_threads_before"], reneg
 
 
 def test_every_check_passed(report: dict[str, Any]) -> None:
