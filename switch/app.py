@@ -260,6 +260,7 @@ class Switch:
             server_context(sip.tls) if any(x.transport == "wss" for x in sip.listen) else None,
             rate=self.config.registrar.register_rate,
             max_per_source=sip.ws_per_source,
+            codecs=self.config.webrtc.codecs,
         )
 
     def _browser_gone(self, engine: Engine, peer: Peer) -> None:

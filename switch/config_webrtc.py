@@ -13,6 +13,13 @@ a STUN or TURN server list it here, in RTCConfiguration's ``iceServers`` form:
 The browser phone (switch/phone.py) hands the list to the browsers; the engine's
 browser account gathers server-reflexive candidates from the first STUN server and
 relayed ones from the first TURN server (switch/engine/core.py).
+
+``codecs`` orders the codecs of a browser's offer before the engine answers it, so
+the switch answers with the first of them the browser offers (switch/sipws). The
+default puts PCMU and PCMA before opus: every leg's audio meets in an 8 kHz bridge
+and almost every other leg (trunks, phones) is G.711, so opus would be transcoded
+at about four times G.711's cost per leg for no audible gain. WebRTC browsers all
+offer G.711 (RFC 7874 section 3).
 """
 
 from __future__ import annotations
@@ -79,9 +86,14 @@ class IceServer:
         return [IceUrl.parse(url) for url in self.urls]
 
 
+CODECS = ("PCMU", "PCMA", "G722", "opus")
+"""What the engine can answer a browser with, by its SDP encoding name."""
+
+
 @dataclass(frozen=True)
 class WebRtcConfig:
     ice_servers: tuple[IceServer, ...] = ()
+    codecs: tuple[str, ...] = ("PCMU", "PCMA", "opus")  # answer preference
 
     @property
     def stun(self) -> IceUrl | None:
@@ -118,5 +130,14 @@ def build_webrtc(t: Any) -> WebRtcConfig:
             entry.problem("username", "a TURN server needs username and credential")
         entry.finish()
         servers.append(server)
+    codecs = WebRtcConfig.codecs
+    listed = t.strings("codecs", required=False)
+    if listed is not None:
+        names = {name.lower(): name for name in CODECS}
+        codecs = tuple(names.get(value.lower(), value) for _, value in listed)
+        unknown = [name for name in codecs if name not in CODECS]
+        if unknown or not codecs:
+            t.problem("codecs", f"expected some of {', '.join(CODECS)}, got {list(codecs)}")
+            codecs = WebRtcConfig.codecs
     t.finish()
-    return WebRtcConfig(tuple(servers))
+    return WebRtcConfig(tuple(servers), codecs)

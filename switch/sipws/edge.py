@@ -75,8 +75,10 @@ class WebSocketEdge:
         tls: ssl.SSLContext | None,
         rate: float,
         max_per_source: int,
+        codecs: Sequence[str] = (),
     ):
         self.on_closed = on_closed
+        self.codecs = tuple(codecs)  # the order browsers' offers are answered in
         self.limiter = RateLimiter(rate=rate, burst=rate * 2)
         self.max_per_source = max_per_source
         self.open_per_source: Counter[str] = Counter()
@@ -162,7 +164,7 @@ class WebSocketEdge:
             socket.close(1013, "starting, try again")
             return
         try:
-            message = browser_to_engine(data, peer.connection_id, relay.hostport)
+            message = browser_to_engine(data, peer.connection_id, relay.hostport, self.codecs)
         except FrameRefused as error:
             log.info("%s from %s closed: %s", peer.connection_id, peer.host, error)
             socket.close(error.close_code, str(error)[:120])

@@ -20,6 +20,8 @@ and this module is the pure part of that relay. Each browser's WebSocket is a
   section 16.7 step 3).
 - `flow_failed` answers a request for a browser that is gone with 430 Flow
   Failed (RFC 5626 section 5.3), so the engine's transaction ends at once.
+- `prefer_codecs` orders the formats of a browser's SDP offer by the switch's
+  codec preference (``[webrtc] codecs``), which the engine's answer follows.
 - `StreamSplitter` cuts the engine's TCP byte stream back into messages, one per
   frame, dropping the CRLF keep-alives of RFC 5626 section 3.5.1.
 
@@ -29,6 +31,7 @@ Errors are `FrameRefused`, whose message is what the edge logs.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "flow_of_uri",
     "flow_of_via",
     "is_keepalive",
+    "prefer_codecs",
 ]
 
 MAX_MESSAGE = 65_535
@@ -57,6 +61,9 @@ _BRANCH = re.compile(r";[ \t]*branch[ \t]*=[ \t]*([^;,\s]+)", re.I)
 _COOKIE = "z9hG4bK"  # RFC 3261 section 8.1.1.7
 _OUR_BRANCH = re.compile(_COOKIE + r"\.([A-Za-z0-9-]+)\.")
 _FLOW_PARAM = re.compile(r";flow=([A-Za-z0-9-]+)", re.I)
+_AUDIO_LINE = re.compile(r"^(m=audio [^ ]+ [^ ]+ )([^\r\n]*)", re.M)
+_RTPMAP = re.compile(r"^a=rtpmap:(\d+) ([^/\s]+)", re.M)
+_STATIC_PAYLOADS = (("0", "pcmu"), ("8", "pcma"), ("9", "g722"))  # RFC 3551 table 4
 _ECHOED = ("via", "v", "from", "f", "to", "t", "call-id", "i", "cseq")
 
 
@@ -75,9 +82,12 @@ def is_keepalive(frame: bytes | str) -> bool:
     return frame in ("\r\n\r\n", b"\r\n\r\n")
 
 
-def browser_to_engine(frame: bytes | str, flow: str, relay: str) -> bytes:
+def browser_to_engine(
+    frame: bytes | str, flow: str, relay: str, codecs: Sequence[str] = ()
+) -> bytes:
     """One WebSocket frame from the browser on ``flow`` as the bytes to write to the
-    engine, whose shared connection from the edge it sees as ``relay`` (host:port)."""
+    engine, whose shared connection from the edge it sees as ``relay`` (host:port);
+    an SDP offer's audio formats are put in the order of ``codecs`` (`prefer_codecs`)."""
     data = frame.encode("utf-8") if isinstance(frame, str) else frame
     if len(data) > MAX_MESSAGE:
         raise FrameRefused(f"message of {len(data)} bytes (limit {MAX_MESSAGE})", 1009)
@@ -99,8 +109,31 @@ def browser_to_engine(frame: bytes | str, flow: str, relay: str) -> bytes:
         if match:
             line = match.group(1) + _relay_contacts(match.group(2), f"{relay};flow={flow}")
         out.append(line)
+    if codecs and b"m=audio" in body:
+        body = prefer_codecs(body.decode("utf-8"), codecs).encode("utf-8")
     out.append(f"Content-Length: {len(body)}")
     return "\r\n".join(out).encode("utf-8") + _HEADER_END + body
+
+
+def prefer_codecs(sdp: str, codecs: Sequence[str]) -> str:
+    """``sdp`` with each audio m-line's formats reordered: those of ``codecs`` first,
+    in that order, then the rest as they were (telephone-event, red, CN...).
+
+    The engine answers with the first format of the offer it supports (RFC 3264
+    section 6.1 lets the answerer choose), so this is the switch's codec preference
+    for browsers, applied where the browser's offer enters.
+    """
+    rank = {name.lower(): i for i, name in enumerate(codecs)}
+    names = dict(_STATIC_PAYLOADS)
+    for match in _RTPMAP.finditer(sdp):
+        names[match.group(1)] = match.group(2).lower()
+
+    def reorder(match: re.Match[str]) -> str:
+        formats = match.group(2).split()
+        ordered = sorted(formats, key=lambda pt: rank.get(names.get(pt, ""), len(rank)))
+        return match.group(1) + " ".join(ordered)
+
+    return _AUDIO_LINE.sub(reorder, sdp)
 
 
 def _browser_branch(lines: list[str]) -> str:

@@ -139,6 +139,8 @@ async def test_a_browser_calls_out_through_its_app(
         call, response = await alice.dial(CALLEE)
         assert response.status == 200, response.start
         assert "a=fingerprint:" in response.body and "a=candidate" in response.body
+        # aiortc offers opus first; [webrtc] codecs answers with PCMU first.
+        assert answered_formats(response.body)[0] == "0", response.body
         assert await call.listener.hears(600, timeout=10), call.listener.dominant()
         await callee.finish(30)
         await asyncio.wait_for(call.ended.wait(), 10)
@@ -150,6 +152,54 @@ async def test_a_browser_calls_out_through_its_app(
     (client,) = app_server.hits("/client")
     assert client.params["From"] == "client:alice"
     assert client.params["To"] == CALLEE
+
+
+def answered_formats(sdp: str) -> list[str]:
+    (line,) = [x for x in sdp.splitlines() if x.startswith("m=audio ")]
+    return line.split()[3:]
+
+
+def opus_only(sdp: str) -> str:
+    """An offer of opus alone, as a browser configured for it would send."""
+    lines = []
+    for line in sdp.split("\r\n"):
+        if line.startswith("m=audio "):
+            line = " ".join(line.split(" ")[:3] + ["96"])
+        elif line.startswith("a=rtpmap:") and not line.startswith("a=rtpmap:96 "):
+            continue
+        lines.append(line)
+    return "\r\n".join(lines)
+
+
+async def test_an_opus_only_browser_gets_narrowband_opus_both_ways(
+    switch: WebRtcSwitch, app_server: AppServer, alice: WsPhone, workdir: Path
+) -> None:
+    """Opus runs at the bridge's 8 kHz and says so in the answer (RFC 7587 section
+    6.1); the tones still decode at both ends."""
+    app_server.routes["/client"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
+    callee_audio = RtpPeer(600)
+    await callee_audio.start()
+    callee = sipp.Sipp(
+        workdir,
+        "callee",
+        sipp.callee("answer", rtp_port=callee_audio.port, hangup_after_ms=4000),
+        port=switch.trunk_port,
+    )
+    await callee.start()
+    try:
+        call, response = await alice.dial(CALLEE, sdp_edit=opus_only)
+        assert response.status == 200, response.start
+        assert answered_formats(response.body)[0] == "96", response.body
+        (fmtp,) = [x for x in response.body.splitlines() if x.startswith("a=fmtp:96 ")]
+        assert "maxplaybackrate=8000" in fmtp and "sprop-maxcapturerate=8000" in fmtp, fmtp
+        assert await call.listener.hears(600, timeout=10), call.listener.dominant()
+        await callee.finish(30)
+        await asyncio.wait_for(call.ended.wait(), 10)
+    finally:
+        callee_audio.close()
+        await callee.stop()
+    heard = callee_audio.audio()
+    assert tone_power(heard, 8000, 1000) > 10 * tone_power(heard, 8000, 600)
 
 
 async def test_a_browsers_dtmf_reaches_gather_and_hangs_up_on_star(

@@ -162,3 +162,13 @@ def test_stream_splitter_refuses_oversized_messages() -> None:
         StreamSplitter().feed(b"SIP/2.0 200 OK\r\nContent-Length: 70000\r\n\r\n")
     with pytest.raises(FrameRefused):
         StreamSplitter().feed(b"x" * (MAX_MESSAGE + 1))
+
+
+def test_an_offer_from_a_browser_is_reordered_and_its_length_kept_right() -> None:
+    sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=rtpmap:111 opus/48000/2\r\n"
+    invite = REGISTER.replace("REGISTER sip:example.com", "INVITE sip:+1555@example.com") + sdp
+    out = browser_to_engine(invite, "ws-1", "127.0.0.1:5", ("PCMU",))
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert b"m=audio 9 UDP/TLS/RTP/SAVPF 0 111\r\n" in body
+    assert head.endswith(f"Content-Length: {len(body)}".encode())
+    assert browser_to_engine(invite, "ws-1", "127.0.0.1:5").endswith(sdp.encode())

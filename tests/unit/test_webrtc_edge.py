@@ -10,7 +10,7 @@ from switch.config import ConfigError, load_config
 from switch.dial import binding_target
 from switch.engine.core import uri_hostport
 from switch.registrar.bindings import Binding, BindingTable, Source
-from switch.sipws.framing import flow_of_uri
+from switch.sipws.framing import flow_of_uri, prefer_codecs
 from switch.srtp import audio_offer, refusal
 from tests.unit.test_config import text, tls_keys
 
@@ -156,3 +156,31 @@ def test_ice_server_problems(tmp_path: Path, entry: str, problem: str) -> None:
     path.write_text(text(sip='listen = ["udp:127.0.0.1:5060"]', extra=extra))
     with pytest.raises(ConfigError, match=problem.replace("[", r"\[").replace("]", r"\]")):
         load_config(path)
+
+
+def test_codec_preference_parses_and_defaults_to_g711_first(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text(sip='listen = ["udp:127.0.0.1:5060"]'))
+    assert load_config(path).webrtc.codecs == ("PCMU", "PCMA", "opus")
+    path.write_text(
+        text(sip='listen = ["udp:127.0.0.1:5060"]', extra='[webrtc]\ncodecs = ["OPUS", "pcmu"]\n')
+    )
+    assert load_config(path).webrtc.codecs == ("opus", "PCMU")
+
+
+@pytest.mark.parametrize("codecs", ['["PCMU", "GSM"]', "[]", '"PCMU"'])
+def test_codec_preference_problems(tmp_path: Path, codecs: str) -> None:
+    path = tmp_path / "c.toml"
+    extra = f"[webrtc]\ncodecs = {codecs}\n"
+    path.write_text(text(sip='listen = ["udp:127.0.0.1:5060"]', extra=extra))
+    with pytest.raises(ConfigError, match="webrtc.codecs: expected"):
+        load_config(path)
+
+
+def test_a_browser_offer_is_put_in_the_preferred_order() -> None:
+    ordered = prefer_codecs(CHROME, ("PCMU", "PCMA", "opus"))
+    assert "m=audio 9 UDP/TLS/RTP/SAVPF 0 8 111 63 9 13 110 126\r\n" in ordered
+    assert ordered.replace("0 8 111 63 9 13", "111 63 9 0 8 13") == CHROME
+    # Static payload types need no rtpmap (RFC 3551); other m-lines stay as they were.
+    bare = "m=audio 4 RTP/AVP 8 0 101\r\nm=video 5 RTP/AVP 96\r\n"
+    assert prefer_codecs(bare, ("PCMU",)) == "m=audio 4 RTP/AVP 0 8 101\r\nm=video 5 RTP/AVP 96\r\n"
