@@ -187,13 +187,15 @@ class Registrar:
             self.store.replace_bindings(
                 identity, [b.to_row() for b in self.table.lookup(identity, now)]
             )
+        # A browser's source is the edge's connection, the same for all: name its own.
+        where = f"{source.host}:{source.port}/{source.transport}"
+        if source.browser:
+            where = f"{ip}/{source.transport}, {connection_id}"
         log.info(
-            "registrar: %s now has %d registrations (from %s:%d/%s)",
+            "registrar: %s now has %d registrations (from %s)",
             identity,
             len(outcome.bindings),
-            source.host,
-            source.port,
-            source.transport,
+            where,
         )
         return self._ok(list(outcome.bindings), now)
 

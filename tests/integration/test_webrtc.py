@@ -122,10 +122,12 @@ async def test_a_dual_recording_keeps_the_browser_on_its_own_channel(
         assert peak_tone_share(samples, absent) < 0.05, (channel, absent)
 
 
-async def test_a_browser_calls_out_through_its_app(
-    switch: WebRtcSwitch, app_server: AppServer, alice: WsPhone, workdir: Path
-) -> None:
-    app_server.routes["/client"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
+async def call_out(
+    switch: WebRtcSwitch, alice: WsPhone, workdir: Path, sdp_edit: object = None
+) -> tuple[SipMsg, RtpPeer]:
+    """Alice calls CALLEE through her app's <Dial><Number>: a SIPp callee sending 600 Hz
+    answers and hangs up after 4 s. Returns the 200 to her INVITE and the callee's RTP
+    party, after checking she heard the callee."""
     callee_audio = RtpPeer(600)
     await callee_audio.start()
     callee = sipp.Sipp(
@@ -136,17 +138,25 @@ async def test_a_browser_calls_out_through_its_app(
     )
     await callee.start()
     try:
-        call, response = await alice.dial(CALLEE)
+        call, response = await alice.dial(CALLEE, sdp_edit=sdp_edit)
         assert response.status == 200, response.start
-        assert "a=fingerprint:" in response.body and "a=candidate" in response.body
-        # aiortc offers opus first; [webrtc] codecs answers with PCMU first.
-        assert answered_formats(response.body)[0] == "0", response.body
         assert await call.listener.hears(600, timeout=10), call.listener.dominant()
         await callee.finish(30)
         await asyncio.wait_for(call.ended.wait(), 10)
     finally:
         callee_audio.close()
         await callee.stop()
+    return response, callee_audio
+
+
+async def test_a_browser_calls_out_through_its_app(
+    switch: WebRtcSwitch, app_server: AppServer, alice: WsPhone, workdir: Path
+) -> None:
+    app_server.routes["/client"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
+    response, callee_audio = await call_out(switch, alice, workdir)
+    assert "a=fingerprint:" in response.body and "a=candidate" in response.body
+    # aiortc offers opus first; [webrtc] codecs answers with PCMU first.
+    assert answered_formats(response.body)[0] == "0", response.body
     heard = callee_audio.audio()
     assert tone_power(heard, 8000, 1000) > 10 * tone_power(heard, 8000, 600)
     (client,) = app_server.hits("/client")
@@ -177,27 +187,10 @@ async def test_an_opus_only_browser_gets_narrowband_opus_both_ways(
     """Opus runs at the bridge's 8 kHz and says so in the answer (RFC 7587 section
     6.1); the tones still decode at both ends."""
     app_server.routes["/client"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
-    callee_audio = RtpPeer(600)
-    await callee_audio.start()
-    callee = sipp.Sipp(
-        workdir,
-        "callee",
-        sipp.callee("answer", rtp_port=callee_audio.port, hangup_after_ms=4000),
-        port=switch.trunk_port,
-    )
-    await callee.start()
-    try:
-        call, response = await alice.dial(CALLEE, sdp_edit=opus_only)
-        assert response.status == 200, response.start
-        assert answered_formats(response.body)[0] == "96", response.body
-        (fmtp,) = [x for x in response.body.splitlines() if x.startswith("a=fmtp:96 ")]
-        assert "maxplaybackrate=8000" in fmtp and "sprop-maxcapturerate=8000" in fmtp, fmtp
-        assert await call.listener.hears(600, timeout=10), call.listener.dominant()
-        await callee.finish(30)
-        await asyncio.wait_for(call.ended.wait(), 10)
-    finally:
-        callee_audio.close()
-        await callee.stop()
+    response, callee_audio = await call_out(switch, alice, workdir, sdp_edit=opus_only)
+    assert answered_formats(response.body)[0] == "96", response.body
+    (fmtp,) = [x for x in response.body.splitlines() if x.startswith("a=fmtp:96 ")]
+    assert "maxplaybackrate=8000" in fmtp and "sprop-maxcapturerate=8000" in fmtp, fmtp
     heard = callee_audio.audio()
     assert tone_power(heard, 8000, 1000) > 10 * tone_power(heard, 8000, 600)
 
@@ -253,6 +246,30 @@ async def test_digits_played_to_a_browser_arrive_as_rfc4733_events(
     assert "telephone-event/48000" in response.body
     await asyncio.wait_for(call.ended.wait(), 20)  # <Hangup/>: the switch's BYE
     assert call.listener.digits == "19#"
+
+
+async def test_a_whisper_plays_to_the_browser_before_the_bridge(
+    switch: WebRtcSwitch, app_server: AppServer, alice: WsPhone, workdir: Path
+) -> None:
+    """<Client url> runs its whisper on the browser's leg once it answers: the browser
+    gets the whisper's digits (RFC 4733), and only then hears the caller."""
+    app_server.routes["/voice"] = (
+        '<Response><Dial timeout="10" action="/action"><Client url="/whisper">alice</Client>'
+        "</Dial></Response>"
+    )
+    app_server.routes["/whisper"] = '<Response><Play digits="19#"/><Pause length="1"/></Response>'
+    app_server.routes["/action"] = "<Response><Hangup/></Response>"
+    async with switch.calling(workdir, hangup_after_ms=6000) as (caller, _):
+        call = await alice.answer(await next_invite(alice), sdp_edit=with_telephone_event)
+        assert await call.listener.hears(600, timeout=15), call.listener.dominant()
+        assert call.listener.digits == "19#"  # the whisper came first
+        await caller.finish(20)
+        await asyncio.wait_for(call.ended.wait(), 10)
+    (whisper,) = app_server.hits("/whisper")
+    assert whisper.params["Direction"] == "outbound-dial"
+    assert whisper.params["To"] == "client:alice"
+    (action,) = await app_server.wait_for("/action")
+    assert action.params["DialCallStatus"] == "completed"
 
 
 async def test_a_browser_call_is_challenged_and_a_wrong_password_refused(

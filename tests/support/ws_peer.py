@@ -482,9 +482,10 @@ class WsPhone:
     def _tag_for(self, invite: SipMsg) -> str:
         return hashlib.md5((invite.header("Call-ID") or "").encode()).hexdigest()[:8]
 
-    async def answer(self, invite: SipMsg, media: bool = True) -> Call:
+    async def answer(self, invite: SipMsg, media: bool = True, sdp_edit: object = None) -> Call:
         """Answer an INVITE: offer in the 200 (late offer) or answer its offer.
-        ``media=False``: a browser whose ICE never answers (its sockets are closed)."""
+        ``media=False``: a browser whose ICE never answers (its sockets are closed);
+        ``sdp_edit`` changes the offer (as `dial`'s does)."""
         pc, listener = self._peer()
         tag = self._tag_for(invite)
         call = Call(self, invite.header("Call-ID") or "", tag, "", pc, listener, invite=invite)
@@ -497,6 +498,9 @@ class WsPhone:
         else:
             await pc.setLocalDescription(await pc.createOffer())
         sdp = pc.localDescription.sdp
+        if callable(sdp_edit) and not invite.body:
+            sdp = sdp_edit(sdp)
+        listener.spy_on(pc)
         if not media:
             await pc.close()
         await self.send(_reply(invite, 200, "OK", to_tag=tag, body=sdp, contact=self.contact))
