@@ -20,6 +20,7 @@ sockets in this process. It checks (patch numbers of deploy/pjsua2/patches):
   run); timed from makeCall() to the INVITE;
 - routing (0023): an INVITE over the relay listener reaches the browser account; the
   same INVITE over UDP and over the public TCP listener reaches the default account;
+  the connection pjsua accepted has TCP_NODELAY (0025);
 - answers (0022): a Chromium-like offer (BUNDLE, mid, ICE, DTLS fingerprint, rtcp-mux,
   opus and PCMU) gets an answer with its a=mid and a=group:BUNDLE, ICE candidates (on
   127.0.0.1: 0020's loopback candidate) and a fingerprint; a plain offer with a mid gets
@@ -457,6 +458,22 @@ class PjLog(pj.LogWriter):  # type: ignore[misc]
             sys.stderr.write(entry.msg if entry.msg.endswith("\n") else entry.msg + "\n")
 
 
+def accepted_nodelay(peer: tuple[str, int]) -> bool | None:
+    """Whether the socket pjsua accepted from ``peer`` (host, port) has TCP_NODELAY
+    (patch 0025); None if no such socket is open in this process."""
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=os.dup(int(name)))
+            try:
+                if sock.type == socket.SOCK_STREAM and sock.getpeername()[:2] == peer:
+                    return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            finally:
+                sock.close()
+    return None
+
+
 def live_threads() -> int:
     """The process's threads that have not exited (a DTLS retransmission clock runs
     one while its handshake is in progress)."""
@@ -684,6 +701,9 @@ def step_routing_and_answers(check: Check, s: Setup) -> SipPeer:
     }
     check.ok("relay_invite_answered_200", final is not None and final.status == 200)
     check.ok("relay_invite_reaches_browser_account", account == "browser")
+    nodelay = accepted_nodelay(relay_peer.sock.getsockname())
+    check.result["relay_accepted_nodelay"] = nodelay
+    check.ok("relay_accepted_socket_nodelay", nodelay is True)
     check.ok("browser_answer_mid_0", answer.get("mid") == ["0"])
     check.ok("browser_answer_group_bundle_0", answer.get("group") == ["BUNDLE 0"])
     check.ok("browser_answer_has_ice_candidates", answer.get("candidates", 0) > 0)
