@@ -1942,8 +1942,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--role", choices=("main", "browsers", "callee"), default="main", help=argparse.SUPPRESS
     )
     args = p.parse_args(argv)
-    if not 1 <= args.clients <= 6000:
-        p.error("--clients 1..6000 (each is 3 sockets in the switch: fd limit 20000)")
+    if not 1 <= args.clients <= 15000:
+        p.error("--clients 1..15000 (each is a socket in the switch and one here: fd limit 20000)")
     if not 1 <= args.sources <= 200:
         p.error("--sources 1..200")
     if any(not 1 <= legs <= 500 for legs in args.legs):
