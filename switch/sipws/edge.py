@@ -129,11 +129,6 @@ class WebSocketEdge:
         flow = flow_of_via(via)
         return self.peers.get(flow) if flow is not None else None
 
-    def client_ip(self, host: str, port: int, via: str) -> str:
-        """The address limits count a SIP peer under: a browser's own, else ``host``."""
-        peer = self.peer(host, port, via)
-        return peer.host if peer is not None else host
-
     # ---- browsers ---------------------------------------------------------------
 
     def _admit(self, source: str) -> str | None:
