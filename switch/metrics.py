@@ -16,7 +16,9 @@ the switch's own (not the library's global one). Three kinds:
   (``dialswitch_rtp_packets_total``), and those lost
   (``dialswitch_rtp_packets_lost_total``), by ``direction``: ``rx`` is what
   the far ends sent us (gaps in the sequence numbers), ``tx`` what we sent
-  them (as their RTCP receiver reports said);
+  them (as their RTCP receiver reports said); and received packets the streams
+  dropped (``dialswitch_rtp_packets_discarded_total``): of a payload type the
+  leg did not negotiate, duplicates, a new source still on probation;
 - levels, read when the metrics are scraped: live calls and call actors, legs,
   players, recorders and media ports of the engine, registrations, and status
   callbacks queued.
@@ -49,6 +51,7 @@ class RtpTotals(Protocol):
 
     received: int
     received_lost: int
+    received_discarded: int
     sent: int
     sent_lost: int
 
@@ -87,8 +90,16 @@ class _Rtp(Collector):
         )
         lost.add_metric(("rx",), totals.received_lost)
         lost.add_metric(("tx",), totals.sent_lost)
+        discarded = CounterMetricFamily(
+            "dialswitch_rtp_packets_discarded",
+            "RTP packets received on ended media streams and dropped: a payload type the"
+            " leg did not negotiate, duplicates, a new source on probation.",
+            labels=("direction",),
+        )
+        discarded.add_metric(("rx",), totals.received_discarded)
         yield packets
         yield lost
+        yield discarded
 
 
 class Metrics:

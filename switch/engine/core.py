@@ -117,6 +117,7 @@ class RtpCounts:
 
     received: int = 0
     received_lost: int = 0  # gaps in the sequence numbers the far ends sent
+    received_discarded: int = 0  # dropped: a payload type not negotiated, duplicates...
     sent: int = 0
     sent_lost: int = 0  # what the far ends' RTCP receiver reports said they lost
 
@@ -124,6 +125,7 @@ class RtpCounts:
         """Add one ended stream's statistics."""
         self.received += stat.rxStat.pkt
         self.received_lost += stat.rxStat.loss
+        self.received_discarded += stat.rxStat.discard
         self.sent += stat.txStat.pkt
         self.sent_lost += stat.txStat.loss
 

@@ -103,6 +103,27 @@ class Lossy:
         return getattr(self.transport, name)
 
 
+class ForeignPayload:
+    """A datagram transport that sends every ``every``-th RTP packet with payload type
+    99, which no leg negotiated (the packet is otherwise untouched)."""
+
+    def __init__(self, transport: asyncio.DatagramTransport, every: int):
+        self.transport = transport
+        self.every = every
+        self.sent = 0
+        self.foreign = 0
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        self.sent += 1
+        if self.sent % self.every == 0 and len(data) > 12:
+            self.foreign += 1
+            data = data[:1] + bytes([(data[1] & 0x80) | 99]) + data[2:]
+        self.transport.sendto(data, addr)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
 def slow_ringing_callee(rtp_port: int) -> str:
     """Answers like ``sipp.callee("answer")`` but waits POST_DIAL_MS before its 180,
     rings RING_MS, then talks TALK_MS and hangs up."""
@@ -181,6 +202,41 @@ async def test_metrics_count_a_known_sequence_of_calls(
     assert value(after, "dialswitch_media_ports") == 1  # the bridge's own port
     assert value(after, "dialswitch_callbacks_queued") == 0
     assert value(after, "dialswitch_registrations") == 0
+
+
+async def test_rtp_of_a_payload_type_not_negotiated_is_dropped_and_counted(
+    switch: SwitchProcess, app_server: AppServer, workdir
+) -> None:
+    """Every 10th packet of the caller's PCMU stream comes as payload type 99: the
+    switch drops those (the callee hears only the caller's tone) and counts them."""
+    _, text = await scrape(switch)
+    before = samples(text)
+    app_server.routes["/voice"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
+    caller_audio, callee_audio = RtpPeer(440), RtpPeer(1000)
+    await caller_audio.start()
+    await callee_audio.start()
+    assert caller_audio.transport is not None
+    foreign = ForeignPayload(caller_audio.transport, 10)
+    caller_audio.transport = foreign  # type: ignore[assignment]
+    try:
+        await sipp.run_call(
+            switch,
+            workdir,
+            sipp.caller(NUMBER, caller_audio.port, hangup_after_ms=TALK_MS),
+            sipp.callee("answer", rtp_port=callee_audio.port),
+        )
+    finally:
+        caller_audio.close()
+        callee_audio.close()
+    await switch.wait_idle()
+    _, text = await scrape(switch)
+    after = samples(text)
+    discarded = value(after, "dialswitch_rtp_packets_discarded_total", direction="rx") - value(
+        before, "dialswitch_rtp_packets_discarded_total", direction="rx"
+    )
+    assert foreign.foreign >= 5
+    # Those that reached the switch's stream: a few may go before the stream exists.
+    assert 0.5 * foreign.foreign <= discarded <= foreign.foreign, (discarded, foreign.foreign)
 
 
 async def test_metrics_listen_serves_only_metrics_and_without_auth(

@@ -44,6 +44,7 @@ def value(found: Samples, name: str, **labels: str) -> float:
 class Totals:
     received: int = 0
     received_lost: int = 0
+    received_discarded: int = 0
     sent: int = 0
     sent_lost: int = 0
 
@@ -74,7 +75,9 @@ def test_rtp_totals_are_counters_read_at_each_scrape() -> None:
     found = parsed(metrics)
     assert value(found, "dialswitch_rtp_packets_total", direction="rx") == 0
     totals.received, totals.received_lost, totals.sent, totals.sent_lost = 950, 50, 1000, 7
+    totals.received_discarded = 12
     found = parsed(metrics)
+    assert value(found, "dialswitch_rtp_packets_discarded_total", direction="rx") == 12
     assert value(found, "dialswitch_rtp_packets_total", direction="rx") == 950
     assert value(found, "dialswitch_rtp_packets_total", direction="tx") == 1000
     assert value(found, "dialswitch_rtp_packets_lost_total", direction="rx") == 50
@@ -106,12 +109,14 @@ def test_the_engine_adds_each_ended_streams_statistics() -> None:
     from switch.engine.core import RtpCounts
 
     counts = RtpCounts()
-    for pkt, loss, sent, far_loss in ((100, 3, 110, 1), (50, 0, 40, 2)):
+    for pkt, loss, discard, sent, far_loss in ((100, 3, 4, 110, 1), (50, 0, 1, 40, 2)):
         stat = pj.RtcpStat()
-        stat.rxStat.pkt, stat.rxStat.loss = pkt, loss
+        stat.rxStat.pkt, stat.rxStat.loss, stat.rxStat.discard = pkt, loss, discard
         stat.txStat.pkt, stat.txStat.loss = sent, far_loss
         counts.add(stat)
-    assert counts == RtpCounts(received=150, received_lost=3, sent=150, sent_lost=3)
+    assert counts == RtpCounts(
+        received=150, received_lost=3, received_discarded=5, sent=150, sent_lost=3
+    )
 
 
 # ---- [metrics] -----------------------------------------------------------------------------
