@@ -45,6 +45,7 @@ from switch.sipws.framing import (
     flow_failed,
     flow_of_via,
     is_keepalive,
+    trying,
 )
 from switch.sipws.server import WebSocketConnection, WebSocketListener, WebSocketServer
 
@@ -185,6 +186,7 @@ class WebSocketEdge:
         socket = self._sockets.get(flow) if flow is not None else None
         if flow is not None and socket is not None and not socket.closed:
             socket.send(data.decode("utf-8", "replace"))
+            self._to_engine(trying(data))
             return
         if flow is None:
             log.warning("engine message for no browser dropped: %r", message[:80])

@@ -19,7 +19,9 @@ and this module is the pure part of that relay. Each browser's WebSocket is a
   Request-URI parameter, a response's top Via (which it removes, RFC 3261
   section 16.7 step 3).
 - `flow_failed` answers a request for a browser that is gone with 430 Flow
-  Failed (RFC 5626 section 5.3), so the engine's transaction ends at once.
+  Failed (RFC 5626 section 5.3), so the engine's transaction ends at once;
+  `trying` answers each INVITE handed to a browser with 100 Trying, so the engine
+  can CANCEL it at once.
 - `prefer_codecs` orders the formats of a browser's SDP offer by the switch's
   codec preference (``[webrtc] codecs``), which the engine's answer follows.
 - `StreamSplitter` cuts the engine's TCP byte stream back into messages, one per
@@ -45,6 +47,7 @@ __all__ = [
     "flow_of_via",
     "is_keepalive",
     "prefer_codecs",
+    "trying",
 ]
 
 MAX_MESSAGE = 65_535
@@ -195,17 +198,38 @@ def engine_to_browser(message: bytes) -> tuple[str | None, bytes]:
 def flow_failed(request: bytes) -> bytes | None:
     """430 Flow Failed (RFC 5626 section 5.3) to a request from the engine for a
     browser whose WebSocket is gone; None for an ACK, which gets no response."""
+    return _response(request, "430 Flow Failed")
+
+
+def trying(request: bytes) -> bytes | None:
+    """100 Trying to an INVITE the edge hands to a browser (RFC 3261 section 16.7
+    step 5 of a proxy), None for any other message.
+
+    Browser stacks send no 100 over their reliable WebSocket, and until a
+    provisional response comes the engine may not CANCEL (section 9.1): it would
+    wait and then send a CANCEL of its own, without the Reason that tells the
+    browser another phone answered (RFC 3326).
+    """
+    if not request.startswith(b"INVITE "):
+        return None
+    return _response(request, "100 Trying")
+
+
+def _response(request: bytes, status: str) -> bytes | None:
+    """A response with ``status`` (code and reason) to ``request``, echoing the
+    headers that identify its transaction; None for an ACK or a response."""
     lines = request.partition(_HEADER_END)[0].decode("utf-8", "replace").split("\r\n")
     if lines[0].startswith(("SIP/2.0 ", "ACK ")):
         return None
+    final = not status.startswith("1")
     echoed = []
     for line in lines[1:]:
         name = line.split(":", 1)[0].strip().lower()
-        if name in ("to", "t") and ";tag=" not in line.lower():
+        if final and name in ("to", "t") and ";tag=" not in line.lower():
             line += ";tag=flow-failed"  # RFC 3261 section 8.2.6.2
         if name in _ECHOED:
             echoed.append(line)
-    response = ["SIP/2.0 430 Flow Failed", *echoed, "Content-Length: 0"]
+    response = [f"SIP/2.0 {status}", *echoed, "Content-Length: 0"]
     return "\r\n".join(response).encode("utf-8") + _HEADER_END
 
 

@@ -18,6 +18,7 @@ from media.analysis import tone_power
 from tests.integration.conftest import NUMBER, AppServer, running
 from tests.support import sipp, sipp_reg
 from tests.support.browser import PhonePage, chromium, require_chromium
+from tests.support.certs import TestCa
 from tests.support.rtp_peer import RtpPeer
 from tests.support.webrtc_switch import WebRtcSwitch
 
@@ -189,3 +190,42 @@ async def test_alices_phone_and_browser_ring_and_the_phone_answers(
     assert any(m.startswith("ACK ") for m in received)  # the desk phone won
     (action,) = await app_server.wait_for("/action")
     assert action.params["DialCallStatus"] == "completed"
+
+
+async def test_the_page_registers_and_calls_over_wss(
+    app_server: AppServer, tmp_path: Path, workdir: Path
+) -> None:
+    """JsSIP over a wss: listener (Chromium trusting the switch's certificate): it
+    registers and calls out, and the callee hears its microphone."""
+    ca = TestCa(tmp_path / "ca")
+    handle = WebRtcSwitch.create_wss(tmp_path, app_server.base, CLIENTS, ca)
+    assert handle.certificate is not None
+    app_server.routes["/client"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
+    callee_audio = RtpPeer(600)
+    await callee_audio.start()
+    async with running(handle):
+        callee = sipp.Sipp(
+            workdir,
+            "callee",
+            sipp.callee("answer", rtp_port=callee_audio.port, hangup_after_ms=4000),
+            port=handle.trunk_port,
+        )
+        await callee.start()
+        try:
+            async with chromium(tmp_path, trusted_certificates=[handle.certificate]) as browser:
+                page = await PhonePage.open(browser, handle.http, "wss")
+                await page.login("alice", CLIENTS["alice"], server=handle.ws_url)
+                await page.wait_registered()
+                await page.dial(CALLEE)
+                await page.wait_call_state("in-call", 15)
+                await page.wait_tone(600, timeout=15)
+                await page.screenshot("in-call-over-wss")
+                await callee.finish(30)  # the callee hangs up
+                await page.wait_call_state("ended", 10)
+                page.assert_no_page_errors()
+                await page.close()
+        finally:
+            callee_audio.close()
+            await callee.stop()
+        await handle.wait_idle()
+    assert heard_browser(callee_audio.audio())

@@ -377,6 +377,43 @@ async def test_a_fork_to_a_browser_and_a_phone_cancels_the_browser(
     assert action.params["DialCallStatus"] == "completed"
 
 
+async def test_a_browser_not_yet_ringing_is_cancelled_at_once_as_answered_elsewhere(
+    switch: WebRtcSwitch, app_server: AppServer, workdir: Path
+) -> None:
+    """The phone answers before the browser sent anything (browser stacks send no 100
+    over a WebSocket): the edge's 100 Trying lets the switch CANCEL now, with the
+    Reason that says another phone answered, instead of a CANCEL of pjsua's own,
+    without it, once the browser rings."""
+    app_server.routes["/voice"] = (
+        f'<Response><Dial timeout="10" action="/action"><Client>bob</Client>'
+        f"<Number>{CALLEE}</Number></Dial></Response>"
+    )
+    app_server.routes["/action"] = "<Response><Hangup/></Response>"
+    bob = switch.phone("bob", CLIENTS["bob"])
+    bob.rings = False
+    await bob.connect()
+    assert (await bob.register()).status == 200
+    caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000)
+    await caller_audio.start()
+    await callee_audio.start()
+    try:
+        await sipp.run_call(
+            switch,
+            workdir,
+            sipp.caller(NUMBER, caller_audio.port, hangup_after_ms=2000),
+            sipp.callee("answer", rtp_port=callee_audio.port, ring_ms=300),
+            timeout=40,
+        )
+        invite = await next_invite(bob, timeout=1)
+        (cancel,) = [m for m in bob.received if m.start.startswith("CANCEL ")]
+    finally:
+        caller_audio.close()
+        callee_audio.close()
+        await bob.close()
+    assert cancel.header("Call-ID") == invite.header("Call-ID")
+    assert cancel.header("Reason") == 'SIP;cause=200;text="Call completed elsewhere"'
+
+
 async def test_a_browser_whose_media_never_starts_fails_its_branch(
     switch: WebRtcSwitch, app_server: AppServer, alice: WsPhone, workdir: Path
 ) -> None:
@@ -413,22 +450,9 @@ async def test_a_browser_registers_and_calls_over_wss(
 ) -> None:
     """A wss: listener serves [sip] tls_certificate; a browser trusting its CA
     registers and calls through it, one that does not is refused at the handshake."""
-    handle = WebRtcSwitch.create(tmp_path, app_server.base, CLIENTS)
     ca = TestCa(tmp_path / "ca")
-    issued = ca.issue("switch")
-    assert handle.config is not None
-    text = handle.config.read_text()
-    handle.config.write_text(
-        text.replace(
-            f'"ws:127.0.0.1:{handle.ws_port}"]', f'"wss:127.0.0.1:{handle.ws_port}"]'
-        ).replace(
-            "[http]",
-            f'tls_certificate = "{issued.certificate}"\n'
-            f'tls_private_key = "{issued.private_key}"\n\n[http]',
-            1,
-        )
-    )
-    url = f"wss://127.0.0.1:{handle.ws_port}/any/path"
+    handle = WebRtcSwitch.create_wss(tmp_path, app_server.base, CLIENTS, ca)
+    url = f"{handle.ws_url}any/path"
     app_server.routes["/client"] = "<Response><Say>Hello.</Say><Hangup/></Response>"
     async with running(handle):
         trusting = ssl.create_default_context(cafile=str(ca.path))

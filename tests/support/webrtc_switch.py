@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tests.integration.conftest import NUMBER, free_tcp_port
 from tests.support import sipp
+from tests.support.certs import TestCa
 from tests.support.rtp_peer import RtpPeer
 from tests.support.sipp_reg import DOMAIN, ClientSwitch
 from tests.support.ws_peer import WsPhone
@@ -19,6 +20,7 @@ class WebRtcSwitch(ClientSwitch):
     """`ClientSwitch` with a ws: listener besides its udp: and tcp: ones."""
 
     ws_port: int
+    certificate: Path | None = None  # a wss: listener's, from create_wss
 
     @classmethod
     def create(  # type: ignore[override]
@@ -36,9 +38,35 @@ class WebRtcSwitch(ClientSwitch):
         handle.config.write_text(text.replace(old, ws))
         return handle
 
+    ws_scheme = "ws"
+
+    @classmethod
+    def create_wss(
+        cls, workdir: Path, app: str, clients: Mapping[str, str], ca: TestCa
+    ) -> WebRtcSwitch:
+        """`create`, with its WebSocket listener a wss: one serving a certificate
+        ``ca`` issued (as ``[sip] tls_certificate``)."""
+        handle = cls.create(workdir, app, clients)
+        issued = ca.issue("switch")
+        assert handle.config is not None
+        text = handle.config.read_text()
+        handle.config.write_text(
+            text.replace(
+                f'"ws:127.0.0.1:{handle.ws_port}"]', f'"wss:127.0.0.1:{handle.ws_port}"]'
+            ).replace(
+                "[http]",
+                f'tls_certificate = "{issued.certificate}"\n'
+                f'tls_private_key = "{issued.private_key}"\n\n[http]',
+                1,
+            )
+        )
+        handle.ws_scheme = "wss"
+        handle.certificate = issued.certificate
+        return handle
+
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.ws_port}/"
+        return f"{self.ws_scheme}://127.0.0.1:{self.ws_port}/"
 
     def phone(self, identity: str, password: str, tone: float = 1000.0) -> WsPhone:
         """An aiortc browser (tests/support/ws_peer.py) for this switch."""

@@ -287,6 +287,7 @@ class WsPhone:
         self.invites: dict[str, SipMsg] = {}  # incoming, by Call-ID
         self.cancelled: set[str] = set()  # Call-IDs of INVITEs the switch CANCELled
         self.closed = asyncio.Event()
+        self.rings = True  # answer an INVITE with 180 at once (False: stay silent)
         self._reader: asyncio.Task[None] | None = None
         self._branches = itertools.count(1)
 
@@ -458,7 +459,8 @@ class WsPhone:
         if method == "INVITE" and call_id not in self.calls:
             self.invites[call_id] = msg
             await self.incoming.put(msg)
-            await self.send(_reply(msg, 180, "Ringing", to_tag=self._tag_for(msg)))
+            if self.rings:
+                await self.send(_reply(msg, 180, "Ringing", to_tag=self._tag_for(msg)))
             return
         call = self.calls.get(call_id)
         if method == "ACK":

@@ -14,6 +14,7 @@ from switch.sipws.framing import (
     flow_of_uri,
     flow_of_via,
     is_keepalive,
+    trying,
 )
 
 REGISTER = (
@@ -95,6 +96,13 @@ def test_a_request_for_a_gone_browser_gets_430() -> None:
     )
     assert flow_failed(invite.replace(b"INVITE", b"ACK")) is None
     assert flow_failed(b"SIP/2.0 200 OK\r\n\r\n") is None
+    # An INVITE handed to a browser is answered 100 Trying by the edge (no To tag).
+    assert trying(invite) == (
+        b"SIP/2.0 100 Trying\r\nVia: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bKx\r\n"
+        b"From: <sip:a@b>;tag=1\r\nTo: <sip:u@c>\r\nCall-ID: c1\r\n"
+        b"CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert trying(invite.replace(b"INVITE sip", b"BYE sip")) is None
 
 
 def test_compact_and_bare_contacts_and_the_wildcard() -> None:
