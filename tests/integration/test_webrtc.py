@@ -347,11 +347,13 @@ async def test_a_browser_gone_while_ringing_ends_its_branch_at_once(
     assert action.params["DialBridged"] == "false"
 
 
-async def test_a_fork_to_a_browser_and_a_phone_cancels_the_browser(
-    switch: WebRtcSwitch, app_server: AppServer, alice: WsPhone, workdir: Path
-) -> None:
+async def fork_the_phone_answers(
+    switch: WebRtcSwitch, app_server: AppServer, browser: WsPhone, workdir: Path, ring_ms: int
+) -> SipMsg:
+    """<Dial> the browser's identity and CALLEE at once; the SIPp callee answers after
+    ``ring_ms``. Returns the CANCEL the browser got for its INVITE."""
     app_server.routes["/voice"] = (
-        f'<Response><Dial timeout="10" action="/action"><Client>alice</Client>'
+        f'<Response><Dial timeout="10" action="/action"><Client>{browser.identity}</Client>'
         f"<Number>{CALLEE}</Number></Dial></Response>"
     )
     app_server.routes["/action"] = "<Response><Hangup/></Response>"
@@ -359,22 +361,29 @@ async def test_a_fork_to_a_browser_and_a_phone_cancels_the_browser(
     await caller_audio.start()
     await callee_audio.start()
     try:
-        caller, _ = await sipp.run_call(
+        await sipp.run_call(
             switch,
             workdir,
-            sipp.caller(NUMBER, caller_audio.port, hangup_after_ms=5000),
-            sipp.callee("answer", rtp_port=callee_audio.port, ring_ms=1500),
+            sipp.caller(NUMBER, caller_audio.port, hangup_after_ms=2000 + ring_ms),
+            sipp.callee("answer", rtp_port=callee_audio.port, ring_ms=ring_ms),
             timeout=40,
         )
     finally:
         caller_audio.close()
         callee_audio.close()
-    invite = await next_invite(alice, timeout=1)
-    assert invite.header("Call-ID") in alice.cancelled, [m.start for m in alice.received]
-    (cancel,) = [m for m in alice.received if m.start.startswith("CANCEL ")]
-    assert cancel.header("Reason") == 'SIP;cause=200;text="Call completed elsewhere"'
+    invite = await next_invite(browser, timeout=1)
+    assert invite.header("Call-ID") in browser.cancelled, [m.start for m in browser.received]
+    (cancel,) = [m for m in browser.received if m.start.startswith("CANCEL ")]
     (action,) = await app_server.wait_for("/action")
     assert action.params["DialCallStatus"] == "completed"
+    return cancel
+
+
+async def test_a_fork_to_a_browser_and_a_phone_cancels_the_browser(
+    switch: WebRtcSwitch, app_server: AppServer, alice: WsPhone, workdir: Path
+) -> None:
+    cancel = await fork_the_phone_answers(switch, app_server, alice, workdir, ring_ms=1500)
+    assert cancel.header("Reason") == 'SIP;cause=200;text="Call completed elsewhere"'
 
 
 async def test_a_browser_not_yet_ringing_is_cancelled_at_once_as_answered_elsewhere(
@@ -384,33 +393,14 @@ async def test_a_browser_not_yet_ringing_is_cancelled_at_once_as_answered_elsewh
     over a WebSocket): the edge's 100 Trying lets the switch CANCEL now, with the
     Reason that says another phone answered, instead of a CANCEL of pjsua's own,
     without it, once the browser rings."""
-    app_server.routes["/voice"] = (
-        f'<Response><Dial timeout="10" action="/action"><Client>bob</Client>'
-        f"<Number>{CALLEE}</Number></Dial></Response>"
-    )
-    app_server.routes["/action"] = "<Response><Hangup/></Response>"
     bob = switch.phone("bob", CLIENTS["bob"])
     bob.rings = False
     await bob.connect()
     assert (await bob.register()).status == 200
-    caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000)
-    await caller_audio.start()
-    await callee_audio.start()
     try:
-        await sipp.run_call(
-            switch,
-            workdir,
-            sipp.caller(NUMBER, caller_audio.port, hangup_after_ms=2000),
-            sipp.callee("answer", rtp_port=callee_audio.port, ring_ms=300),
-            timeout=40,
-        )
-        invite = await next_invite(bob, timeout=1)
-        (cancel,) = [m for m in bob.received if m.start.startswith("CANCEL ")]
+        cancel = await fork_the_phone_answers(switch, app_server, bob, workdir, ring_ms=300)
     finally:
-        caller_audio.close()
-        callee_audio.close()
         await bob.close()
-    assert cancel.header("Call-ID") == invite.header("Call-ID")
     assert cancel.header("Reason") == 'SIP;cause=200;text="Call completed elsewhere"'
 
 
