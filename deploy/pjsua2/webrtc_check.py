@@ -20,7 +20,8 @@ sockets in this process. It checks (patch numbers of deploy/pjsua2/patches):
   run); timed from makeCall() to the INVITE;
 - routing (0023): an INVITE over the relay listener reaches the browser account; the
   same INVITE over UDP and over the public TCP listener reaches the default account;
-  the connection pjsua accepted has TCP_NODELAY (0025);
+- tcp_nodelay (0025, 0027): the connections pjsua accepted over TCP (the relay
+  listener) and over TLS have TCP_NODELAY;
 - answers (0022): a Chromium-like offer (BUNDLE, mid, ICE, DTLS fingerprint, rtcp-mux,
   opus and PCMU) gets an answer with its a=mid and a=group:BUNDLE, ICE candidates (on
   127.0.0.1: 0020's loopback candidate) and a fingerprint; a plain offer with a mid gets
@@ -58,7 +59,10 @@ import os
 import re
 import secrets
 import socket
+import ssl
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -594,6 +598,7 @@ class Setup:
     udp: tuple[str, int]
     tcp: tuple[str, int]
     relay: tuple[str, int]
+    tls: tuple[str, int]
     default: Account
     browser: Account
     ice_any: Account
@@ -634,6 +639,7 @@ def start(check: Check, log_level: int, log_file: str | None) -> Setup:
     _, udp = listener(pj.PJSIP_TRANSPORT_UDP)
     _, tcp = listener(pj.PJSIP_TRANSPORT_TCP)
     relay_tid, relay = listener(pj.PJSIP_TRANSPORT_TCP)
+    tls = tls_listener(ep)
     ep.audDevManager().setNullDev()
     ep.libStart()
     default = make_account(check, "default", f"sip:{USER}@{HOST}", None)
@@ -641,7 +647,52 @@ def start(check: Check, log_level: int, log_file: str | None) -> Setup:
         check, "browser", f"sip:browser@{relay[0]}:{relay[1]};transport=tcp", relay_tid
     )
     ice_any = make_account(check, "ice_any", f"sip:ice@{HOST}", None, ice_any=True)
-    return Setup(udp, tcp, relay, default, browser, ice_any)
+    return Setup(udp, tcp, relay, tls, default, browser, ice_any)
+
+
+def tls_listener(ep: pj.Endpoint) -> tuple[str, int]:
+    """A TLS listener with a self-signed certificate (made by openssl in a temporary
+    directory, kept until the process exits)."""
+    directory = tempfile.mkdtemp(prefix="webrtc-check-tls-")
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    tcfg = pj.TransportConfig()
+    tcfg.boundAddress = HOST
+    tcfg.port = 0
+    tcfg.tlsConfig.certFile = cert
+    tcfg.tlsConfig.privKeyFile = key
+    tid = ep.transportCreate(pj.PJSIP_TRANSPORT_TLS, tcfg)
+    host, port = ep.transportGetInfo(tid).localName.rsplit(":", 1)
+    return host, int(port)
+
+
+def step_tcp_nodelay(check: Check, s: Setup, relay_peer: SipPeer) -> None:
+    """0025, 0027: the SIP connections pjsua accepted, over TCP and over TLS, have
+    TCP_NODELAY (no Nagle delay behind an unacknowledged message)."""
+    check.begin("TCP_NODELAY on accepted TCP and TLS connections")
+    tcp = accepted_nodelay(relay_peer.sock.getsockname())
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    raw = socket.create_connection(s.tls, timeout=2)
+    raw.setblocking(False)
+    tls = context.wrap_socket(raw, do_handshake_on_connect=False)
+    deadline = time.monotonic() + 5
+    shaken = False
+    while not shaken and time.monotonic() < deadline:  # the endpoint answers in its polls
+        check.poll()
+        with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            tls.do_handshake()
+            shaken = True
+    nodelay_tls = accepted_nodelay(tls.getsockname()) if shaken else None
+    tls.close()
+    check.result["accepted_nodelay"] = {"tcp": tcp, "tls": nodelay_tls}
+    check.ok("relay_accepted_socket_nodelay", tcp is True)
+    check.ok("tls_accepted_socket_nodelay", nodelay_tls is True)
 
 
 def invite_and_answer(
@@ -701,9 +752,6 @@ def step_routing_and_answers(check: Check, s: Setup) -> SipPeer:
     }
     check.ok("relay_invite_answered_200", final is not None and final.status == 200)
     check.ok("relay_invite_reaches_browser_account", account == "browser")
-    nodelay = accepted_nodelay(relay_peer.sock.getsockname())
-    check.result["relay_accepted_nodelay"] = nodelay
-    check.ok("relay_accepted_socket_nodelay", nodelay is True)
     check.ok("browser_answer_mid_0", answer.get("mid") == ["0"])
     check.ok("browser_answer_group_bundle_0", answer.get("group") == ["BUNDLE 0"])
     check.ok("browser_answer_has_ice_candidates", answer.get("candidates", 0) > 0)
@@ -1027,6 +1075,7 @@ def main() -> int:
             check.result["wheel"] = importlib.metadata.version("pjsua2")
         step_ice_any(check, s)
         relay_peer = step_routing_and_answers(check, s)
+        step_tcp_nodelay(check, s, relay_peer)
         step_browser_account_offer(check, s, relay_peer)
         step_no_sdp_offer(check, s, relay_peer)
         relay_peer.close()

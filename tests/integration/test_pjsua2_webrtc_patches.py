@@ -76,9 +76,10 @@ def test_bound_account_takes_its_transports_requests_only(report: dict[str, Any]
     assert report["dtls"]["callee_accounts"] == ["browser"], report["dtls"]
 
 
-def test_sip_tcp_connections_send_without_nagle_delay(report: dict[str, Any]) -> None:
-    """Patch 0025: the connection pjsua accepted on the relay listener has TCP_NODELAY."""
-    assert report["relay_accepted_nodelay"] is True, report.get("relay_accepted_nodelay")
+def test_sip_tcp_and_tls_connections_send_without_nagle_delay(report: dict[str, Any]) -> None:
+    """Patches 0025 and 0027: the connections pjsua accepted over TCP (the relay
+    listener) and over TLS have TCP_NODELAY."""
+    assert report["accepted_nodelay"] == {"tcp": True, "tls": True}, report["accepted_nodelay"]
 
 
 def test_answer_repeats_mid_and_accepts_bundle(report: dict[str, Any]) -> None:
