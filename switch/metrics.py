@@ -67,6 +67,28 @@ class _Levels(Collector):
             yield GaugeMetricFamily(f"dialswitch_{name}", help_text, value=value)
 
 
+RTP_SERIES = (
+    (
+        "dialswitch_rtp_packets",
+        "RTP packets of ended media streams: rx received, tx sent.",
+        (("rx", "received"), ("tx", "sent")),
+    ),
+    (
+        "dialswitch_rtp_packets_lost",
+        "RTP packets lost on ended media streams: rx from the far ends (sequence"
+        " gaps), tx from us (their RTCP receiver reports).",
+        (("rx", "received_lost"), ("tx", "sent_lost")),
+    ),
+    (
+        "dialswitch_rtp_packets_discarded",
+        "RTP packets received on ended media streams and dropped: a payload type the"
+        " leg did not negotiate, duplicates, a new source on probation.",
+        (("rx", "received_discarded"),),
+    ),
+)
+"""Each counter family of `RtpTotals`: name, help, (direction label, field) pairs."""
+
+
 class _Rtp(Collector):
     """The engine's RTP totals as counters, read at scrape time."""
 
@@ -75,31 +97,11 @@ class _Rtp(Collector):
 
     def collect(self) -> Iterable[Metric]:
         totals = self._read()
-        packets = CounterMetricFamily(
-            "dialswitch_rtp_packets",
-            "RTP packets of ended media streams: rx received, tx sent.",
-            labels=("direction",),
-        )
-        packets.add_metric(("rx",), totals.received)
-        packets.add_metric(("tx",), totals.sent)
-        lost = CounterMetricFamily(
-            "dialswitch_rtp_packets_lost",
-            "RTP packets lost on ended media streams: rx from the far ends (sequence"
-            " gaps), tx from us (their RTCP receiver reports).",
-            labels=("direction",),
-        )
-        lost.add_metric(("rx",), totals.received_lost)
-        lost.add_metric(("tx",), totals.sent_lost)
-        discarded = CounterMetricFamily(
-            "dialswitch_rtp_packets_discarded",
-            "RTP packets received on ended media streams and dropped: a payload type the"
-            " leg did not negotiate, duplicates, a new source on probation.",
-            labels=("direction",),
-        )
-        discarded.add_metric(("rx",), totals.received_discarded)
-        yield packets
-        yield lost
-        yield discarded
+        for name, help_text, fields in RTP_SERIES:
+            family = CounterMetricFamily(name, help_text, labels=("direction",))
+            for direction, field in fields:
+                family.add_metric((direction,), getattr(totals, field))
+            yield family
 
 
 class Metrics:
