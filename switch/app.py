@@ -267,7 +267,7 @@ class Switch:
         """A browser's WebSocket closed: its registrations go, its calls end."""
         log.info("browser %s:%d (%s) disconnected", peer.host, peer.port, peer.connection_id)
         self.registrar.drop_connection(peer.connection_id)
-        engine.drop_relayed(peer.connection_id)
+        engine.drop_flow(peer.connection_id)
 
     def _browser(self, host: str, port: int, via: str | None) -> Peer | None:
         """The browser a request from ``host:port`` with top Via ``via`` came from."""

@@ -664,7 +664,7 @@ class Engine:
         self._credential_accounts[key] = account  # most recently used last
         return account
 
-    def drop_relayed(self, flow: str) -> None:
+    def drop_flow(self, flow: str) -> None:
         """A browser's WebSocket (its ``flow``, switch/sipws) closed: end its legs as
         if it hung up.
 

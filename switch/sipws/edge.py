@@ -83,9 +83,8 @@ class WebSocketEdge:
         self.limiter = RateLimiter(rate=rate, burst=rate * 2)
         self.max_per_source = max_per_source
         self.open_per_source: Counter[str] = Counter()
-        self.peers: dict[str, Peer] = {}  # by flow
-        self._sockets: dict[str, WebSocketConnection] = {}  # by flow
-        self._flows: dict[WebSocketConnection, Peer] = {}
+        self._flows: dict[str, tuple[Peer, WebSocketConnection]] = {}  # by flow id
+        self._peers: dict[WebSocketConnection, Peer] = {}  # by socket
         self._ids = itertools.count(1)
         self._relay: _Relay | None = None
         self._engine: tuple[str, int] | None = None
@@ -128,7 +127,8 @@ class WebSocketEdge:
         if (host, port) != self.relay_address:
             return None
         flow = flow_of_via(via)
-        return self.peers.get(flow) if flow is not None else None
+        found = self._flows.get(flow) if flow is not None else None
+        return found[0] if found is not None else None
 
     # ---- browsers ---------------------------------------------------------------
 
@@ -143,13 +143,12 @@ class WebSocketEdge:
     def _opened(self, socket: WebSocketConnection) -> None:
         peer = Peer(f"ws-{next(self._ids)}", socket.host, socket.port, socket.scheme)
         self.open_per_source[source_key(socket.host)] += 1
-        self.peers[peer.connection_id] = peer
-        self._sockets[peer.connection_id] = socket
-        self._flows[socket] = peer
+        self._flows[peer.connection_id] = (peer, socket)
+        self._peers[socket] = peer
         log.debug("%s from %s:%d", peer.connection_id, peer.host, peer.port)
 
     def _received(self, socket: WebSocketConnection, data: str | bytes) -> None:
-        peer = self._flows.get(socket)
+        peer = self._peers.get(socket)
         if peer is None:
             return
         if is_keepalive(data):
@@ -168,11 +167,10 @@ class WebSocketEdge:
         relay.transport.write(message)
 
     def _gone(self, socket: WebSocketConnection) -> None:
-        peer = self._flows.pop(socket, None)
+        peer = self._peers.pop(socket, None)
         if peer is None:
             return
-        del self.peers[peer.connection_id]
-        del self._sockets[peer.connection_id]
+        del self._flows[peer.connection_id]
         key = source_key(peer.host)
         self.open_per_source[key] -= 1
         if not self.open_per_source[key]:
@@ -183,9 +181,9 @@ class WebSocketEdge:
 
     def _from_engine(self, message: bytes) -> None:
         flow, data = engine_to_browser(message)
-        socket = self._sockets.get(flow) if flow is not None else None
-        if flow is not None and socket is not None and not socket.closed:
-            socket.send(data.decode("utf-8", "replace"))
+        found = self._flows.get(flow) if flow is not None else None
+        if found is not None and not found[1].closed:
+            found[1].send(data.decode("utf-8", "replace"))
             self._to_engine(trying(data))
             return
         if flow is None:
@@ -210,8 +208,8 @@ class WebSocketEdge:
         self._relay = None
         if self._stopping:
             return
-        log.warning("relay to the engine closed: %d browsers disconnected", len(self._sockets))
-        for socket in list(self._sockets.values()):
+        log.warning("relay to the engine closed: %d browsers disconnected", len(self._peers))
+        for socket in list(self._peers):
             socket.close(1011, "engine connection lost")
         asyncio.get_running_loop().call_later(RECONNECT_SECONDS, self._reconnect)
 
