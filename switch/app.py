@@ -178,6 +178,10 @@ class Switch:
             "players": ("Audio players open.", counts["players"]),
             "recorders": ("Recorders open.", counts["recorders"]),
             "media_ports": ("Conference bridge ports in use.", counts["media_ports"]),
+            "relayed_pairs": (
+                "Bridged pairs of legs exchanging RTP packet by packet, off the bridge.",
+                counts["relayed"],
+            ),
             "registrations": ("Live registrations of clients.", self._registrations()),
             "callbacks_queued": ("Status callbacks not delivered yet.", webhooks.queued),
         }
@@ -245,6 +249,7 @@ class Switch:
             log_level=5 if self.config.log.level == "debug" else 1,
             tls=sip.tls,
             rtp_timeout=self.config.media.rtp_timeout,
+            relay=self.config.media.relay,
             websocket=bool(sip.websocket_listen),
             webrtc=self.config.webrtc,
         )

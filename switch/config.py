@@ -257,6 +257,9 @@ class MediaConfig:
     rtp_timeout: float = 60.0
     """Seconds an answered leg may receive no RTP (unless held) before it is hung up;
     0: never."""
+    relay: bool = True
+    """Bridged legs with the same codec, that nothing else hears or plays to, exchange
+    RTP packet by packet instead of through the conference bridge."""
 
 
 @dataclass(frozen=True)
@@ -533,7 +536,9 @@ def _build(root: _Table) -> Config:
     limits = _build_limits(root.table("limits"))
     metrics = _build_metrics(root.table("metrics"), sip, http)
     media_table = root.table("media")
-    media = MediaConfig(media_table.integer("rtp_timeout", 60, 0, 3600))
+    media = MediaConfig(
+        media_table.integer("rtp_timeout", 60, 0, 3600), media_table.boolean("relay", True)
+    )
     media_table.finish()
     webrtc = build_webrtc(root.table("webrtc"))
     root.finish()

@@ -36,6 +36,7 @@ import pjsua2 as pj
 from switch import sipcheck
 from switch.call import protocol
 from switch.call.capacity import ENGINE_SLOTS, SLOT_HEADROOM
+from switch.call.media_paths import Action, MediaPaths, Relay, Unrelay
 from switch.call.protocol import MediaError
 from switch.call.rtp_watch import RtpWatch
 from switch.config_tls import TlsConfig
@@ -58,6 +59,8 @@ BROWSER_MEDIA_SECONDS = 10.0  # a browser's ICE and DTLS not done by then: hung 
 BROWSER_MEDIA_POLL = 0.05
 SRTP_SUITES = ("AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32")
 BRIDGE_RATE = 8000  # Hz: the conference bridge's clock, and so every leg's audio
+RELAY_WAIT = 0.05  # s between looks for both legs' first packet before relaying them
+RELAY_WAIT_TRIES = 200  # then (10 s of one-way or no audio) the pair stays bridged
 OPUS = "opus/48000/2"
 OPUS_RATE_FMTP = ("maxplaybackrate", "sprop-maxcapturerate")
 """The SDES suites offered and accepted: the two every SRTP phone and carrier has
@@ -98,6 +101,7 @@ class EngineSettings:
     tls: TlsConfig = TlsConfig()
     websocket: bool = False  # browsers: a relay listener and their account (switch/sipws)
     webrtc: WebRtcConfig = WebRtcConfig()  # STUN/TURN of the browsers' media
+    relay: bool = True  # bridged pairs exchange RTP in C when nothing else needs it
 
 
 @dataclass(frozen=True)
@@ -247,12 +251,16 @@ class Player:
         self.path = path
         self._player: pj.AudioMediaPlayer | None = pj.AudioMediaPlayer()
         self._player.createPlayer(str(path), 0 if loop else pj.PJMEDIA_FILE_NO_LOOP)
+        self._legs: list[Leg] = []
         engine._players.add(self)
 
     def start(self, leg: protocol.Leg) -> bool:
-        media = _audio(leg)
-        if self._player is None or media is None:
+        if self._player is None or not isinstance(leg, Leg) or leg.audio() is None:
             return False
+        self.engine._tap(leg)  # a relayed leg goes back to the bridge first
+        self._legs.append(leg)
+        media = leg.audio()
+        assert media is not None
         self._player.startTransmit(media)
         return True
 
@@ -263,6 +271,9 @@ class Player:
             return
         del player  # its bridge port goes, with every connection to it (see Recorder.close)
         self.engine._players.discard(self)
+        legs, self._legs = self._legs, []
+        for leg in legs:
+            self.engine._untap(leg)
 
 
 class Recorder:
@@ -281,15 +292,19 @@ class Recorder:
         recorder = pj.AudioMediaRecorder()
         recorder.createRecorder(str(path))
         self._recorder: pj.AudioMediaRecorder | None = recorder
-        self._legs: list[protocol.Leg] = []
+        self._legs: list[Leg] = []
         self._closed: asyncio.Future[None] | None = None
         engine._recorders.add(self)
 
     def hear(self, leg: protocol.Leg) -> bool:
         """Record what ``leg``'s peer sends (once its media is up)."""
-        media = _audio(leg)
-        if self._recorder is None or media is None or leg in self._legs:
+        if self._recorder is None or not isinstance(leg, Leg) or leg in self._legs:
             return False
+        if leg.audio() is None:
+            return False
+        self.engine._tap(leg)  # a relayed leg goes back to the bridge first
+        media = leg.audio()
+        assert media is not None
         media.startTransmit(self._recorder)
         self._legs.append(leg)
         return True
@@ -310,9 +325,11 @@ class Recorder:
         """
         if self._closed is None:
             recorder, self._recorder = self._recorder, None
-            self._legs.clear()
+            legs, self._legs = self._legs, []
             assert recorder is not None
             self._closed = self.engine._close_later(self, recorder)
+            for leg in legs:
+                self.engine._untap(leg)
         return self._closed
 
 
@@ -349,6 +366,8 @@ class Engine:
         self._sid_factory: Callable[[], str] | None = None
         self.tls_failures = TlsFailures()
         self.rtp = RtpCounts()  # counted as each stream ends (_PjCall)
+        self.paths = MediaPaths(settings.relay)  # which bridged pairs are relayed
+        self._relays_due: dict[frozenset[Leg], asyncio.TimerHandle] = {}
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -545,6 +564,9 @@ class Engine:
         process (a Call's destructor hangs up its slot), so nothing may outlive
         this frame: the legs the call logic still holds let go of their calls.
         """
+        for due in self._relays_due.values():
+            due.cancel()
+        self._relays_due.clear()
         stuck = [call.leg for call in self._calls.values()]
         if stuck:
             log.warning("%d calls did not end before shutdown", len(stuck))
@@ -713,12 +735,98 @@ class Engine:
             del self._calls[call.slot]
 
     def connect(self, source: protocol.Leg, sink: protocol.Leg) -> bool:
-        """Let ``sink`` hear ``source`` (one direction)."""
+        """Let ``sink`` hear ``source`` (one direction). Two legs that hear each
+        other and nothing else are relayed (switch/call/media_paths.py)."""
         a, b = _audio(source), _audio(sink)
         if a is None or b is None:
             return False
         a.startTransmit(b)
+        self._apply(self.paths.connected(source, sink))
         return True
+
+    # ---- the relay path (patch 0028 of deploy/pjsua2) ---------------------------------
+
+    def _tap(self, leg: Leg) -> None:
+        """A player or recorder is about to use ``leg``'s bridge port."""
+        self._apply(self.paths.tapped(leg))
+
+    def _untap(self, leg: Leg) -> None:
+        self._apply(self.paths.untapped(leg))
+
+    def _leg_ended(self, leg: Leg) -> None:
+        self._apply(self.paths.ended(leg))
+
+    def _media_changed(self, leg: Leg) -> None:
+        if self.paths.peer(leg) is not None:
+            self._apply(self.paths.media_changed(leg))
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case Relay(a=Leg() as a, b=Leg() as b):
+                    self._relay_pair(a, b)
+                case Unrelay(a=Leg() as a, b=Leg() as b, gone=gone):
+                    self._unrelay_pair(a, b, gone)
+
+    def _relay_pair(self, a: Leg, b: Leg, tries: int = RELAY_WAIT_TRIES) -> None:
+        """Relay in C, then take the pair's bridge connections away (its ports are out
+        of the bridge's clock from the relay on, so no frame of silence slips out).
+
+        Only once both legs have sent RTP: a relayed leg hears nothing until its
+        peer speaks, while the bridge keeps sending (silence at least), which a far
+        end that learns where to send from what it receives, or a NAT binding,
+        needs. Until then, and if one never sends, the pair stays on the bridge.
+        """
+        pair = frozenset((a, b))
+        due = self._relays_due.pop(pair, None)
+        if due is not None:
+            due.cancel()
+        if not (self._packets_in(a) and self._packets_in(b)):
+            if tries > 0:
+                self._relays_due[pair] = self.loop.call_later(
+                    RELAY_WAIT, self._relay_due, a, b, tries - 1
+                )
+            else:
+                self.paths.refused(a, b)
+            return
+        ca, cb, ia, ib = a._call, b._call, a._media_index, b._media_index
+        ma, mb = a.audio(), b.audio()
+        if ca is None or cb is None or ia is None or ib is None or ma is None or mb is None:
+            self.paths.refused(a, b)
+            return
+        try:
+            ca.relayAudio(ia, cb, ib)
+        except pj.Error as error:
+            self.paths.refused(a, b)  # codecs differ: the bridge transcodes
+            log.debug("%s, %s: bridged, not relayed: %s", a.call_sid, b.call_sid, error.info())
+            return
+        ma.stopTransmit(mb)
+        mb.stopTransmit(ma)
+        log.debug("%s, %s: relayed", a.call_sid, b.call_sid)
+
+    def _relay_due(self, a: Leg, b: Leg, tries: int) -> None:
+        self._relays_due.pop(frozenset((a, b)), None)
+        if self.paths.peer(a) is b:  # still to be relayed
+            self._relay_pair(a, b, tries)
+
+    def _unrelay_pair(self, a: Leg, b: Leg, gone: object) -> None:
+        """Give a relayed pair back to the bridge: connections first (their ports are
+        still out of the clock), then the relay ends and the clock takes over."""
+        due = self._relays_due.pop(frozenset((a, b)), None)
+        if due is not None:
+            due.cancel()  # it was waiting for their first packets: never relayed
+            return
+        ma, mb = a.audio(), b.audio()
+        if gone is None and ma is not None and mb is not None:
+            ma.startTransmit(mb)
+            mb.startTransmit(ma)
+        for leg in (a, b):
+            call, index = leg._call, leg._media_index
+            if leg is gone or call is None or index is None:
+                continue
+            with contextlib.suppress(pj.Error):
+                call.unrelayAudio(index)
+        log.debug("%s, %s: back on the bridge", a.call_sid, b.call_sid)
 
     def leg_count(self) -> int:
         return len(self._calls)
@@ -777,6 +885,7 @@ class Engine:
             "players": len(self._players),
             "recorders": len(self._recorders),
             "media_ports": ports,
+            "relayed": self.paths.relayed - len(self._relays_due),  # relayed in C now
         }
 
 

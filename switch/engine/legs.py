@@ -366,6 +366,7 @@ class Leg:
 
     def _media_active(self, call: _PjCall, index: int) -> None:
         self._media_index = index
+        self.engine._media_changed(self)
         if not self.media_ready.is_set():
             self.media_ready.set()
             self._emit(LegMediaReady())
@@ -385,6 +386,7 @@ class Leg:
         self._call = None
         self._media_index = None
         self.machine.process(LegInput.ENDED)
+        self.engine._leg_ended(self)
         if call is not None:
             self.engine._release(call)
         event = LegEnded(code, reason, failure)

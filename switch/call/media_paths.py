@@ -1,0 +1,147 @@
+"""Which bridged pairs of legs take the relay path, and which the bridge.
+
+Two legs that hear each other and nothing else (no third leg, no player,
+no recorder) exchange RTP packet by packet in C (patch 0028 of
+deploy/pjsua2): nothing decodes, mixes or re-encodes their audio, and
+nothing of theirs runs on the conference bridge's clock. Whatever needs a
+leg's decoded audio (a recording, a prompt or tone played to it, a third
+party) puts the pair back on the bridge, and when it is gone the pair is
+relayed again.
+
+`MediaPaths` decides from the connections the engine reports and returns
+`Relay` and `Unrelay` actions for the engine to carry out. A pair whose
+codecs differ cannot be relayed (the engine reports it with `refused`) and
+stays on the bridge, which transcodes, until either leg's media changes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Relay:
+    """Relay ``a`` and ``b`` to each other (their bridge connections go)."""
+
+    a: object
+    b: object
+
+
+@dataclass(frozen=True)
+class Unrelay:
+    """End the relay of ``a`` and ``b`` and give them back to the bridge;
+    ``gone`` is the side that ended, if one did (it has nothing to restore)."""
+
+    a: object
+    b: object
+    gone: object | None = None
+
+
+Action = Relay | Unrelay
+
+
+class MediaPaths:
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self._sinks: dict[object, set[object]] = {}  # a leg -> the legs hearing it
+        self._sources: dict[object, set[object]] = {}  # a leg -> the legs it hears
+        self._taps: Counter[object] = Counter()  # players and recorders on a leg
+        self._relayed: dict[object, object] = {}  # both ways
+        self._refused: set[frozenset[object]] = set()
+
+    @property
+    def relayed(self) -> int:
+        """Pairs on the relay path now."""
+        return len(self._relayed) // 2
+
+    def peer(self, leg: object) -> object | None:
+        """The leg ``leg`` is relayed with, if it is."""
+        return self._relayed.get(leg)
+
+    def connected(self, source: object, sink: object) -> list[Action]:
+        """``sink`` hears ``source`` from now on."""
+        self._sinks.setdefault(source, set()).add(sink)
+        self._sources.setdefault(sink, set()).add(source)
+        return self._decide(source, sink)
+
+    def tapped(self, leg: object) -> list[Action]:
+        """A player now plays to ``leg``, or a recorder hears it: it needs the bridge.
+        Call before connecting the player or recorder."""
+        self._taps[leg] += 1
+        return self._decide(leg)
+
+    def untapped(self, leg: object) -> list[Action]:
+        """A player or recorder of ``leg`` is gone."""
+        if self._taps[leg] <= 1:
+            self._taps.pop(leg, None)
+        else:
+            self._taps[leg] -= 1
+        return self._decide(leg)
+
+    def ended(self, leg: object) -> list[Action]:
+        """``leg`` ended: its connections go; the legs it was connected with are decided
+        again."""
+        others = self._sinks.pop(leg, set()) | self._sources.pop(leg, set())
+        for other in others:
+            self._sinks.get(other, set()).discard(leg)
+            self._sources.get(other, set()).discard(leg)
+        self._taps.pop(leg, None)
+        self._refused = {pair for pair in self._refused if leg not in pair}
+        actions: list[Action] = []
+        peer = self._relayed.pop(leg, None)
+        if peer is not None:
+            del self._relayed[peer]
+            actions.append(Unrelay(peer, leg, gone=leg))
+        return actions + self._decide(*others)
+
+    def refused(self, a: object, b: object) -> None:
+        """The engine could not relay ``a`` and ``b`` (their codecs differ): they stay
+        on the bridge until either's media changes."""
+        self._refused.add(frozenset((a, b)))
+        if self._relayed.get(a) == b:
+            del self._relayed[a], self._relayed[b]
+
+    def media_changed(self, leg: object) -> list[Action]:
+        """``leg``'s media was negotiated again (a re-INVITE): its stream may be new, so
+        a relay of it is made again, and a refused pair is tried again."""
+        self._refused = {pair for pair in self._refused if leg not in pair}
+        peer = self._relayed.pop(leg, None)
+        actions: list[Action] = []
+        if peer is not None:
+            del self._relayed[peer]
+            actions.append(Unrelay(leg, peer))
+        return actions + self._decide(leg)
+
+    def _partner(self, leg: object) -> object | None:
+        """The one leg ``leg`` is bridged with and nothing else, if the pair may be
+        relayed."""
+        if not self.enabled or self._taps[leg]:
+            return None
+        sinks, sources = self._sinks.get(leg, set()), self._sources.get(leg, set())
+        if len(sinks) != 1 or sinks != sources:
+            return None
+        (other,) = sinks
+        if (
+            other == leg
+            or self._taps[other]
+            or self._sinks.get(other) != {leg}
+            or self._sources.get(other) != {leg}
+            or frozenset((leg, other)) in self._refused
+        ):
+            return None
+        return other
+
+    def _decide(self, *legs: object) -> list[Action]:
+        actions: list[Action] = []
+        for leg in legs:
+            partner = self._partner(leg)
+            current = self._relayed.get(leg)
+            if current is not None and current != partner:
+                del self._relayed[leg], self._relayed[current]
+                actions.append(Unrelay(leg, current))
+            if partner is not None and self._relayed.get(leg) is None:
+                self._relayed[leg] = partner
+                self._relayed[partner] = leg
+                actions.append(Relay(leg, partner))
+        return actions

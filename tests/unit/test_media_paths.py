@@ -1,0 +1,84 @@
+"""Which bridged pairs are relayed (switch/call/media_paths.py)."""
+
+from __future__ import annotations
+
+from switch.call.media_paths import MediaPaths, Relay, Unrelay
+
+
+def bridged(paths: MediaPaths, a: str = "caller", b: str = "child") -> list[object]:
+    return [*paths.connected(a, b), *paths.connected(b, a)]
+
+
+def test_two_legs_hearing_each_other_and_nothing_else_are_relayed() -> None:
+    paths = MediaPaths()
+    assert paths.connected("caller", "child") == []  # one way: early media
+    assert paths.connected("child", "caller") == [Relay("child", "caller")]
+    assert paths.relayed == 1
+    assert paths.peer("caller") == "child"
+
+
+def test_a_recorder_puts_the_pair_on_the_bridge_until_it_is_gone() -> None:
+    paths = MediaPaths()
+    bridged(paths)
+    assert paths.tapped("caller") == [Unrelay("caller", "child")]
+    assert paths.relayed == 0
+    assert paths.tapped("child") == []  # already on the bridge
+    assert paths.untapped("caller") == []  # the child is still recorded
+    assert paths.untapped("child") == [Relay("child", "caller")]
+
+
+def test_a_leg_with_a_player_before_the_bridge_is_relayed_once_the_player_closes() -> None:
+    paths = MediaPaths()
+    paths.tapped("caller")  # ringback
+    assert bridged(paths) == []
+    assert paths.untapped("caller") == [Relay("caller", "child")]
+
+
+def test_a_third_leg_hearing_one_side_ends_the_relay() -> None:
+    paths = MediaPaths()
+    bridged(paths)
+    assert paths.connected("caller", "monitor") == [Unrelay("caller", "child")]
+    assert paths.ended("monitor") == [Relay("caller", "child")]
+
+
+def test_the_end_of_one_side_unrelays_the_other_with_the_gone_side_named() -> None:
+    paths = MediaPaths()
+    bridged(paths)
+    assert paths.ended("child") == [Unrelay("caller", "child", gone="child")]
+    assert paths.relayed == 0
+    assert paths.peer("caller") is None
+    # the caller is bridged to a second child later: relayed again
+    assert bridged(paths, "caller", "child2") == [Relay("child2", "caller")]
+
+
+def test_a_refused_pair_stays_on_the_bridge_until_its_media_changes() -> None:
+    paths = MediaPaths()
+    assert bridged(paths) == [Relay("child", "caller")]
+    paths.refused("child", "caller")  # PCMU against PCMA
+    assert paths.relayed == 0
+    assert paths.tapped("caller") == []
+    assert paths.untapped("caller") == []  # still refused
+    assert paths.media_changed("child") == [Relay("child", "caller")]
+
+
+def test_a_relayed_leg_whose_media_changes_is_relayed_again() -> None:
+    paths = MediaPaths()
+    bridged(paths)
+    assert paths.media_changed("caller") == [
+        Unrelay("caller", "child"),
+        Relay("caller", "child"),
+    ]
+
+
+def test_nothing_is_relayed_when_the_relay_is_off() -> None:
+    paths = MediaPaths(enabled=False)
+    assert bridged(paths) == []
+    assert paths.relayed == 0
+
+
+def test_a_tap_on_a_leg_that_ended_is_forgotten() -> None:
+    paths = MediaPaths()
+    paths.tapped("caller")
+    paths.ended("caller")
+    assert paths.untapped("caller") == []
+    assert bridged(paths) == [Relay("child", "caller")]
