@@ -188,7 +188,7 @@ class SwitchProcess:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             health = await self.health()
-            kinds = ("calls", "players", "recorders", "actors")
+            kinds = ("calls", "players", "recorders", "actors", "relayed")
             idle = all(health.get(kind) == 0 for kind in kinds)
             if idle and health.get("media_ports") == IDLE_MEDIA_PORTS:
                 return health

@@ -1,8 +1,10 @@
 """A symmetric RTP party: what a phone's media looks like to the switch.
 
 One UDP socket receives what the switch sends (decoded G.711, with arrival
-times) and, once the switch's address is known from its first packet, sends a
-sine tone back to it from the same socket, every 20 ms, as PCMU. Tests put the
+times, and every packet's header in ``packets``) and, once the switch's address
+is known from its first packet, sends a sine tone back to it from the same
+socket, one packet of ``frame`` samples (20 ms by default) at a time, as PCMU
+(or PCMA), and RFC 4733 digits when asked (``send_digit``). Tests put the
 socket's port in the SDP of a SIPp peer, so SIPp does the signalling and this
 object is the audio of that party.
 """
@@ -10,26 +12,56 @@ object is the audio of that party.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from media.analysis import g711_decode, g711_encode
-from tests.support.rtp import PCMA, PCMU, RtpError, RtpPacket
+from tests.support.rtp import PCMA, PCMU, RtpError, RtpPacket, TelephoneEvent
 
 RATE = 8000
 FRAME = 160
+EVENT_PT = 101  # telephone-event in tests/support/sipp.py's SDP
+LAWS = {PCMU: "pcmu", PCMA: "pcma"}
+
+
+@dataclass(frozen=True)
+class Heard:
+    """The header of one packet received, and when."""
+
+    arrival: float
+    payload_type: int
+    sequence_number: int
+    timestamp: int
+    ssrc: int
+    marker: bool
+    size: int  # payload bytes
 
 
 class RtpPeer(asyncio.DatagramProtocol):
-    def __init__(self, tone_hz: float | None, level: float = 0.3):
+    def __init__(
+        self,
+        tone_hz: float | None,
+        level: float = 0.3,
+        *,
+        frame: int = FRAME,
+        payload_type: int = PCMU,
+    ):
         self.tone_hz = tone_hz
         self.level = level
+        self.frame = frame
+        self.payload_type = payload_type
         self.transport: asyncio.DatagramTransport | None = None
         self.remote: tuple[str, int] | None = None
         self.chunks: list[tuple[float, npt.NDArray[np.int16]]] = []  # (arrival, samples)
+        self.packets: list[Heard] = []
+        self.events: list[TelephoneEvent] = []
+        self.sent = 0
+        self._digits: list[int] = []
         self._sender: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self.port = 0
@@ -49,10 +81,24 @@ class RtpPeer(asyncio.DatagramProtocol):
         except RtpError:
             return
         now = asyncio.get_running_loop().time()
+        self.packets.append(
+            Heard(
+                now,
+                packet.payload_type,
+                packet.sequence_number,
+                packet.timestamp,
+                packet.ssrc,
+                packet.marker,
+                len(packet.payload),
+            )
+        )
         if packet.payload_type == PCMU:
             self.chunks.append((now, g711_decode(packet.payload, "pcmu")))
         elif packet.payload_type == PCMA:
             self.chunks.append((now, g711_decode(packet.payload, "pcma")))
+        elif packet.payload_type == EVENT_PT:
+            with contextlib.suppress(RtpError):
+                self.events.append(TelephoneEvent.parse(packet.payload))
         if self.remote is None:
             self.remote = addr
             if self.tone_hz is not None:
@@ -62,28 +108,48 @@ class RtpPeer(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         pass
 
+    def send_digit(self, event: int) -> None:
+        """Send RFC 4733 event ``event`` (10 is ``*``) in place of the next 160 ms of
+        audio: 5 packets of growing duration, then the end packet three times."""
+        self._digits.append(event)
+
     async def _send(self) -> None:
         loop = asyncio.get_running_loop()
         ssrc = random.getrandbits(32)
         seq = random.getrandbits(16)
         ts = random.getrandbits(32)
-        n = 0
+        n = 0  # frames of time sent
         start = loop.time()
         assert self.tone_hz is not None
         step = 2 * math.pi * self.tone_hz / RATE
+        event: tuple[int, int, int] | None = None  # (code, timestamp, packets sent)
         while self.transport is not None and self.remote is not None:
-            index = np.arange(n * FRAME, (n + 1) * FRAME)
-            samples = (np.sin(index * step) * self.level * 32767).astype(np.int16)
-            packet = RtpPacket(
-                PCMU,
-                (seq + n) & 0xFFFF,
-                (ts + n * FRAME) & 0xFFFFFFFF,
-                ssrc,
-                g711_encode(samples, "pcmu"),
-            )
+            if event is None and self._digits:
+                event = (self._digits.pop(0), (ts + n * self.frame) & 0xFFFFFFFF, 0)
+            if event is not None:
+                code, start_ts, count = event
+                end = count >= 5
+                duration = min(count + 1, 5) * self.frame
+                payload = TelephoneEvent(code, end, 10, duration).serialize()
+                packet = RtpPacket(
+                    EVENT_PT, seq & 0xFFFF, start_ts, ssrc, payload, marker=count == 0
+                )
+                event = None if count >= 7 else (code, start_ts, count + 1)
+            else:
+                index = np.arange(n * self.frame, (n + 1) * self.frame)
+                samples = (np.sin(index * step) * self.level * 32767).astype(np.int16)
+                packet = RtpPacket(
+                    self.payload_type,
+                    seq & 0xFFFF,
+                    (ts + n * self.frame) & 0xFFFFFFFF,
+                    ssrc,
+                    g711_encode(samples, LAWS[self.payload_type]),
+                )
             self.transport.sendto(packet.serialize(), self.remote)
+            self.sent += 1
+            seq += 1
             n += 1
-            delay = start + n * 0.02 - loop.time()
+            delay = start + n * self.frame / RATE - loop.time()
             await asyncio.sleep(max(0.0, delay))
 
     def audio(self, since: float = 0.0, until: float = math.inf) -> npt.NDArray[np.int16]:

@@ -1,0 +1,338 @@
+"""The relay path: bridged legs exchanging RTP packet by packet (patch 0028 of
+deploy/pjsua2, switch/call/media_paths.py), against real peers on loopback.
+
+An `RtpPeer` sends only once it has heard from the switch (it learns where to send
+from the first packet), and a relayed leg hears only what its peer sends: so every
+callee here rings first, and the ringback the switch plays gets both parties
+talking before the relay starts, as real phones do from the answer on.
+
+SIPp does the signalling; `RtpPeer`s are the parties' audio. The evidence is what
+the parties received: tones decoded, every packet's header (one SSRC, sequence
+numbers and timestamps without a break across ringback, relay and bridge), packets
+relayed with the size their sender chose (the bridge would cut them into 20 ms
+frames), and RFC 4733 events passed through. /healthz says how many pairs are
+relayed while a call is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+import pytest
+from aiohttp import web
+from twilio.rest import Client
+
+from media.analysis import tone_power
+from tests.integration.conftest import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    NUMBER,
+    AppServer,
+    SwitchProcess,
+    bounded,
+)
+from tests.integration.test_metrics import samples, scrape, value
+from tests.support import sipp
+from tests.support.rtp import PCMA, PCMU, RtpPacket
+from tests.support.rtp_peer import EVENT_PT, Heard, RtpPeer
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+CALLEE = "+15551230001"
+STAR = 10  # RFC 4733 event code of *
+
+
+async def relayed_pairs(switch: SwitchProcess, count: int, timeout: float = 10.0) -> None:
+    """Wait until /healthz says ``count`` pairs are relayed."""
+    async with asyncio.timeout(timeout):
+        while (await switch.health()).get("relayed") != count:
+            await asyncio.sleep(0.05)
+
+
+def one_stream(packets: Sequence[Heard], audio_pts: set[int]) -> None:
+    """The packets are one RTP stream: one SSRC, every sequence number in turn, and
+    each audio packet's timestamp where the previous audio packet ended (G.711: a
+    byte a sample)."""
+    assert len({p.ssrc for p in packets}) == 1, {p.ssrc for p in packets}
+    for before, after in zip(packets, packets[1:], strict=False):
+        assert (after.sequence_number - before.sequence_number) % 65536 == 1, (before, after)
+    audio = [p for p in packets if p.payload_type in audio_pts]
+    for before, after in zip(audio, audio[1:], strict=False):
+        assert (after.timestamp - before.timestamp) % 2**32 == before.size, (before, after)
+
+
+def pcmu_callee_as_pcma(scenario: str) -> str:
+    """``sipp.callee``'s scenario answering with PCMA only."""
+    answered = scenario.replace("RTP/AVP 0 101", "RTP/AVP 8 101")
+    return answered.replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000")
+
+
+@bounded(60)
+async def test_a_bridged_call_is_relayed_packet_by_packet_both_ways(
+    switch: SwitchProcess, app_server: AppServer, workdir
+) -> None:
+    """The caller (600 Hz, 20 ms packets) and the callee (1000 Hz, 30 ms packets)
+    each decode the other's tone; the callee's 30 ms packets reach the caller as
+    they were sent, and the caller hears one continuous stream from its ringback
+    through the relay."""
+    app_server.routes["/voice"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
+    caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000, frame=240)
+    await caller_audio.start()
+    await callee_audio.start()
+    callee = sipp.Sipp(
+        workdir,
+        "callee",
+        sipp.callee("answer", rtp_port=callee_audio.port, ring_ms=800, hangup_after_ms=2500),
+        port=switch.trunk_port,
+    )
+    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
+    try:
+        await callee.start()
+        await caller.start(switch.target(), timeout_s=40)
+        await relayed_pairs(switch, 1)
+        await caller.finish(40)
+        await callee.finish(20)
+    finally:
+        await caller.stop()
+        await callee.stop()
+        caller_audio.close()
+        callee_audio.close()
+    await switch.wait_idle()
+    heard_by_callee = callee_audio.audio()
+    heard_by_caller = caller_audio.audio()
+    assert tone_power(heard_by_callee, 8000, 600) > 10 * tone_power(heard_by_callee, 8000, 1000)
+    assert tone_power(heard_by_caller, 8000, 1000) > 10 * tone_power(heard_by_caller, 8000, 600)
+    # Relayed as sent: the callee's 240-byte payloads arrive whole, after the
+    # ringback's 160-byte ones, in one stream.
+    sizes = [p.size for p in caller_audio.packets if p.payload_type == PCMU]
+    assert sizes[0] == 160
+    relayed, last = sizes.index(240), len(sizes) - sizes[::-1].index(240)
+    assert relayed > 10 and set(sizes[relayed:last]) == {240}, sizes
+    assert last - relayed > 40  # 2.5 s of 30 ms packets (and then the bridge until BYE)
+    one_stream(caller_audio.packets, {PCMU})
+    one_stream(callee_audio.packets, {PCMU})
+
+
+@bounded(60)
+async def test_a_star_through_the_relay_reaches_the_far_end_and_ends_the_child(
+    switch: SwitchProcess, app_server: AppServer, workdir
+) -> None:
+    """hangupOnStar with a relayed call: the caller's RFC 4733 ``*`` is passed on to
+    the callee as telephone events and still seen by the switch, which hangs the
+    callee up and runs the action."""
+    app_server.routes["/voice"] = (
+        f'<Response><Dial action="/action" hangupOnStar="true"><Number>{CALLEE}</Number>'
+        "</Dial></Response>"
+    )
+    app_server.routes["/action"] = "<Response><Hangup/></Response>"
+    caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000)
+    await caller_audio.start()
+    await callee_audio.start()
+    callee = sipp.Sipp(
+        workdir,
+        "callee",
+        sipp.callee("answer", rtp_port=callee_audio.port, ring_ms=500),  # never hangs up
+        port=switch.trunk_port,
+    )
+    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
+    try:
+        await callee.start()
+        await caller.start(switch.target(), timeout_s=40)
+        await relayed_pairs(switch, 1)
+        await caller_audio.wait_for_audio(0.5, since=asyncio.get_running_loop().time())
+        caller_audio.send_digit(STAR)
+        (action,) = await app_server.wait_for("/action", timeout=20)
+        await caller.finish(30)
+        await callee.finish(20)
+    finally:
+        await caller.stop()
+        await callee.stop()
+        caller_audio.close()
+        callee_audio.close()
+    await switch.wait_idle()
+    assert any(m.startswith("BYE ") for m in callee.messages().received())
+    assert action.params["DialCallStatus"] == "completed"
+    assert action.params["DialBridged"] == "true"
+    # The * reached the callee as a telephone event (its leg ended at the first packet).
+    assert [e.event for e in callee_audio.events][:1] == [STAR], callee_audio.events
+    one_stream(callee_audio.packets, {PCMU})
+    assert {p.payload_type for p in callee_audio.packets} == {PCMU, EVENT_PT}
+
+
+@bounded(60)
+async def test_pcmu_against_pcma_stays_on_the_bridge_and_is_transcoded(
+    switch: SwitchProcess, app_server: AppServer, workdir
+) -> None:
+    app_server.routes["/voice"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
+    caller_audio = RtpPeer(600)
+    callee_audio = RtpPeer(1000, payload_type=PCMA)
+    await caller_audio.start()
+    await callee_audio.start()
+    scenario = sipp.callee("answer", rtp_port=callee_audio.port, hangup_after_ms=2500)
+    callee = sipp.Sipp(workdir, "callee", pcmu_callee_as_pcma(scenario), port=switch.trunk_port)
+    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
+    try:
+        await callee.start()
+        await caller.start(switch.target(), timeout_s=40)
+        await callee_audio.wait_for_audio(1.0)
+        assert (await switch.health())["relayed"] == 0
+        await caller.finish(40)
+        await callee.finish(20)
+    finally:
+        await caller.stop()
+        await callee.stop()
+        caller_audio.close()
+        callee_audio.close()
+    await switch.wait_idle()
+    assert {p.payload_type for p in callee_audio.packets} == {PCMA}
+    assert {p.payload_type for p in caller_audio.packets} == {PCMU}
+    heard_by_callee = callee_audio.audio()
+    heard_by_caller = caller_audio.audio()
+    assert tone_power(heard_by_callee, 8000, 600) > 10 * tone_power(heard_by_callee, 8000, 1000)
+    assert tone_power(heard_by_caller, 8000, 1000) > 10 * tone_power(heard_by_caller, 8000, 600)
+
+
+@bounded(90)
+async def test_ringback_relay_redirect_and_a_second_relay_are_one_stream_to_the_caller(
+    switch: SwitchProcess, app_server: AppServer, workdir
+) -> None:
+    """The caller hears its ringback (the bridge), the first callee (relayed), the
+    second Dial's ringback after a live redirect (the bridge again), then the second
+    callee (relayed again): one RTP stream throughout, without a missing sequence
+    number or a timestamp out of step."""
+    first_audio, second_audio = RtpPeer(1000, frame=240), RtpPeer(1400, frame=240)
+    caller_audio = RtpPeer(600)
+    for peer in (first_audio, second_audio, caller_audio):
+        await peer.start()
+    first = sipp.Sipp(
+        workdir,
+        "first",
+        sipp.callee("answer", rtp_port=first_audio.port, ring_ms=800),
+        port=switch.trunk_port,
+    )
+    second = sipp.Sipp(
+        workdir, "second", sipp.callee("answer", rtp_port=second_audio.port, ring_ms=800)
+    )
+    app_server.routes["/voice"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
+    app_server.routes["/second"] = (
+        f"<Response><Dial><Sip>sip:callee@127.0.0.1:{second.port}</Sip></Dial></Response>"
+    )
+    caller = sipp.Sipp(
+        workdir, "caller", sipp.caller(NUMBER, caller_audio.port, hangup_after_ms=7000)
+    )
+    client = Client(ACCOUNT_SID, AUTH_TOKEN)
+    client.api.base_url = switch.http
+    try:
+        await first.start()
+        await second.start()
+        await caller.start(switch.target(), timeout_s=40)
+        (voice,) = await app_server.wait_for("/voice")
+        await relayed_pairs(switch, 1)
+        await caller_audio.wait_for_audio(1.0, since=asyncio.get_running_loop().time())
+        update = client.calls(voice.params["CallSid"]).update
+        await asyncio.to_thread(update, url=app_server.url("/second"), method="POST")
+        await first.finish(20)  # the redirect ended the first Dial: BYE
+        await relayed_pairs(switch, 1)
+        await caller.finish(40)
+        await second.finish(20)
+    finally:
+        for party in (caller, first, second):
+            await party.stop()
+        for peer in (first_audio, second_audio, caller_audio):
+            peer.close()
+    await switch.wait_idle()
+    packets = [p for p in caller_audio.packets if p.payload_type == PCMU]
+    phases = [(packets[0].size, 0)]
+    for index, packet in enumerate(packets):
+        if packet.size != phases[-1][0]:
+            phases.append((packet.size, index))
+    assert [size for size, _ in phases][:4] == [160, 240, 160, 240], phases
+    assert len(phases) <= 5, phases  # the bridge again only if the callee's BYE came first
+    one_stream(caller_audio.packets, {PCMU})
+    ends = [start for _, start in phases[1:]] + [len(packets)]
+    chunks = [packets[start:end] for (_, start), end in zip(phases, ends, strict=True)]
+    heard = [caller_audio.audio(chunk[0].arrival, chunk[-1].arrival) for chunk in chunks]
+    assert tone_power(heard[1], 8000, 1000) > 10 * tone_power(heard[1], 8000, 1400)
+    assert tone_power(heard[3], 8000, 1400) > 10 * tone_power(heard[3], 8000, 1000)
+
+
+def route_by_caller(targets: dict[str, int]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A /voice handler dialling the SIPp callee (by port) named for the caller's
+    number."""
+
+    async def voice(request: web.Request) -> web.Response:
+        port = targets[str((await request.post())["From"])]
+        document = f"<Response><Dial><Sip>sip:callee@127.0.0.1:{port}</Sip></Dial></Response>"
+        return web.Response(text=document, content_type="text/xml")
+
+    return voice
+
+
+@bounded(90)
+async def test_a_flooding_peer_is_policed_and_its_neighbours_keep_their_audio(
+    switch: SwitchProcess, app_server: AppServer, workdir
+) -> None:
+    """Two relayed calls; one caller sends 10000 extra packets at 5000 a second.
+    The other call loses nothing either way, the flooder's callee gets at most what
+    the policing lets through (200 packets/s with a burst of 100), and the excess is
+    counted as discarded."""
+    quiet_caller, quiet_callee = RtpPeer(600), RtpPeer(1000)
+    flood_caller, flood_callee = RtpPeer(700), RtpPeer(1100)
+    for peer in (quiet_caller, quiet_callee, flood_caller, flood_callee):
+        await peer.start()
+    callees = {
+        peer: sipp.Sipp(
+            workdir, f"callee-{peer.port}", sipp.callee("answer", rtp_port=peer.port, ring_ms=500)
+        )
+        for peer in (quiet_callee, flood_callee)
+    }
+    app_server.routes["/voice"] = route_by_caller(
+        {"+14155550100": callees[quiet_callee].port, "+14155550101": callees[flood_callee].port}
+    )
+    callers = [
+        sipp.Sipp(
+            workdir,
+            f"caller-{peer.port}",
+            sipp.caller(NUMBER, peer.port, caller_id=number, hangup_after_ms=5000),
+        )
+        for peer, number in ((quiet_caller, "+14155550100"), (flood_caller, "+14155550101"))
+    ]
+    before = samples((await scrape(switch))[1])
+    try:
+        for party in callees.values():
+            await party.start()
+        for party in callers:
+            await party.start(switch.target(), timeout_s=40)
+        await relayed_pairs(switch, 2)
+        await flood_caller.wait_for_audio(0.5, since=asyncio.get_running_loop().time())
+        assert flood_caller.transport is not None and flood_caller.remote is not None
+        flood = RtpPacket(PCMU, 0, 0, 0x5EED, bytes(160)).serialize()
+        start = asyncio.get_running_loop().time()
+        for _ in range(200):  # 5000 packets/s for 2 s, within the kernel's buffers
+            for _ in range(50):
+                flood_caller.transport.sendto(flood, flood_caller.remote)
+            await asyncio.sleep(0.01)
+        flooded = asyncio.get_running_loop().time() - start
+        for party in callers:
+            await party.finish(40)
+        for party in callees.values():
+            await party.finish(20)
+    finally:
+        for party in [*callers, *callees.values()]:
+            await party.stop()
+        for peer in (quiet_caller, quiet_callee, flood_caller, flood_callee):
+            peer.close()
+    await switch.wait_idle()
+    after = samples((await scrape(switch))[1])
+    # The neighbours lost nothing, either way.
+    one_stream(quiet_callee.packets, {PCMU})
+    one_stream(quiet_caller.packets, {PCMU})
+    assert len(quiet_callee.packets) > 150
+    # At most the policed rate of the flood went on.
+    flood_through = len(flood_callee.packets) - len(quiet_callee.packets)
+    assert flood_through < 100 + 200 * (flooded + 1), (flood_through, flooded)
+    discarded = value(after, "dialswitch_rtp_packets_discarded_total", direction="rx") - value(
+        before, "dialswitch_rtp_packets_discarded_total", direction="rx"
+    )
+    assert discarded > 10000 - 100 - 200 * (flooded + 1), (discarded, flooded)
