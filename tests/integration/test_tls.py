@@ -174,6 +174,45 @@ async def test_phone_over_tls_gets_srtp_and_both_tones(switch, app_server, workd
     assert tone_power(second, 8000, 1000) > 10 * tone_power(second, 8000, 600)
 
 
+async def test_srtp_phone_and_plain_trunk_caller_are_relayed(switch, app_server, workdir):
+    """The trunk caller (plain RTP, 600 Hz) and alice (SRTP over TLS, 1000 Hz), with
+    no recording: the pair is relayed in C (the switch decrypts with alice's keys on
+    one side and sends plain RTP on the other, and back), and each decodes the other's
+    tone."""
+    app_server.routes["/voice"] = (
+        '<Response><Dial timeout="10" action="/action"><Client>alice</Client></Dial></Response>'
+    )
+    app_server.routes["/action"] = "<Response><Hangup/></Response>"
+    phone = baresip_phone(workdir, switch, tone_hz=1000)
+    caller_audio = RtpPeer(600)
+    await caller_audio.start()
+    try:
+        await phone.start()
+        await phone.wait_for(r"registered successfully")
+        caller = Peer(
+            workdir, "caller", sipp.caller(NUMBER, caller_audio.port, hangup_after_ms=4000)
+        )
+        await caller.start(switch.target(), timeout_s=40)
+        async with asyncio.timeout(15):
+            while (await switch.health()).get("relayed") != 1:
+                await asyncio.sleep(0.05)
+        relayed_at = asyncio.get_running_loop().time()
+        (action,) = await app_server.wait_for("/action", timeout=20)
+        assert await caller.wait(30) == 0, caller.failure(1)
+        await phone.wait_for(CALL_ENDED)
+    finally:
+        caller_audio.close()
+        code = await phone.stop()
+    assert code == 0, phone.text()[-3000:]
+    assert action.params["DialCallStatus"] == "completed", action.params
+    heard, rate = phone.heard()
+    assert len(heard) > rate, "the phone decoded no audio"
+    assert tone_power(heard, rate, 600) > 10 * tone_power(heard, rate, 1000)
+    received = caller_audio.audio(since=relayed_at)
+    assert len(received) > 8000, "the caller heard nothing while relayed"
+    assert tone_power(received, 8000, 1000) > 10 * tone_power(received, 8000, 600)
+
+
 async def test_phone_call_over_tls_is_answered_with_srtp(switch, app_server, workdir):
     """alice's phone calls out over TLS offering RTP/SAVP only: the switch answers
     with SRTP (SDES keys in its 200), runs her app, and her RFC 4733 digits, sent
