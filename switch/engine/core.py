@@ -1,10 +1,14 @@
 """The call engine: one pjsua2 endpoint, pumped from the asyncio loop.
 
-pjsua2 runs with no threads of its own for SIP and RTP (``threadCnt = 0`` for
-both): a task on the event loop calls ``libHandleEvents`` every few
-milliseconds, and again at once while it keeps returning events. The
-conference bridge's clock thread mixes audio in C and never calls Python.
-Everything that touches pjsua2 therefore runs on the loop thread.
+pjsua2 runs no thread of its own for SIP (``uaConfig.threadCnt = 0``): a task
+on the event loop calls ``libHandleEvents`` every few milliseconds, and again
+at once while it keeps returning events. Two C threads never call Python:
+the media thread receives every leg's RTP on an ioqueue of its own (and
+sends it on for relayed pairs, patch 0028 of deploy/pjsua2), and the
+conference bridge's clock thread mixes audio. What the media thread learns
+for the call logic (RFC 4733 digits, media events) is posted to pjsua's
+timers and delivered inside ``libHandleEvents`` (patch 0030). Everything that
+touches pjsua2 therefore runs on the loop thread.
 
 The one exception is pjsua's recorder closer (patch 0010 of deploy/pjsua2), a C
 thread that finishes the files of the recorders the loop hands it and reports each on a
@@ -387,7 +391,8 @@ class Engine:
             cfg.uaConfig.stunServer.append(stun.hostport)
         cfg.logConfig.level = self.settings.log_level
         cfg.logConfig.consoleLevel = self.settings.log_level
-        cfg.medConfig.threadCnt = 0
+        cfg.medConfig.hasIoqueue = True  # RTP off the loop: its own ioqueue and thread
+        cfg.medConfig.threadCnt = 1
         cfg.medConfig.clockRate = BRIDGE_RATE
         cfg.medConfig.sndClockRate = BRIDGE_RATE
         cfg.medConfig.noVad = True
