@@ -31,7 +31,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple, TypeAlias, TypeVar
 
-from switch.call.capacity import ENGINE_SLOTS, MAX_LEGS
+from switch.call.capacity import DEFAULT_MAX_CALLS, ENGINE_SLOTS, MAX_LEGS
 from switch.config_clients import ClientConfig, RegistrarConfig, build_clients, build_registrar
 from switch.config_tls import TlsConfig, build_tls, srtp_mode
 from switch.config_webrtc import WebRtcConfig, build_webrtc
@@ -782,7 +782,7 @@ def _build_dial(t: _Table) -> DialConfig:
     ringtone = (t.string("default_ringtone", "us") or "us").lower()
     if ringtone not in ringtone_codes():
         t.problem("default_ringtone", f"unknown ringtone {ringtone!r} (see media/ringback.tsv)")
-    max_calls = t.integer("max_calls", MAX_LEGS, 1, 1_000_000)
+    max_calls = t.integer("max_calls", DEFAULT_MAX_CALLS, 1, 1_000_000)
     if max_calls > MAX_LEGS:
         t.problem(
             "max_calls",

@@ -16,11 +16,12 @@
 
 /* ---- Capacity ---------------------------------------------------------- */
 
-/* Call slots. uaConfig.maxCalls may be set up to this value. Each slot costs
+/* Call slots, one per call leg: 2000 bridged calls and room for legs being
+ * torn down. uaConfig.maxCalls may be set up to this value. Each slot costs
  * static memory whether used or not (about 39 KB with PJMEDIA_MAX_SDP_MEDIA
- * 4 below); keep the idle process well under 300 MB RSS.
+ * 4 below); keep the idle process under 300 MB RSS.
  */
-#define PJSUA_MAX_CALLS                 2048
+#define PJSUA_MAX_CALLS                 4096
 
 /* Tone/prompt players and WAV recorders: two per call slot. */
 #define PJSUA_MAX_PLAYERS               (2 * PJSUA_MAX_CALLS)

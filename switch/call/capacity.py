@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import enum
 
-ENGINE_SLOTS = 2048
-"""PJSUA_MAX_CALLS of the project's pjsua2 build (deploy/pjsua2/config_site.h)."""
+ENGINE_SLOTS = 4096
+"""PJSUA_MAX_CALLS of the project's pjsua2 build (deploy/pjsua2/config_site.h): 2000
+bridged calls and the headroom."""
 SLOT_HEADROOM = 48
 """Slots kept free of ``max_calls``: legs still being torn down hold theirs a moment."""
 MAX_LEGS = ENGINE_SLOTS - SLOT_HEADROOM
 """The largest ``max_calls`` this build carries."""
+DEFAULT_MAX_CALLS = 2000
+"""``max_calls`` unless configured: 1000 bridged calls, which a 2-core machine carries
+with RTP both ways (bench/relay_bench.py)."""
 ERROR_CAPACITY = 20503
 """Twilio's "Service unavailable": the REST error, and the notification of a
 ``<Dial>`` branch refused at capacity."""

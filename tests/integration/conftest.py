@@ -1,6 +1,6 @@
 """Integration harness: the real switch process, a real webhook app, SIPp peers.
 
-One switch per test module (starting pjsua2 with 2048 call slots takes about a
+One switch per test module (starting pjsua2 with 4096 call slots takes about a
 second), one aiohttp app server whose documents each test sets, and a trunk
 whose far end is the SIPp callee each test starts on ``TRUNK_PORT``. After
 every test the switch must report zero live calls, players and recorders (leak check).

@@ -310,9 +310,9 @@ BAD = [
     ),
     (text(extra="[media]\nrtp_timeout = -1"), "media.rtp_timeout", "between 0 and 3600"),
     (
-        text(extra="[dial]\nmax_calls = 2049"),
+        text(extra="[dial]\nmax_calls = 4049"),
         "dial.max_calls",
-        "this build has 2048 call slots, of which 2000 can be admitted",
+        "this build has 4096 call slots, of which 4048 can be admitted",
     ),
     (text(sip=SIP + '\nrtp_ports = "30000-20000"'), "sip.rtp_ports", "low < high"),
     (text(sip=SIP + '\nrtp_ports = "20000"'), "sip.rtp_ports", "expected low-high"),
