@@ -30,15 +30,29 @@
 /* Conference bridge ports: calls + players + recorders + tone generators. */
 #define PJSUA_MAX_CONF_PORTS            (4 * PJSUA_MAX_CALLS)
 
-/* Sockets the ioqueue can watch: SIP, RTP + RTCP per call, TCP/TLS peers. */
-#define PJ_IOQUEUE_MAX_HANDLES          (8 * PJSUA_MAX_CALLS)
+/* Sockets each ioqueue can watch: the SIP one holds the SIP sockets, TCP/TLS
+ * peers and browsers' ICE sockets; the media one (pjsua's own, for RTP) an
+ * RTP and an RTCP socket per call leg. Every handle is preallocated.
+ */
+#define PJ_IOQUEUE_MAX_HANDLES          (4 * PJSUA_MAX_CALLS)
 #define PJ_IOQUEUE_MAX_EVENTS_IN_SINGLE_POLL 64
 
 /* Transaction and dialog hash tables (sizes must be 2^n - 1). Finished
- * transactions linger for 32 s, so a busy switch holds many at once.
+ * transactions linger (PJSIP_TSX_LINGER below), so a busy switch holds many
+ * at once.
  */
 #define PJSIP_MAX_TSX_COUNT             (64 * 1024 - 1)
 #define PJSIP_MAX_DIALOG_COUNT          (64 * 1024 - 1)
+
+/* How long a transaction over UDP that has its final response stays to
+ * absorb retransmissions (Timer D of an INVITE client transaction, Timer J
+ * of a non-INVITE server transaction), keeping its messages and its dialog;
+ * setting added by patches/0031-how-long-a-finished-transaction-lingers.patch.
+ * RFC 3261 asks for 32 s; 8 s still answers a peer's retransmissions after
+ * 0.5, 1.5, 3.5 and 7.5 s (four losses in a row), and a quarter of the
+ * transactions linger at any time.
+ */
+#define PJSIP_TSX_LINGER                8000
 
 /* Transport hash table: one entry per TCP/TLS connection. */
 #define PJSIP_TPMGR_HTABLE_SIZE         1023
