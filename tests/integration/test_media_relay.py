@@ -17,7 +17,8 @@ relayed while a call is up.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 from aiohttp import web
@@ -62,6 +63,38 @@ def one_stream(packets: Sequence[Heard], audio_pts: set[int]) -> None:
         assert (after.timestamp - before.timestamp) % 2**32 == before.size, (before, after)
 
 
+async def started(*peers: RtpPeer) -> None:
+    for peer in peers:
+        await peer.start()
+
+
+@contextlib.asynccontextmanager
+async def on_call(
+    switch: SwitchProcess,
+    peers: Sequence[RtpPeer],
+    callees: Sequence[sipp.Sipp],
+    callers: Sequence[sipp.Sipp],
+) -> AsyncIterator[None]:
+    """The callees listening and the callers calling while the block runs; after it,
+    every caller and callee must end its scenario (bounded). Whatever happens, each
+    is stopped and every RTP peer closed."""
+    try:
+        for callee in callees:
+            await callee.start()
+        for caller in callers:
+            await caller.start(switch.target(), timeout_s=40)
+        yield
+        for caller in callers:
+            await caller.finish(40)
+        for callee in callees:
+            await callee.finish(20)
+    finally:
+        for party in [*callers, *callees]:
+            await party.stop()
+        for peer in peers:
+            peer.close()
+
+
 def pcmu_callee_as_pcma(scenario: str) -> str:
     """``sipp.callee``'s scenario answering with PCMA only."""
     answered = scenario.replace("RTP/AVP 0 101", "RTP/AVP 8 101")
@@ -78,8 +111,7 @@ async def test_a_bridged_call_is_relayed_packet_by_packet_both_ways(
     through the relay."""
     app_server.routes["/voice"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
     caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000, frame=240)
-    await caller_audio.start()
-    await callee_audio.start()
+    await started(caller_audio, callee_audio)
     callee = sipp.Sipp(
         workdir,
         "callee",
@@ -87,17 +119,8 @@ async def test_a_bridged_call_is_relayed_packet_by_packet_both_ways(
         port=switch.trunk_port,
     )
     caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
-    try:
-        await callee.start()
-        await caller.start(switch.target(), timeout_s=40)
+    async with on_call(switch, [caller_audio, callee_audio], [callee], [caller]):
         await relayed_pairs(switch, 1)
-        await caller.finish(40)
-        await callee.finish(20)
-    finally:
-        await caller.stop()
-        await callee.stop()
-        caller_audio.close()
-        callee_audio.close()
     await switch.wait_idle()
     heard_by_callee = callee_audio.audio()
     heard_by_caller = caller_audio.audio()
@@ -127,8 +150,7 @@ async def test_a_star_through_the_relay_reaches_the_far_end_and_ends_the_child(
     )
     app_server.routes["/action"] = "<Response><Hangup/></Response>"
     caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000)
-    await caller_audio.start()
-    await callee_audio.start()
+    await started(caller_audio, callee_audio)
     callee = sipp.Sipp(
         workdir,
         "callee",
@@ -136,20 +158,11 @@ async def test_a_star_through_the_relay_reaches_the_far_end_and_ends_the_child(
         port=switch.trunk_port,
     )
     caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
-    try:
-        await callee.start()
-        await caller.start(switch.target(), timeout_s=40)
+    async with on_call(switch, [caller_audio, callee_audio], [callee], [caller]):
         await relayed_pairs(switch, 1)
         await caller_audio.wait_for_audio(0.5, since=asyncio.get_running_loop().time())
         caller_audio.send_digit(STAR)
         (action,) = await app_server.wait_for("/action", timeout=20)
-        await caller.finish(30)
-        await callee.finish(20)
-    finally:
-        await caller.stop()
-        await callee.stop()
-        caller_audio.close()
-        callee_audio.close()
     await switch.wait_idle()
     assert any(m.startswith("BYE ") for m in callee.messages().received())
     assert action.params["DialCallStatus"] == "completed"
@@ -167,23 +180,13 @@ async def test_pcmu_against_pcma_stays_on_the_bridge_and_is_transcoded(
     app_server.routes["/voice"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
     caller_audio = RtpPeer(600)
     callee_audio = RtpPeer(1000, payload_type=PCMA)
-    await caller_audio.start()
-    await callee_audio.start()
+    await started(caller_audio, callee_audio)
     scenario = sipp.callee("answer", rtp_port=callee_audio.port, hangup_after_ms=2500)
     callee = sipp.Sipp(workdir, "callee", pcmu_callee_as_pcma(scenario), port=switch.trunk_port)
     caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
-    try:
-        await callee.start()
-        await caller.start(switch.target(), timeout_s=40)
+    async with on_call(switch, [caller_audio, callee_audio], [callee], [caller]):
         await callee_audio.wait_for_audio(1.0)
         assert (await switch.health())["relayed"] == 0
-        await caller.finish(40)
-        await callee.finish(20)
-    finally:
-        await caller.stop()
-        await callee.stop()
-        caller_audio.close()
-        callee_audio.close()
     await switch.wait_idle()
     assert {p.payload_type for p in callee_audio.packets} == {PCMA}
     assert {p.payload_type for p in caller_audio.packets} == {PCMU}
@@ -203,8 +206,8 @@ async def test_ringback_relay_redirect_and_a_second_relay_are_one_stream_to_the_
     number or a timestamp out of step."""
     first_audio, second_audio = RtpPeer(1000, frame=240), RtpPeer(1400, frame=240)
     caller_audio = RtpPeer(600)
-    for peer in (first_audio, second_audio, caller_audio):
-        await peer.start()
+    peers = [first_audio, second_audio, caller_audio]
+    await started(*peers)
     first = sipp.Sipp(
         workdir,
         "first",
@@ -223,10 +226,7 @@ async def test_ringback_relay_redirect_and_a_second_relay_are_one_stream_to_the_
     )
     client = Client(ACCOUNT_SID, AUTH_TOKEN)
     client.api.base_url = switch.http
-    try:
-        await first.start()
-        await second.start()
-        await caller.start(switch.target(), timeout_s=40)
+    async with on_call(switch, peers, [first, second], [caller]):
         (voice,) = await app_server.wait_for("/voice")
         await relayed_pairs(switch, 1)
         await caller_audio.wait_for_audio(1.0, since=asyncio.get_running_loop().time())
@@ -234,13 +234,6 @@ async def test_ringback_relay_redirect_and_a_second_relay_are_one_stream_to_the_
         await asyncio.to_thread(update, url=app_server.url("/second"), method="POST")
         await first.finish(20)  # the redirect ended the first Dial: BYE
         await relayed_pairs(switch, 1)
-        await caller.finish(40)
-        await second.finish(20)
-    finally:
-        for party in (caller, first, second):
-            await party.stop()
-        for peer in (first_audio, second_audio, caller_audio):
-            peer.close()
     await switch.wait_idle()
     packets = [p for p in caller_audio.packets if p.payload_type == PCMU]
     phases = [(packets[0].size, 0)]
@@ -279,8 +272,8 @@ async def test_a_flooding_peer_is_policed_and_its_neighbours_keep_their_audio(
     counted as discarded."""
     quiet_caller, quiet_callee = RtpPeer(600), RtpPeer(1000)
     flood_caller, flood_callee = RtpPeer(700), RtpPeer(1100)
-    for peer in (quiet_caller, quiet_callee, flood_caller, flood_callee):
-        await peer.start()
+    peers = [quiet_caller, quiet_callee, flood_caller, flood_callee]
+    await started(*peers)
     callees = {
         peer: sipp.Sipp(
             workdir, f"callee-{peer.port}", sipp.callee("answer", rtp_port=peer.port, ring_ms=500)
@@ -299,11 +292,7 @@ async def test_a_flooding_peer_is_policed_and_its_neighbours_keep_their_audio(
         for peer, number in ((quiet_caller, "+14155550100"), (flood_caller, "+14155550101"))
     ]
     before = samples((await scrape(switch))[1])
-    try:
-        for party in callees.values():
-            await party.start()
-        for party in callers:
-            await party.start(switch.target(), timeout_s=40)
+    async with on_call(switch, peers, list(callees.values()), callers):
         await relayed_pairs(switch, 2)
         await flood_caller.wait_for_audio(0.5, since=asyncio.get_running_loop().time())
         assert flood_caller.transport is not None and flood_caller.remote is not None
@@ -314,15 +303,6 @@ async def test_a_flooding_peer_is_policed_and_its_neighbours_keep_their_audio(
                 flood_caller.transport.sendto(flood, flood_caller.remote)
             await asyncio.sleep(0.01)
         flooded = asyncio.get_running_loop().time() - start
-        for party in callers:
-            await party.finish(40)
-        for party in callees.values():
-            await party.finish(20)
-    finally:
-        for party in [*callers, *callees.values()]:
-            await party.stop()
-        for peer in (quiet_caller, quiet_callee, flood_caller, flood_callee):
-            peer.close()
     await switch.wait_idle()
     after = samples((await scrape(switch))[1])
     # The neighbours lost nothing, either way.
