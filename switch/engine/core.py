@@ -63,6 +63,7 @@ BROWSER_MEDIA_SECONDS = 10.0  # a browser's ICE and DTLS not done by then: hung 
 BROWSER_MEDIA_POLL = 0.05
 SRTP_SUITES = ("AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32")
 BRIDGE_RATE = 8000  # Hz: the conference bridge's clock, and so every leg's audio
+ADDRESS_IN_USE = 120098  # PJ_STATUS_FROM_OS(EADDRINUSE): no RTP port pair could be bound
 RELAY_WAIT = 0.05  # s between looks for both legs' first packet before relaying them
 RELAY_WAIT_TRIES = 200  # then (10 s of one-way or no audio) the pair stays bridged
 OPUS = "opus/48000/2"
@@ -372,6 +373,7 @@ class Engine:
         self.rtp = RtpCounts()  # counted as each stream ends (_PjCall)
         self.paths = MediaPaths(settings.relay)  # which bridged pairs are relayed
         self._relays_due: dict[frozenset[Leg], asyncio.TimerHandle] = {}
+        self._out_of_rtp_ports = False  # said once until a leg gets ports again
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -659,16 +661,32 @@ class Engine:
         try:
             call.makeCall(to_uri, prm)
         except pj.Error as error:
+            if error.status == ADDRESS_IN_USE:
+                self._rtp_ports_taken()
             log.warning("%s: INVITE to %s not sent: %s", call_sid, to_uri, error.info())
             if not call.gone:
                 call.gone = True
                 leg._disconnected(call, 500, "Not Sent")
             return leg
+        self._out_of_rtp_ports = False
         if not call.gone:
             call.slot = call.getId()
             self._calls[call.slot] = call
             leg._mark_calling(call.getInfo().callIdString)
         return leg
+
+    def _rtp_ports_taken(self) -> None:
+        """Every port pair of the range was busy: say so once, with what to change."""
+        if self._out_of_rtp_ports:
+            return
+        self._out_of_rtp_ports = True
+        log.warning(
+            "no free RTP port pair in [sip] rtp_ports %d-%d: new call legs fail until"
+            " ports are free; another process holds ports of the range, or it is too"
+            " small: widen [sip] rtp_ports",
+            self.settings.rtp_port_min,
+            self.settings.rtp_port_max,
+        )
 
     def _credential_account(self, username: str, password: str) -> _Account | None:
         """The account answering challenges with these credentials, made on first use.

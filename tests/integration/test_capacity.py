@@ -9,6 +9,7 @@ past a busy stretch longer than the SIP stack's old limit of 100 tries (patch
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import socket
@@ -17,9 +18,12 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from twilio.rest import Client
 
 from media.analysis import tone_power
 from tests.integration.conftest import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
     NUMBER,
     AppServer,
     SwitchProcess,
@@ -131,3 +135,33 @@ async def test_at_max_calls_the_next_invite_gets_503_and_the_call_up_keeps_its_a
     health = await switch.health()
     assert "at capacity" in switch.log(), "reaching max_calls is logged"
     assert health["calls"] == 0
+
+
+async def test_with_every_rtp_port_taken_new_legs_fail_and_the_switch_says_why_once(
+    switch: SwitchProcess, app_server: AppServer
+) -> None:
+    """Another process takes the rest of the range: two API calls fail at once (no
+    INVITE can offer media), each reported failed, and the switch's log says once,
+    at WARNING, what ran out and which setting to change."""
+    app_server.routes["/voice"] = "<Response><Hangup/></Response>"
+    client = Client(ACCOUNT_SID, AUTH_TOKEN)
+    client.api.base_url = switch.http
+    said = "no free RTP port pair in [sip] rtp_ports"
+    before = switch.log().count(said)
+    with held_ports(RTP_LOW + 2 * HELD_PAIRS, RTP_PAIRS - HELD_PAIRS):
+        sids = []
+        for _ in range(2):
+            created = await asyncio.to_thread(
+                client.calls.create, to=CALLEE, from_=NUMBER, url=app_server.url("/voice")
+            )
+            sids.append(created.sid)
+        async with asyncio.timeout(15):
+            while True:
+                fetched = [await asyncio.to_thread(client.calls(sid).fetch) for sid in sids]
+                if all(call.status == "failed" for call in fetched):
+                    break
+                await asyncio.sleep(0.1)
+    await switch.wait_idle()
+    lines = [line for line in switch.log().splitlines() if said in line]
+    assert len(lines) == before + 1, lines
+    assert " WARNING " in lines[-1] and "widen [sip] rtp_ports" in lines[-1], lines[-1]
