@@ -9,9 +9,13 @@ party) puts the pair back on the bridge, and when it is gone the pair is
 relayed again.
 
 `MediaPaths` decides from the connections the engine reports and returns
-`Relay` and `Unrelay` actions for the engine to carry out. A pair whose
-codecs differ cannot be relayed (the engine reports it with `refused`) and
-stays on the bridge, which transcodes, until either leg's media changes.
+`Relay` and `Unrelay` actions for the engine to carry out. A pair is relayed
+only once both legs have sent RTP (the engine reports it with `heard`): a
+relayed leg hears nothing until its peer speaks, while the bridge sends it
+silence at least, which a far end that learns where to send from what it
+receives, or a NAT binding, needs. A pair whose codecs differ cannot be
+relayed (the engine reports it with `refused`) and stays on the bridge,
+which transcodes, until either leg's media changes.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ class MediaPaths:
         self._sources: dict[object, set[object]] = {}  # a leg -> the legs it hears
         self._taps: Counter[object] = Counter()  # players and recorders on a leg
         self._relayed: dict[object, object] = {}  # both ways
+        self._heard: set[object] = set()  # legs that have sent RTP
+        self._waiting: set[object] = set()  # legs whose pair waits for them to send
         self._refused: set[frozenset[object]] = set()
 
     @property
@@ -79,6 +85,16 @@ class MediaPaths:
             self._taps[leg] -= 1
         return self._decide(leg)
 
+    def heard(self, leg: object) -> list[Action]:
+        """``leg`` has sent RTP."""
+        self._heard.add(leg)
+        return self._decide(leg)
+
+    def unheard(self) -> set[object]:
+        """The legs whose first RTP packet is all that keeps their pair off the relay
+        path (the engine looks for it)."""
+        return set(self._waiting)
+
     def ended(self, leg: object) -> list[Action]:
         """``leg`` ended: its connections go; the legs it was connected with are decided
         again."""
@@ -87,6 +103,8 @@ class MediaPaths:
             self._sinks.get(other, set()).discard(leg)
             self._sources.get(other, set()).discard(leg)
         self._taps.pop(leg, None)
+        self._heard.discard(leg)
+        self._waiting.discard(leg)
         self._refused = {pair for pair in self._refused if leg not in pair}
         actions: list[Action] = []
         peer = self._relayed.pop(leg, None)
@@ -113,9 +131,9 @@ class MediaPaths:
             actions.append(Unrelay(leg, peer))
         return actions + self._decide(leg)
 
-    def _partner(self, leg: object) -> object | None:
+    def _partner(self, leg: object, heard: bool = True) -> object | None:
         """The one leg ``leg`` is bridged with and nothing else, if the pair may be
-        relayed."""
+        relayed (``heard``: and both legs have sent RTP)."""
         if not self.enabled or self._taps[leg]:
             return None
         sinks, sources = self._sinks.get(leg, set()), self._sources.get(leg, set())
@@ -128,6 +146,7 @@ class MediaPaths:
             or self._sinks.get(other) != {leg}
             or self._sources.get(other) != {leg}
             or frozenset((leg, other)) in self._refused
+            or (heard and not {leg, other} <= self._heard)
         ):
             return None
         return other
@@ -135,7 +154,11 @@ class MediaPaths:
     def _decide(self, *legs: object) -> list[Action]:
         actions: list[Action] = []
         for leg in legs:
-            partner = self._partner(leg)
+            candidate = self._partner(leg, heard=False)
+            partner = candidate if candidate is not None and self._partner(leg) else None
+            self._waiting.discard(leg)
+            if candidate is not None and partner is None:
+                self._waiting |= {leg, candidate} - self._heard
             current = self._relayed.get(leg)
             if current is not None and current != partner:
                 del self._relayed[leg], self._relayed[current]

@@ -64,8 +64,9 @@ BROWSER_MEDIA_POLL = 0.05
 SRTP_SUITES = ("AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32")
 BRIDGE_RATE = 8000  # Hz: the conference bridge's clock, and so every leg's audio
 ADDRESS_IN_USE = 120098  # PJ_STATUS_FROM_OS(EADDRINUSE): no RTP port pair could be bound
-RELAY_WAIT = 0.05  # s between looks for both legs' first packet before relaying them
-RELAY_WAIT_TRIES = 200  # then (10 s of one-way or no audio) the pair stays bridged
+HEARD_POLL = 0.05  # s between looks for the first packet of legs waiting to be relayed
+HEARD_POLL_SLOW = 1.0  # ... once none has come for HEARD_POLL_PATIENCE looks
+HEARD_POLL_PATIENCE = 40
 OPUS = "opus/48000/2"
 OPUS_RATE_FMTP = ("maxplaybackrate", "sprop-maxcapturerate")
 """The SDES suites offered and accepted: the two every SRTP phone and carrier has
@@ -372,7 +373,8 @@ class Engine:
         self.tls_failures = TlsFailures()
         self.rtp = RtpCounts()  # counted as each stream ends (_PjCall)
         self.paths = MediaPaths(settings.relay)  # which bridged pairs are relayed
-        self._relays_due: dict[frozenset[Leg], asyncio.TimerHandle] = {}
+        self._heard_poll: asyncio.TimerHandle | None = None
+        self._heard_misses = 0
         self._out_of_rtp_ports = False  # said once until a leg gets ports again
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -571,9 +573,9 @@ class Engine:
         process (a Call's destructor hangs up its slot), so nothing may outlive
         this frame: the legs the call logic still holds let go of their calls.
         """
-        for due in self._relays_due.values():
-            due.cancel()
-        self._relays_due.clear()
+        if self._heard_poll is not None:
+            self._heard_poll.cancel()
+            self._heard_poll = None
         stuck = [call.leg for call in self._calls.values()]
         if stuck:
             log.warning("%d calls did not end before shutdown", len(stuck))
@@ -784,6 +786,17 @@ class Engine:
             self._apply(self.paths.media_changed(leg))
 
     def _apply(self, actions: list[Action]) -> None:
+        """Carry the decisions out; then, if a pair waits for a leg's first RTP
+        packet, look for it soon."""
+        self._carry_out(actions)
+        slow = self._heard_misses >= HEARD_POLL_PATIENCE
+        if self.paths.unheard() and (self._heard_poll is None or slow):
+            if self._heard_poll is not None:
+                self._heard_poll.cancel()
+            self._heard_misses = 0
+            self._heard_poll = self.loop.call_later(HEARD_POLL, self._look_for_rtp)
+
+    def _carry_out(self, actions: list[Action]) -> None:
         for action in actions:
             match action:
                 case Relay(a=Leg() as a, b=Leg() as b):
@@ -791,27 +804,27 @@ class Engine:
                 case Unrelay(a=Leg() as a, b=Leg() as b, gone=gone):
                     self._unrelay_pair(a, b, gone)
 
-    def _relay_pair(self, a: Leg, b: Leg, tries: int = RELAY_WAIT_TRIES) -> None:
-        """Relay in C, then take the pair's bridge connections away (its ports are out
-        of the bridge's clock from the relay on, so no frame of silence slips out).
+    def _look_for_rtp(self) -> None:
+        """Tell the relay decisions which waiting legs have sent RTP by now; look again
+        while some wait (every second once none has come for a while: a leg that
+        never sends keeps its pair on the bridge)."""
+        self._heard_poll = None
+        actions: list[Action] = []
+        heard = False
+        for leg in self.paths.unheard():
+            if isinstance(leg, Leg) and self._packets_in(leg):
+                actions += self.paths.heard(leg)
+                heard = True
+        self._heard_misses = 0 if heard else self._heard_misses + 1
+        self._carry_out(actions)
+        if self.paths.unheard():
+            slow = self._heard_misses >= HEARD_POLL_PATIENCE
+            wait = HEARD_POLL_SLOW if slow else HEARD_POLL
+            self._heard_poll = self.loop.call_later(wait, self._look_for_rtp)
 
-        Only once both legs have sent RTP: a relayed leg hears nothing until its
-        peer speaks, while the bridge keeps sending (silence at least), which a far
-        end that learns where to send from what it receives, or a NAT binding,
-        needs. Until then, and if one never sends, the pair stays on the bridge.
-        """
-        pair = frozenset((a, b))
-        due = self._relays_due.pop(pair, None)
-        if due is not None:
-            due.cancel()
-        if not (self._packets_in(a) and self._packets_in(b)):
-            if tries > 0:
-                self._relays_due[pair] = self.loop.call_later(
-                    RELAY_WAIT, self._relay_due, a, b, tries - 1
-                )
-            else:
-                self.paths.refused(a, b)
-            return
+    def _relay_pair(self, a: Leg, b: Leg) -> None:
+        """Relay in C, then take the pair's bridge connections away (its ports are out
+        of the bridge's clock from the relay on, so no frame of silence slips out)."""
         ca, cb, ia, ib = a._call, b._call, a._media_index, b._media_index
         ma, mb = a.audio(), b.audio()
         if ca is None or cb is None or ia is None or ib is None or ma is None or mb is None:
@@ -827,18 +840,9 @@ class Engine:
         mb.stopTransmit(ma)
         log.debug("%s, %s: relayed", a.call_sid, b.call_sid)
 
-    def _relay_due(self, a: Leg, b: Leg, tries: int) -> None:
-        self._relays_due.pop(frozenset((a, b)), None)
-        if self.paths.peer(a) is b:  # still to be relayed
-            self._relay_pair(a, b, tries)
-
     def _unrelay_pair(self, a: Leg, b: Leg, gone: object) -> None:
         """Give a relayed pair back to the bridge: connections first (their ports are
         still out of the clock), then the relay ends and the clock takes over."""
-        due = self._relays_due.pop(frozenset((a, b)), None)
-        if due is not None:
-            due.cancel()  # it was waiting for their first packets: never relayed
-            return
         ma, mb = a.audio(), b.audio()
         if gone is None and ma is not None and mb is not None:
             ma.startTransmit(mb)
@@ -908,7 +912,7 @@ class Engine:
             "players": len(self._players),
             "recorders": len(self._recorders),
             "media_ports": ports,
-            "relayed": self.paths.relayed - len(self._relays_due),  # relayed in C now
+            "relayed": self.paths.relayed,
         }
 
 

@@ -6,15 +6,47 @@ from switch.call.media_paths import MediaPaths, Relay, Unrelay
 
 
 def bridged(paths: MediaPaths, a: str = "caller", b: str = "child") -> list[object]:
+    """Both legs have sent RTP, then are connected both ways."""
+    paths.heard(a)
+    paths.heard(b)
     return [*paths.connected(a, b), *paths.connected(b, a)]
 
 
 def test_two_legs_hearing_each_other_and_nothing_else_are_relayed() -> None:
     paths = MediaPaths()
+    paths.heard("caller")
+    paths.heard("child")
     assert paths.connected("caller", "child") == []  # one way: early media
     assert paths.connected("child", "caller") == [Relay("child", "caller")]
     assert paths.relayed == 1
     assert paths.peer("caller") == "child"
+
+
+def test_a_pair_waits_for_both_legs_first_rtp() -> None:
+    paths = MediaPaths()
+    paths.heard("caller")
+    assert [*paths.connected("caller", "child"), *paths.connected("child", "caller")] == []
+    assert paths.unheard() == {"child"}  # what the engine looks for
+    assert paths.relayed == 0
+    assert paths.heard("child") == [Relay("child", "caller")]
+    assert paths.unheard() == set()
+
+
+def test_a_leg_that_never_sends_is_no_longer_looked_for_once_it_ends() -> None:
+    paths = MediaPaths()
+    paths.connected("caller", "child")
+    paths.connected("child", "caller")
+    assert paths.unheard() == {"caller", "child"}
+    paths.ended("child")
+    assert paths.unheard() == set()
+
+
+def test_a_tapped_pair_is_not_waited_for() -> None:
+    paths = MediaPaths()
+    paths.tapped("caller")  # recorded: the bridge whatever they send
+    paths.connected("caller", "child")
+    paths.connected("child", "caller")
+    assert paths.unheard() == set()
 
 
 def test_a_recorder_puts_the_pair_on_the_bridge_until_it_is_gone() -> None:
