@@ -514,10 +514,10 @@ SDP_ANSWER = """v=0
       a=sendrecv"""
 
 
-def _uas_response(status: str, *, dialog: bool = False, sdp: bool = False) -> str:
+def uas_response(status: str, *, dialog: bool = False, sdp: str | None = None) -> str:
     """A SIPp ``<send>`` of a response to the last request. ``dialog``: with the
-    callee's To tag and Contact; ``sdp``: with SDP_ANSWER, retransmitted
-    every 500 ms until the ACK."""
+    callee's To tag and Contact; ``sdp``: with that body (e.g. SDP_ANSWER),
+    retransmitted every 500 ms until the ACK."""
     tag = ";tag=[pid]SIPpTag01[call_number]" if dialog else ""
     contact = (
         "\n      Contact: <sip:callee@[local_ip]:[local_port];transport=[transport]>"
@@ -525,11 +525,11 @@ def _uas_response(status: str, *, dialog: bool = False, sdp: bool = False) -> st
         else ""
     )
     body = (
-        f"\n      Content-Type: application/sdp\n      Content-Length: [len]\n\n      {SDP_ANSWER}"
-        if sdp
+        f"\n      Content-Type: application/sdp\n      Content-Length: [len]\n\n      {sdp}"
+        if sdp is not None
         else "\n      Content-Length: 0"
     )
-    return f"""  <send{' retrans="500"' if sdp else ""}>
+    return f"""  <send{' retrans="500"' if sdp is not None else ""}>
     <![CDATA[
       SIP/2.0 {status}
       [last_Via:]
@@ -572,15 +572,15 @@ def answering_callee(
     </action>
   </recv>
 
-{_uas_response("100 Trying")}
-{_uas_response("180 Ringing", dialog=True)}
+{uas_response("100 Trying")}
+{uas_response("180 Ringing", dialog=True)}
   <pause/>
 
-{_uas_response("200 OK", dialog=True, sdp=True)}
+{uas_response("200 OK", dialog=True, sdp=SDP_ANSWER)}
   <recv request="ACK" crlf="true"/>
 
   {bye}
-{_uas_response("200 OK")}</scenario>
+{uas_response("200 OK")}</scenario>
 """
 
 

@@ -609,26 +609,8 @@ def caller_xml(hangup_at: float) -> str:
 
 
 def _callee_reply(status: str, sdp: bool = False) -> str:
-    tag = "" if status.startswith("100") else ";tag=[pid]SIPpTag01[call_number]"
-    contact = (
-        "" if status.startswith("100") else "\n      Contact: <sip:callee@[local_ip]:[local_port]>"
-    )
-    body = (
-        f"\n      Content-Type: application/sdp\n      Content-Length: [len]\n\n      {SDP_LINES}"
-        if sdp
-        else "\n      Content-Length: 0"
-    )
-    return f"""  <send{' retrans="500"' if sdp else ""}>
-    <![CDATA[
-      SIP/2.0 {status}
-      [last_Via:]
-      [last_From:]
-      [last_To:]{tag}
-      [last_Call-ID:]
-      [last_CSeq:]{contact}{body}
-    ]]>
-  </send>
-"""
+    dialog = not status.startswith("100")
+    return benchlib.uas_response(status, dialog=dialog, sdp=SDP_LINES if sdp else None)
 
 
 CALLEE_XML = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
