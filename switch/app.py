@@ -250,6 +250,7 @@ class Switch:
             tls=sip.tls,
             rtp_timeout=self.config.media.rtp_timeout,
             relay=self.config.media.relay,
+            media_threads=self.config.media.threads,
             websocket=bool(sip.websocket_listen),
             webrtc=self.config.webrtc,
         )

@@ -260,6 +260,8 @@ class MediaConfig:
     relay: bool = True
     """Bridged legs with the same codec, that nothing else hears or plays to, exchange
     RTP packet by packet instead of through the conference bridge."""
+    threads: int = 1
+    """Threads that receive (and relay) RTP."""
 
 
 @dataclass(frozen=True)
@@ -537,7 +539,9 @@ def _build(root: _Table) -> Config:
     metrics = _build_metrics(root.table("metrics"), sip, http)
     media_table = root.table("media")
     media = MediaConfig(
-        media_table.integer("rtp_timeout", 60, 0, 3600), media_table.boolean("relay", True)
+        media_table.integer("rtp_timeout", 60, 0, 3600),
+        media_table.boolean("relay", True),
+        media_table.integer("threads", 1, 1, 16),
     )
     media_table.finish()
     webrtc = build_webrtc(root.table("webrtc"))

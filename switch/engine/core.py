@@ -108,6 +108,7 @@ class EngineSettings:
     websocket: bool = False  # browsers: a relay listener and their account (switch/sipws)
     webrtc: WebRtcConfig = WebRtcConfig()  # STUN/TURN of the browsers' media
     relay: bool = True  # bridged pairs exchange RTP in C when nothing else needs it
+    media_threads: int = 1  # threads receiving (and relaying) RTP
 
 
 @dataclass(frozen=True)
@@ -395,8 +396,8 @@ class Engine:
             cfg.uaConfig.stunServer.append(stun.hostport)
         cfg.logConfig.level = self.settings.log_level
         cfg.logConfig.consoleLevel = self.settings.log_level
-        cfg.medConfig.hasIoqueue = True  # RTP off the loop: its own ioqueue and thread
-        cfg.medConfig.threadCnt = 1
+        cfg.medConfig.hasIoqueue = True  # RTP off the loop: its own ioqueue and threads
+        cfg.medConfig.threadCnt = self.settings.media_threads
         cfg.medConfig.clockRate = BRIDGE_RATE
         cfg.medConfig.sndClockRate = BRIDGE_RATE
         cfg.medConfig.noVad = True

@@ -309,6 +309,7 @@ BAD = [
         ' "20000-23999"',
     ),
     (text(extra="[media]\nrtp_timeout = -1"), "media.rtp_timeout", "between 0 and 3600"),
+    (text(extra="[media]\nthreads = 0"), "media.threads", "between 1 and 16"),
     (
         text(extra="[dial]\nmax_calls = 4049"),
         "dial.max_calls",
