@@ -15,6 +15,7 @@ from aiohttp import web
 from switch import sipcheck, srtp
 from switch.api import add_api_routes
 from switch.api_calls import CallsResource
+from switch.call.capacity import LoopLoad
 from switch.call.commands import CancelCall
 from switch.call.protocol import Leg
 from switch.config import Config
@@ -49,6 +50,7 @@ from switch.workers import WorkerPool
 log = logging.getLogger("dialswitch")
 
 CAPACITY_RETRY_AFTER = "5"
+LAG_PROBE_SECONDS = 0.05  # how often the event loop's lateness is measured
 """Seconds an INVITE refused at [dial] max_calls is told to wait."""
 
 
@@ -132,6 +134,7 @@ class Switch:
             store.close()
             raise
         self.ready = True
+        lag_watch = loop.create_task(self._watch_loop(self.services.calls.capacity.load))
         # Start-up objects (config, parsed tables, modules) never die: keep the
         # collector off them, and let it run less often under call load.
         gc.collect()
@@ -144,6 +147,7 @@ class Switch:
             config.http.port,
         )
         await stop.wait()
+        lag_watch.cancel()
         log.info("stopping: hanging up %d calls", len(self.sessions))
         self.services.calls.stopping = True
         self.ready = False
@@ -167,6 +171,15 @@ class Switch:
         log.info("stopped")
         return 0
 
+    @staticmethod
+    async def _watch_loop(load: LoopLoad) -> None:
+        """Tell admission how late the event loop runs (switch/call/capacity.py)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + LAG_PROBE_SECONDS
+            await asyncio.sleep(LAG_PROBE_SECONDS)
+            load.observe(loop.time() - due)
+
     def _levels(self, engine: Engine, webhooks: WebhookClient) -> dict[str, tuple[str, float]]:
         """The gauges of /metrics, read from whoever owns each fact."""
         counts = engine.counts()
@@ -183,6 +196,10 @@ class Switch:
                 counts["relayed"],
             ),
             "registrations": ("Live registrations of clients.", self._registrations()),
+            "loop_lag_seconds": (
+                "How late the event loop runs (smoothed); new calls get 503 past 0.25 s.",
+                calls.capacity.load.lag,
+            ),
             "callbacks_queued": ("Status callbacks not delivered yet.", webhooks.queued),
         }
 

@@ -246,10 +246,16 @@ class Services:
         A refusal is counted in /metrics; reaching capacity is logged once, at
         WARNING, until there is room again.
         """
-        admission = self.calls.admit(self.engine.leg_count())
+        admission = self.calls.admit(self.engine.leg_count(), new_call=kind != "dial")
         if admission.admitted:
             return True
         self.metrics.capacity_refused(kind)
+        if admission is Admission.NEWLY_BEHIND:
+            logging.getLogger("dialswitch").warning(
+                "overloaded: the event loop runs %.0f ms late; new calls get 503 until it"
+                " catches up (more calls per second than this machine carries)",
+                1000 * self.calls.capacity.load.lag,
+            )
         if admission is Admission.NEWLY_FULL:
             logging.getLogger("dialswitch").warning(
                 "at capacity: %d call legs, [dial] max_calls; new calls get 503 until legs"

@@ -13,6 +13,12 @@ live legs (plus the API calls accepted but not placed yet) are at it:
 The calls already up are never touched. `Capacity` decides; it says when a
 refusal is the first since there was room, so the switch logs reaching
 capacity once per episode instead of once per refused call.
+
+Legs are not the only limit: past the rate the machine carries, the event loop
+falls behind, webhooks and answers come late and calls admitted earlier fail.
+`LoopLoad` follows how late the loop runs; while it is behind, new calls
+(inbound and API) are refused the same way, and a ``<Dial>`` branch of a call
+already admitted still goes ahead.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ class Admission(enum.Enum):
     ADMITTED = "admitted"
     FULL = "full"
     NEWLY_FULL = "newly full"  # refused, and the first refusal since there was room
+    BEHIND = "behind"  # refused: the event loop runs late (LoopLoad)
+    NEWLY_BEHIND = "newly behind"
     STOPPING = "stopping"
 
     @property
@@ -45,22 +53,49 @@ class Admission(enum.Enum):
         return self is Admission.ADMITTED
 
 
+LAG_BEHIND = 0.25
+"""Seconds the event loop may run late (smoothed) before new calls are refused."""
+LAG_CAUGHT_UP = 0.05
+"""... and how little before they are admitted again."""
+LAG_SMOOTHING = 0.2  # weight of each new observation
+
+
+class LoopLoad:
+    """How far behind the event loop runs, from how late its periodic tasks wake
+    (seconds, smoothed), with hysteresis between behind and caught up."""
+
+    def __init__(self) -> None:
+        self.lag = 0.0
+        self.behind = False
+
+    def observe(self, late: float) -> None:
+        """A task that asked to wake at some time woke ``late`` seconds after it."""
+        self.lag += LAG_SMOOTHING * (max(late, 0.0) - self.lag)
+        if self.lag > LAG_BEHIND:
+            self.behind = True
+        elif self.lag < LAG_CAUGHT_UP:
+            self.behind = False
+
+
 class Capacity:
-    """Whether one more leg fits under ``max_legs``."""
+    """Whether one more leg fits under ``max_legs``, and the loop keeps up."""
 
     def __init__(self, max_legs: int) -> None:
         self.max_legs = max_legs
         self.stopping = False
+        self.load = LoopLoad()
         self._full = False
 
-    def admit(self, legs: int) -> Admission:
-        """For a new leg while ``legs`` are live or promised."""
+    def admit(self, legs: int, new_call: bool = True) -> Admission:
+        """For a new leg while ``legs`` are live or promised; ``new_call``: the leg
+        starts a call (inbound, API) rather than a branch of one already up."""
         if self.stopping:
             return Admission.STOPPING
-        if legs < self.max_legs:
+        behind = new_call and self.load.behind
+        if legs < self.max_legs and not behind:
             self._full = False
             return Admission.ADMITTED
-        if self._full:
-            return Admission.FULL
-        self._full = True
-        return Admission.NEWLY_FULL
+        first, self._full = not self._full, True
+        if legs >= self.max_legs:
+            return Admission.NEWLY_FULL if first else Admission.FULL
+        return Admission.NEWLY_BEHIND if first else Admission.BEHIND

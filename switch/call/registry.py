@@ -102,9 +102,10 @@ class CallRegistry:
     def top_level(self) -> int:
         return len(self._top_level)
 
-    def admit(self, legs: int) -> Admission:
-        """Room for one more leg while the engine has ``legs`` live."""
-        return self.capacity.admit(legs + len(self._unplaced))
+    def admit(self, legs: int, new_call: bool = True) -> Admission:
+        """Room for one more leg while the engine has ``legs`` live (``new_call``: it
+        starts a call, as opposed to a branch of one already admitted)."""
+        return self.capacity.admit(legs + len(self._unplaced), new_call)
 
     def add(self, call: LiveCall, top_level: bool = True, unplaced: bool = False) -> None:
         """Register ``call``; ``unplaced``: an API call whose leg will count from `placed`."""

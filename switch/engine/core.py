@@ -39,7 +39,7 @@ import pjsua2 as pj
 
 from switch import sipcheck
 from switch.call import protocol
-from switch.call.capacity import ENGINE_SLOTS, SLOT_HEADROOM
+from switch.call.capacity import ENGINE_SLOTS
 from switch.call.media_paths import Action, MediaPaths, Relay, Unrelay
 from switch.call.protocol import MediaError
 from switch.call.rtp_watch import RtpWatch
@@ -388,8 +388,10 @@ class Engine:
         cfg = pj.EpConfig()
         cfg.uaConfig.threadCnt = 0
         cfg.uaConfig.mainThreadOnly = True
-        # pjsua's own limit stays above [dial] max_calls, which refuses first (503).
-        cfg.uaConfig.maxCalls = min(ENGINE_SLOTS, self.settings.max_calls + SLOT_HEADROOM)
+        # Every slot the build has (they are static memory anyway): [dial] max_calls
+        # refuses first (503), and legs still being torn down, or INVITEs admitted
+        # in one burst before their legs exist, never find pjsua's slots gone (486).
+        cfg.uaConfig.maxCalls = ENGINE_SLOTS
         cfg.uaConfig.userAgent = self.settings.user_agent
         stun = self.settings.webrtc.stun
         if stun is not None:  # only the browser account uses it (_make_account)

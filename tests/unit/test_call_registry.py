@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from switch.call.capacity import ENGINE_SLOTS, MAX_LEGS, Admission, Capacity
+from switch.call.capacity import (
+    ENGINE_SLOTS,
+    LAG_BEHIND,
+    LAG_CAUGHT_UP,
+    LAG_SMOOTHING,
+    MAX_LEGS,
+    Admission,
+    Capacity,
+    LoopLoad,
+)
 from switch.call.commands import Command
 from switch.call.pacing import Pacer
 from switch.call.registry import CallRegistry, CallView
@@ -55,6 +64,35 @@ def test_reaching_capacity_is_news_once_until_there_is_room_again() -> None:
         Admission.ADMITTED,
         Admission.NEWLY_FULL,
     ]
+
+
+def test_a_loop_running_late_refuses_new_calls_but_not_branches_of_admitted_ones() -> None:
+    capacity = Capacity(max_legs=100)
+    for _ in range(20):
+        capacity.load.observe(0.4)  # every probe 400 ms late
+    assert capacity.load.behind
+    assert capacity.admit(10) is Admission.NEWLY_BEHIND
+    assert capacity.admit(10) is Admission.BEHIND
+    assert capacity.admit(10, new_call=False) is Admission.ADMITTED  # a <Dial> branch
+    assert capacity.admit(100, new_call=False) is Admission.NEWLY_FULL
+
+
+def test_the_loop_is_behind_after_sustained_lateness_and_caught_up_with_hysteresis() -> None:
+    load = LoopLoad()
+    load.observe(1.0)  # one long pause: smoothed, not yet behind
+    assert not load.behind and load.lag == pytest.approx(LAG_SMOOTHING)
+    for _ in range(5):
+        load.observe(1.0)
+    assert load.behind
+    for _ in range(5):
+        load.observe(0.0)
+    assert load.behind and LAG_CAUGHT_UP < load.lag < LAG_BEHIND  # still settling
+    for _ in range(20):
+        load.observe(0.0)
+    assert not load.behind
+    capacity = Capacity(max_legs=100)
+    capacity.load = load
+    assert capacity.admit(10) is Admission.ADMITTED
 
 
 def test_stopping_admits_nothing() -> None:
