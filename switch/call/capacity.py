@@ -93,7 +93,8 @@ class Capacity:
             return Admission.STOPPING
         behind = new_call and self.load.behind
         if legs < self.max_legs and not behind:
-            self._full = False
+            if new_call:  # a branch of an admitted call does not end the episode
+                self._full = False
             return Admission.ADMITTED
         first, self._full = not self._full, True
         if legs >= self.max_legs:

@@ -74,7 +74,8 @@ def test_a_loop_running_late_refuses_new_calls_but_not_branches_of_admitted_ones
     assert capacity.admit(10) is Admission.NEWLY_BEHIND
     assert capacity.admit(10) is Admission.BEHIND
     assert capacity.admit(10, new_call=False) is Admission.ADMITTED  # a <Dial> branch
-    assert capacity.admit(100, new_call=False) is Admission.NEWLY_FULL
+    assert capacity.admit(10) is Admission.BEHIND  # the same episode: not news again
+    assert capacity.admit(100, new_call=False) is Admission.FULL
 
 
 def test_the_loop_is_behind_after_sustained_lateness_and_caught_up_with_hysteresis() -> None:
