@@ -86,6 +86,25 @@ def free_port_pair() -> int:
     raise RuntimeError("no free UDP+TCP port")
 
 
+def free_trunk_port(host: str = "127.0.0.1") -> int:
+    """An odd port above the kernel's ephemeral range, free for UDP and TCP: where a
+    SIPp trunk listens. In the ephemeral range, the switch's TCP connect to it (pjsip
+    sends a request near the MTU over TCP, RFC 3261 18.1.1) could pick the same
+    port as its source and connect to itself (TCP simultaneous open), sending the
+    trunk's INVITEs back to the switch."""
+    for _ in range(200):
+        port = random.randrange(61001, 65535, 2)  # free_media_block takes even ones
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.bind((host, port))
+            with socket.socket() as tcp:
+                tcp.bind((host, port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free trunk port")
+
+
 def free_media_block(host: str = "127.0.0.1") -> int:
     """An even port P with UDP P..P+3 free on ``host``: SIPp's audio and video RTP/RTCP
     sockets."""
@@ -259,7 +278,7 @@ class Switch:
     _session: aiohttp.ClientSession | None = None
 
     def __post_init__(self) -> None:
-        self.trunk_ports = [free_udp_port() for _ in range(self.targets)]
+        self.trunk_ports = [free_trunk_port() for _ in range(self.targets)]
 
     @property
     def pid(self) -> int:
