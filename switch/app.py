@@ -15,7 +15,7 @@ from aiohttp import web
 from switch import sipcheck, srtp
 from switch.api import add_api_routes
 from switch.api_calls import CallsResource
-from switch.call.capacity import LoopLoad
+from switch.call.capacity import LAG_BEHIND, LoopLoad
 from switch.call.commands import CancelCall
 from switch.call.protocol import Leg
 from switch.config import Config
@@ -197,7 +197,7 @@ class Switch:
             ),
             "registrations": ("Live registrations of clients.", self._registrations()),
             "loop_lag_seconds": (
-                "How late the event loop runs (smoothed); new calls get 503 past 0.25 s.",
+                f"How late the event loop runs (smoothed); new calls get 503 past {LAG_BEHIND} s.",
                 calls.capacity.load.lag,
             ),
             "callbacks_queued": ("Status callbacks not delivered yet.", webhooks.queued),
