@@ -174,6 +174,7 @@ async def test_alices_phone_and_browser_ring_and_the_phone_answers(
     desk = sipp_reg.Peer(workdir, "desk-phone", main, ooc=answer)
     try:
         await desk.start(switch.target(), timeout_s=40)
+        await sipp_reg.wait_registered(desk)  # or the call may ring the browser alone
         async with switch.calling(workdir, hangup_after_ms=5000) as (caller, _):
             assert "+14155550100" in await phone.wait_incoming(15)  # both ring
             text = await phone.wait_message("answered-elsewhere", 15)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,15 @@ from media.analysis import tone_power
 from tests.integration.conftest import NUMBER, AppServer, running
 from tests.support import sipp, sipp_reg
 from tests.support.rtp_peer import RtpPeer
-from tests.support.sipp_reg import ClientSwitch, Peer, contacts, header_values, register
+from tests.support.sipp_reg import (
+    ClientSwitch,
+    Peer,
+    contacts,
+    header_values,
+    register,
+    wait_registered,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -271,31 +279,6 @@ async def test_bindings_survive_a_restart(app_server: AppServer, tmp_path: Path)
     (action,) = app_server.hits("/action")
     assert action.params["DialCallStatus"] == "completed"
     assert action.params["DialBridged"] == "true"
-
-
-async def wait_registered(phone: Peer, timeout: float = 10) -> None:
-    """Until the phone's log shows the 200 to its REGISTER."""
-    await wait_until(
-        phone, lambda seen: any(s.startswith("SIP/2.0 200") for s in seen.received_starts())
-    )
-
-
-async def wait_until(
-    phone: Peer, seen: Callable[[sipp.SippMessages], bool], timeout: float = 10
-) -> None:
-    """Poll the SIPp message log (its only output) until ``seen`` holds; fail if
-    SIPp exits or ``timeout`` passes first."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not seen(phone.messages()):
-        assert phone.process is not None
-        if phone.process.returncode is not None:
-            raise AssertionError(phone.failure(phone.process.returncode))
-        if loop.time() > deadline:
-            raise AssertionError(
-                f"{phone.name}: not seen in time:\n{phone.messages().text[-3000:]}"
-            )
-        await asyncio.sleep(0.05)
 
 
 def established_peers(port: int) -> set[tuple[str, int]]:

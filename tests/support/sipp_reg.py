@@ -24,9 +24,10 @@ header: the registrar's default offer lists MD5 first for such clients.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from tests.integration.conftest import (
@@ -515,3 +516,28 @@ def contacts(message: str) -> list[str]:
 def final_responses(messages: SippMessages) -> list[str]:
     """Every final response (>= 200) the peer received, in order."""
     return [m for m in messages.received() if re.match(r"SIP/2\.0 [2-6]\d\d ", m) is not None]
+
+
+async def wait_registered(phone: Peer, timeout: float = 10) -> None:
+    """Until the phone's log shows the 200 to its REGISTER."""
+    await wait_until(
+        phone, lambda seen: any(s.startswith("SIP/2.0 200") for s in seen.received_starts())
+    )
+
+
+async def wait_until(
+    phone: Peer, seen: Callable[[SippMessages], bool], timeout: float = 10
+) -> None:
+    """Poll the SIPp message log (its only output) until ``seen`` holds; fail if
+    SIPp exits or ``timeout`` passes first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not seen(phone.messages()):
+        assert phone.process is not None
+        if phone.process.returncode is not None:
+            raise AssertionError(phone.failure(phone.process.returncode))
+        if loop.time() > deadline:
+            raise AssertionError(
+                f"{phone.name}: not seen in time:\n{phone.messages().text[-3000:]}"
+            )
+        await asyncio.sleep(0.05)
