@@ -521,7 +521,9 @@ def final_responses(messages: SippMessages) -> list[str]:
 async def wait_registered(phone: Peer, timeout: float = 10) -> None:
     """Until the phone's log shows the 200 to its REGISTER."""
     await wait_until(
-        phone, lambda seen: any(s.startswith("SIP/2.0 200") for s in seen.received_starts())
+        phone,
+        lambda seen: any(s.startswith("SIP/2.0 200") for s in seen.received_starts()),
+        timeout,
     )
 
 
