@@ -262,12 +262,12 @@ class Player:
         engine._players.add(self)
 
     def start(self, leg: protocol.Leg) -> bool:
-        if self._player is None or not isinstance(leg, Leg) or leg.audio() is None:
+        media = _audio(leg)
+        if self._player is None or media is None:
             return False
+        assert isinstance(leg, Leg)  # _audio has media for our own legs only
         self.engine._tap(leg)  # a relayed leg goes back to the bridge first
         self._legs.append(leg)
-        media = leg.audio()
-        assert media is not None
         self._player.startTransmit(media)
         return True
 
@@ -305,13 +305,11 @@ class Recorder:
 
     def hear(self, leg: protocol.Leg) -> bool:
         """Record what ``leg``'s peer sends (once its media is up)."""
-        if self._recorder is None or not isinstance(leg, Leg) or leg in self._legs:
+        media = _audio(leg)
+        if self._recorder is None or media is None or leg in self._legs:
             return False
-        if leg.audio() is None:
-            return False
+        assert isinstance(leg, Leg)  # _audio has media for our own legs only
         self.engine._tap(leg)  # a relayed leg goes back to the bridge first
-        media = leg.audio()
-        assert media is not None
         media.startTransmit(self._recorder)
         self._legs.append(leg)
         return True
