@@ -182,6 +182,13 @@ class SwitchProcess:
         ):
             return dict(await response.json())
 
+    async def wait_relayed(self, pairs: int, timeout: float = 10.0) -> None:
+        """Wait until /healthz says ``pairs`` bridged pairs exchange RTP on the relay
+        path (switch/call/media_paths.py)."""
+        async with asyncio.timeout(timeout):
+            while (await self.health()).get("relayed") != pairs:
+                await asyncio.sleep(0.05)
+
     async def wait_idle(self, timeout: float = 10.0) -> dict[str, object]:
         """Wait for zero live calls, players and recorders, and the conference bridge
         back to its one idle port; fail the test if anything stays."""

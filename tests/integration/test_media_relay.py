@@ -35,8 +35,8 @@ from tests.integration.conftest import (
 )
 from tests.integration.test_metrics import samples, scrape, value
 from tests.support import sipp
-from tests.support.rtp import PCMA, PCMU, RtpPacket
-from tests.support.rtp_peer import EVENT_PT, Heard, RtpPeer
+from tests.support.rtp import PCMA, PCMU, ReceivedPacket, RtpPacket
+from tests.support.rtp_peer import EVENT_PT, RtpPeer
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -44,23 +44,20 @@ CALLEE = "+15551230001"
 STAR = 10  # RFC 4733 event code of *
 
 
-async def relayed_pairs(switch: SwitchProcess, count: int, timeout: float = 10.0) -> None:
-    """Wait until /healthz says ``count`` pairs are relayed."""
-    async with asyncio.timeout(timeout):
-        while (await switch.health()).get("relayed") != count:
-            await asyncio.sleep(0.05)
-
-
-def one_stream(packets: Sequence[Heard], audio_pts: set[int]) -> None:
+def one_stream(received: Sequence[ReceivedPacket], audio_pts: set[int]) -> None:
     """The packets are one RTP stream: one SSRC, every sequence number in turn, and
     each audio packet's timestamp where the previous audio packet ended (G.711: a
     byte a sample)."""
+    packets = [r.packet for r in received]
     assert len({p.ssrc for p in packets}) == 1, {p.ssrc for p in packets}
     for before, after in zip(packets, packets[1:], strict=False):
         assert (after.sequence_number - before.sequence_number) % 65536 == 1, (before, after)
     audio = [p for p in packets if p.payload_type in audio_pts]
     for before, after in zip(audio, audio[1:], strict=False):
-        assert (after.timestamp - before.timestamp) % 2**32 == before.size, (before, after)
+        assert (after.timestamp - before.timestamp) % 2**32 == len(before.payload), (
+            before,
+            after,
+        )
 
 
 async def started(*peers: RtpPeer) -> None:
@@ -120,7 +117,7 @@ async def test_a_bridged_call_is_relayed_packet_by_packet_both_ways(
     )
     caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
     async with on_call(switch, [caller_audio, callee_audio], [callee], [caller]):
-        await relayed_pairs(switch, 1)
+        await switch.wait_relayed(1)
     await switch.wait_idle()
     heard_by_callee = callee_audio.audio()
     heard_by_caller = caller_audio.audio()
@@ -128,7 +125,7 @@ async def test_a_bridged_call_is_relayed_packet_by_packet_both_ways(
     assert tone_power(heard_by_caller, 8000, 1000) > 10 * tone_power(heard_by_caller, 8000, 600)
     # Relayed as sent: the callee's 240-byte payloads arrive whole, after the
     # ringback's 160-byte ones, in one stream.
-    sizes = [p.size for p in caller_audio.packets if p.payload_type == PCMU]
+    sizes = [len(r.packet.payload) for r in caller_audio.packets if r.packet.payload_type == PCMU]
     assert sizes[0] == 160
     relayed, last = sizes.index(240), len(sizes) - sizes[::-1].index(240)
     assert relayed > 10 and set(sizes[relayed:last]) == {240}, sizes
@@ -159,7 +156,7 @@ async def test_a_star_through_the_relay_reaches_the_far_end_and_ends_the_child(
     )
     caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
     async with on_call(switch, [caller_audio, callee_audio], [callee], [caller]):
-        await relayed_pairs(switch, 1)
+        await switch.wait_relayed(1)
         await caller_audio.wait_for_audio(0.5, since=asyncio.get_running_loop().time())
         caller_audio.send_digit(STAR)
         (action,) = await app_server.wait_for("/action", timeout=20)
@@ -170,7 +167,7 @@ async def test_a_star_through_the_relay_reaches_the_far_end_and_ends_the_child(
     # The * reached the callee as a telephone event (its leg ended at the first packet).
     assert [e.event for e in callee_audio.events][:1] == [STAR], callee_audio.events
     one_stream(callee_audio.packets, {PCMU})
-    assert {p.payload_type for p in callee_audio.packets} == {PCMU, EVENT_PT}
+    assert {r.packet.payload_type for r in callee_audio.packets} == {PCMU, EVENT_PT}
 
 
 @bounded(60)
@@ -188,8 +185,8 @@ async def test_pcmu_against_pcma_stays_on_the_bridge_and_is_transcoded(
         await callee_audio.wait_for_audio(1.0)
         assert (await switch.health())["relayed"] == 0
     await switch.wait_idle()
-    assert {p.payload_type for p in callee_audio.packets} == {PCMA}
-    assert {p.payload_type for p in caller_audio.packets} == {PCMU}
+    assert {r.packet.payload_type for r in callee_audio.packets} == {PCMA}
+    assert {r.packet.payload_type for r in caller_audio.packets} == {PCMU}
     heard_by_callee = callee_audio.audio()
     heard_by_caller = caller_audio.audio()
     assert tone_power(heard_by_callee, 8000, 600) > 10 * tone_power(heard_by_callee, 8000, 1000)
@@ -228,18 +225,18 @@ async def test_ringback_relay_redirect_and_a_second_relay_are_one_stream_to_the_
     client.api.base_url = switch.http
     async with on_call(switch, peers, [first, second], [caller]):
         (voice,) = await app_server.wait_for("/voice")
-        await relayed_pairs(switch, 1)
+        await switch.wait_relayed(1)
         await caller_audio.wait_for_audio(1.0, since=asyncio.get_running_loop().time())
         update = client.calls(voice.params["CallSid"]).update
         await asyncio.to_thread(update, url=app_server.url("/second"), method="POST")
         await first.finish(20)  # the redirect ended the first Dial: BYE
-        await relayed_pairs(switch, 1)
+        await switch.wait_relayed(1)
     await switch.wait_idle()
-    packets = [p for p in caller_audio.packets if p.payload_type == PCMU]
-    phases = [(packets[0].size, 0)]
-    for index, packet in enumerate(packets):
-        if packet.size != phases[-1][0]:
-            phases.append((packet.size, index))
+    packets = [r for r in caller_audio.packets if r.packet.payload_type == PCMU]
+    phases = [(len(packets[0].packet.payload), 0)]
+    for index, received in enumerate(packets):
+        if len(received.packet.payload) != phases[-1][0]:
+            phases.append((len(received.packet.payload), index))
     assert [size for size, _ in phases][:4] == [160, 240, 160, 240], phases
     assert len(phases) <= 5, phases  # the bridge again only if the callee's BYE came first
     one_stream(caller_audio.packets, {PCMU})
@@ -293,7 +290,7 @@ async def test_a_flooding_peer_is_policed_and_its_neighbours_keep_their_audio(
     ]
     before = samples((await scrape(switch))[1])
     async with on_call(switch, peers, list(callees.values()), callers):
-        await relayed_pairs(switch, 2)
+        await switch.wait_relayed(2)
         await flood_caller.wait_for_audio(0.5, since=asyncio.get_running_loop().time())
         assert flood_caller.transport is not None and flood_caller.remote is not None
         flood = RtpPacket(PCMU, 0, 0, 0x5EED, bytes(160)).serialize()

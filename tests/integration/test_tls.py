@@ -193,9 +193,7 @@ async def test_srtp_phone_and_plain_trunk_caller_are_relayed(switch, app_server,
             workdir, "caller", sipp.caller(NUMBER, caller_audio.port, hangup_after_ms=4000)
         )
         await caller.start(switch.target(), timeout_s=40)
-        async with asyncio.timeout(15):
-            while (await switch.health()).get("relayed") != 1:
-                await asyncio.sleep(0.05)
+        await switch.wait_relayed(1, timeout=15)
         relayed_at = asyncio.get_running_loop().time()
         (action,) = await app_server.wait_for("/action", timeout=20)
         assert await caller.wait(30) == 0, caller.failure(1)

@@ -1,7 +1,7 @@
 """A symmetric RTP party: what a phone's media looks like to the switch.
 
 One UDP socket receives what the switch sends (decoded G.711, with arrival
-times, and every packet's header in ``packets``) and, once the switch's address
+times, and every packet as received in ``packets``) and, once the switch's address
 is known from its first packet, sends a sine tone back to it from the same
 socket, one packet of ``frame`` samples (20 ms by default) at a time, as PCMU
 (or PCMA), and RFC 4733 digits when asked (``send_digit``). Tests put the
@@ -15,31 +15,24 @@ import asyncio
 import contextlib
 import math
 import random
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from media.analysis import g711_decode, g711_encode
-from tests.support.rtp import PCMA, PCMU, RtpError, RtpPacket, TelephoneEvent
+from tests.support.rtp import (
+    PCMA,
+    PCMU,
+    ReceivedPacket,
+    RtpError,
+    RtpPacket,
+    TelephoneEvent,
+)
 
 RATE = 8000
 FRAME = 160
 EVENT_PT = 101  # telephone-event in tests/support/sipp.py's SDP
 LAWS = {PCMU: "pcmu", PCMA: "pcma"}
-
-
-@dataclass(frozen=True)
-class Heard:
-    """The header of one packet received, and when."""
-
-    arrival: float
-    payload_type: int
-    sequence_number: int
-    timestamp: int
-    ssrc: int
-    marker: bool
-    size: int  # payload bytes
 
 
 class RtpPeer(asyncio.DatagramProtocol):
@@ -58,7 +51,7 @@ class RtpPeer(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.remote: tuple[str, int] | None = None
         self.chunks: list[tuple[float, npt.NDArray[np.int16]]] = []  # (arrival, samples)
-        self.packets: list[Heard] = []
+        self.packets: list[ReceivedPacket] = []
         self.events: list[TelephoneEvent] = []
         self.sent = 0
         self._digits: list[int] = []
@@ -81,17 +74,7 @@ class RtpPeer(asyncio.DatagramProtocol):
         except RtpError:
             return
         now = asyncio.get_running_loop().time()
-        self.packets.append(
-            Heard(
-                now,
-                packet.payload_type,
-                packet.sequence_number,
-                packet.timestamp,
-                packet.ssrc,
-                packet.marker,
-                len(packet.payload),
-            )
-        )
+        self.packets.append(ReceivedPacket(packet, now, addr))
         if packet.payload_type == PCMU:
             self.chunks.append((now, g711_decode(packet.payload, "pcmu")))
         elif packet.payload_type == PCMA:
