@@ -38,8 +38,8 @@ class BranchCallbacks:
         self.sent: set[CallEvent] = set()
 
     def _send(self, event: CallEvent, status: str, extra: dict[str, str] | None = None) -> None:
-        if event in self.sent:
-            return
+        if event in self.sent or CallEvent.COMPLETED in self.sent:
+            return  # each event once, and none after the leg's last
         self.sent.add(event)
         if event not in self.events:
             return
@@ -71,3 +71,10 @@ class BranchCallbacks:
         self._send(
             CallEvent.COMPLETED, status, {"CallDuration": str(duration), **(recording or {})}
         )
+        # The last event: `params` refers back to the <Dial> that holds these
+        # callbacks, so drop it and let reference counting free the call's objects.
+        self.params = _no_params
+
+
+def _no_params() -> dict[str, str]:
+    raise RuntimeError("a branch's callbacks are used after its completed callback")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -117,6 +118,10 @@ def webhooks_for(
 
 def new_call_sid() -> str:
     return "CA" + secrets.token_hex(16)
+
+
+def _nothing() -> None:
+    """An unsubscribe that has already run."""
 
 
 class Services:
@@ -228,13 +233,15 @@ class Services:
             return
         sent = time.monotonic()
         observed = False  # events already queued may still arrive after unsubscribing
+        stop: Callable[[], None] = _nothing
 
         def seen(event: LegEvent) -> None:
-            nonlocal observed
+            nonlocal observed, stop
             if observed or not isinstance(event, LegProgressed | LegAnswered | LegEnded):
                 return
             observed = True
             stop()
+            stop = _nothing  # it referred back to seen: let reference counting free both
             if not isinstance(event, LegEnded):
                 self.metrics.post_dial_delay(direction, time.monotonic() - sent)
 

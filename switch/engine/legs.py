@@ -393,6 +393,10 @@ class Leg:
         if not self.ended.done():
             self.ended.set_result(event)
         self._emit(event)
+        # LegEnded is the last event. Subscribers' closures refer back to whoever
+        # holds this leg (a <Dial>'s runner, a session): dropping them here lets
+        # reference counting free the call's objects now, not a full collection later.
+        self._subscribers.clear()
 
     def _mark_calling(self, sip_call_id: str) -> None:
         self.sip_call_id = sip_call_id

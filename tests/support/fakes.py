@@ -264,6 +264,7 @@ class FakeLeg:
         if not self.ended.done():
             self.ended.set_result(event)
         self._emit(event)
+        self._subscribers.clear()  # LegEnded is the last event
 
 
 # ---- far ends: what a callee does once INVITEd ----------------------------------------
