@@ -259,6 +259,84 @@ async def test_ringback_relay_redirect_and_a_second_relay_are_one_stream_to_the_
         assert abs(step) < 0.04, (start, step)
 
 
+def callee_moving_its_media(first_port: int, second_port: int) -> str:
+    """``sipp.callee``'s answering callee (media at ``first_port``) that, 2.5 s after
+    the ACK, re-INVITEs with its media at ``second_port`` (a new SDP version), ACKs
+    the 200, and hangs up 2.5 s later."""
+    answered = sipp.callee("answer", rtp_port=first_port, ring_ms=300, hangup_after_ms=2500)
+    head, bye = answered.split('  <pause milliseconds="2500"/>\n', 1)
+    in_dialog = sipp.CALLEE_BYE.split("CSeq:", 1)[0].replace(
+        "BYE [next_url]", "{method} [next_url]"
+    )
+    offer = sipp.SDP.format(port=second_port).replace("o=sipp 1 1", "o=sipp 1 2")
+    reinvite = (
+        in_dialog.format(method="INVITE")
+        + "      CSeq: 2 INVITE\n"
+        + "      Contact: <sip:callee@[local_ip]:[local_port];transport=[transport]>\n"
+        + "      Max-Forwards: 70\n"
+        + "      Content-Type: application/sdp\n"
+        + "      Content-Length: [len]\n\n"
+        + sipp.indent(offer)
+    )
+    ack = (
+        in_dialog.format(method="ACK")
+        + "      CSeq: 2 ACK\n      Max-Forwards: 70\n      Content-Length: 0\n"
+    )
+    body = head.split("<scenario", 1)[1].split(">", 1)[1].rsplit("</scenario>", 1)[0]
+    body += (
+        '  <pause milliseconds="2500"/>\n'
+        + sipp.send(reinvite, retrans=True)
+        + '  <recv response="100" optional="true"/>\n'
+        + '  <recv response="200"/>\n'
+        + sipp.send(ack)
+        + '  <pause milliseconds="2500"/>\n'
+        + bye.split("</scenario>", 1)[0].replace("CSeq: 2 BYE", "CSeq: 3 BYE")
+    )
+    return sipp.scenario("callee-reinvite", body)
+
+
+@bounded(60)
+async def test_a_relayed_leg_that_moves_its_media_is_relayed_again(
+    switch: SwitchProcess, app_server: AppServer, workdir
+) -> None:
+    """A callee re-INVITEs a relayed call with its media at a new address: the
+    switch relays the new stream. Each side decodes the other before and after;
+    the caller's 240-byte packets show the relay in both phases, in one stream."""
+    app_server.routes["/voice"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
+    caller_audio = RtpPeer(600)
+    before, after = RtpPeer(1000, frame=240), RtpPeer(1400, frame=240)
+    peers = [caller_audio, before, after]
+    await started(*peers)
+    callee = sipp.Sipp(
+        workdir, "callee", callee_moving_its_media(before.port, after.port), port=switch.trunk_port
+    )
+    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
+    async with on_call(switch, peers, [callee], [caller]):
+        await switch.wait_relayed(1)
+        await caller_audio.wait_for_audio(0.6, since=asyncio.get_running_loop().time())
+        # The phone moves its media: the old address falls silent (were it to go on
+        # sending, symmetric RTP would rightly latch back to it).
+        before.close()
+        await after.wait_for_audio(0.5)
+        await switch.wait_relayed(1)
+        await caller_audio.wait_for_audio(1.0, since=asyncio.get_running_loop().time())
+    await switch.wait_idle()
+    answers = [m for m in callee.messages().received() if m.startswith("SIP/2.0 200")]
+    assert any("CSeq: 2 INVITE" in m for m in answers), answers
+    for peer, tone in ((before, 1000), (after, 1400)):
+        heard = peer.audio()
+        assert tone_power(heard, 8000, 600) > 10 * tone_power(heard, 8000, tone), tone
+    relayed = [r for r in caller_audio.packets if len(r.packet.payload) == 240]
+    first = [r for r in relayed if r.arrival < after.packets[0].arrival]
+    second = [r for r in relayed if r.arrival > after.packets[0].arrival]
+    assert len(first) > 10 and len(second) > 10, (len(first), len(second))
+    heard_first = caller_audio.audio(first[0].arrival, first[-1].arrival)
+    heard_second = caller_audio.audio(second[0].arrival, second[-1].arrival)
+    assert tone_power(heard_first, 8000, 1000) > 10 * tone_power(heard_first, 8000, 1400)
+    assert tone_power(heard_second, 8000, 1400) > 10 * tone_power(heard_second, 8000, 1000)
+    one_stream(caller_audio.packets, {PCMU})
+
+
 def route_by_caller(targets: dict[str, int]) -> Callable[[web.Request], Awaitable[web.Response]]:
     """A /voice handler dialling the SIPp callee (by port) named for the caller's
     number."""
