@@ -207,7 +207,10 @@ class Leg:
         return self.machine.answered
 
     def subscribe(self, fn: Callable[[LegEvent], None]) -> Callable[[], None]:
-        """Receive this leg's events; returns a function that unsubscribes."""
+        """Receive this leg's events; returns a function that unsubscribes. An ended
+        leg has sent its last event (LegEnded), so subscribing to it does nothing."""
+        if self.ended.done():
+            return _nothing
         self._subscribers.append(fn)
         return lambda: self._subscribers.remove(fn) if fn in self._subscribers else None
 
@@ -401,6 +404,10 @@ class Leg:
     def _mark_calling(self, sip_call_id: str) -> None:
         self.sip_call_id = sip_call_id
         self.machine.process(LegInput.INVITED)
+
+
+def _nothing() -> None:
+    """Unsubscribe from a leg that had ended when subscribed to."""
 
 
 def _refer_target(refer_to: str) -> str:

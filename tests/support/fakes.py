@@ -131,6 +131,8 @@ class FakeLeg:
         return uri_user(self.target_uri or self.uri)
 
     def subscribe(self, fn: Callable[[LegEvent], None]) -> Callable[[], None]:
+        if self.ended.done():  # as the engine's leg: LegEnded was the last event
+            return lambda: None
         self._subscribers.append(fn)
         return lambda: self._subscribers.remove(fn) if fn in self._subscribers else None
 
