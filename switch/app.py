@@ -50,8 +50,8 @@ from switch.workers import WorkerPool
 log = logging.getLogger("dialswitch")
 
 CAPACITY_RETRY_AFTER = "5"
-LAG_PROBE_SECONDS = 0.05  # how often the event loop's lateness is measured
 """Seconds an INVITE refused at [dial] max_calls is told to wait."""
+LAG_PROBE_SECONDS = 0.05  # how often the event loop's lateness is measured
 
 
 class Switch:
