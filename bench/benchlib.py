@@ -73,16 +73,24 @@ def free_tcp_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _binds_udp_and_tcp(host: str, port: int) -> bool:
+    """Whether ``port`` on ``host`` can be bound for both UDP and TCP right now."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, port))
+        with socket.socket() as tcp:
+            tcp.bind((host, port))
+    except OSError:
+        return False
+    return True
+
+
 def free_port_pair() -> int:
     """A port free for both UDP and TCP (the switch listens on both)."""
     for _ in range(50):
         port = free_udp_port()
-        try:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", port))
+        if _binds_udp_and_tcp("127.0.0.1", port):
             return port
-        except OSError:
-            continue
     raise RuntimeError("no free UDP+TCP port")
 
 
@@ -94,14 +102,8 @@ def free_trunk_port(host: str = "127.0.0.1") -> int:
     trunk's INVITEs back to the switch."""
     for _ in range(200):
         port = random.randrange(61001, 65535, 2)  # free_media_block takes even ones
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                udp.bind((host, port))
-            with socket.socket() as tcp:
-                tcp.bind((host, port))
+        if _binds_udp_and_tcp(host, port):
             return port
-        except OSError:
-            continue
     raise RuntimeError("no free trunk port")
 
 
