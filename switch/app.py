@@ -15,7 +15,7 @@ from aiohttp import web
 from switch import sipcheck, srtp
 from switch.api import add_api_routes
 from switch.api_calls import CallsResource
-from switch.call.capacity import LAG_BEHIND, LoopLoad
+from switch.call.capacity import LAG_BEHIND, RETRY_AFTER, LoopLoad
 from switch.call.commands import CancelCall
 from switch.call.protocol import Leg
 from switch.config import Config
@@ -49,8 +49,6 @@ from switch.workers import WorkerPool
 
 log = logging.getLogger("dialswitch")
 
-CAPACITY_RETRY_AFTER = "5"
-"""Seconds an INVITE refused at [dial] max_calls is told to wait."""
 LAG_PROBE_SECONDS = 0.05  # how often the event loop's lateness is measured
 
 
@@ -328,9 +326,7 @@ class Switch:
                 warning = f'399 dialswitch "{unusable}"'
                 return sipcheck.Answer(488, unusable, (("Warning", warning),))
         if not self.services.admit_leg("inbound"):
-            return sipcheck.Answer(
-                503, "Service Unavailable", (("Retry-After", CAPACITY_RETRY_AFTER),)
-            )
+            return sipcheck.Answer(503, "Service Unavailable", (("Retry-After", RETRY_AFTER),))
         return None
 
     def _register(self, request: RegisterRequest) -> tuple[int, str, Sequence[tuple[str, str]]]:

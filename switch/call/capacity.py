@@ -35,6 +35,9 @@ MAX_LEGS = ENGINE_SLOTS - SLOT_HEADROOM
 DEFAULT_MAX_CALLS = 2000
 """``max_calls`` unless configured: 1000 bridged calls, which a 2-core machine carries
 with RTP both ways (bench/relay_bench.py)."""
+RETRY_AFTER = "5"
+"""Seconds an INVITE refused for want of capacity (``max_calls``, RTP ports) is told
+to wait."""
 ERROR_CAPACITY = 20503
 """Twilio's "Service unavailable": the REST error, and the notification of a
 ``<Dial>`` branch refused at capacity."""

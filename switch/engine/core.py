@@ -39,7 +39,7 @@ import pjsua2 as pj
 
 from switch import sipcheck
 from switch.call import protocol
-from switch.call.capacity import ENGINE_SLOTS
+from switch.call.capacity import ENGINE_SLOTS, RETRY_AFTER
 from switch.call.media_paths import Action, MediaPaths, Relay, Unrelay
 from switch.call.protocol import MediaError
 from switch.call.rtp_watch import RtpWatch
@@ -183,6 +183,9 @@ class _Endpoint(pj.Endpoint):  # type: ignore[misc]
         REGISTER the registrar's own answer (RFC 4475 3.3.7: an Authorization of an
         unknown scheme gets a fresh challenge).
         """
+        if prm.mediaStatus:
+            self._media_failed(prm)
+            return
         raw = prm.wholeMsg.encode("utf-8", "surrogateescape")
         if prm.parsed and not prm.dialogExists and self.admit is not None:
             method = raw[:8].split(b" ", 1)[0].decode("ascii", "replace")
@@ -213,6 +216,25 @@ class _Endpoint(pj.Endpoint):  # type: ignore[misc]
         response = sipcheck.stateless_response(raw, answer, to_tag=secrets.token_hex(6))
         if response is not None:
             prm.response = response.decode("utf-8")
+
+    def _media_failed(self, prm: pj.OnScreenRequestParam) -> None:
+        """An INVITE let in whose media could not be set up (deploy/pjsua2 patch 0035).
+
+        No free RTP port pair is a shortage, answered like capacity: 503 with
+        Retry-After, and said once. Any other cause keeps the SIP stack's answer and
+        is logged with it.
+        """
+        if prm.mediaStatus == ADDRESS_IN_USE and self.engine is not None:
+            self.engine._rtp_ports_taken()
+            prm.statusCode, prm.reason = 503, "Service Unavailable (no free RTP port)"
+            add_headers(prm.headers, (("Retry-After", RETRY_AFTER),))
+            return
+        log.warning(
+            "INVITE from %s refused %d: its media could not be set up: %s",
+            prm.srcAddress,
+            prm.statusCode,
+            prm.mediaError,
+        )
 
     @guarded
     def onTransportState(self, prm: pj.OnTransportStateParam) -> None:  # noqa: N802
@@ -606,6 +628,7 @@ class Engine:
         call.slot = prm.callId
         leg._attach(call)
         self._calls[prm.callId] = call
+        self._out_of_rtp_ports = False
         leg._mark_calling(request.header("call-id") or "")
         # Not from inside onIncomingCall: pjsua defers a hangup made there
         # (dropping its headers, e.g. Proxy-Authenticate) and aborts when

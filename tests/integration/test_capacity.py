@@ -32,7 +32,7 @@ from tests.integration.conftest import (
 )
 from tests.support import sipp
 from tests.support.rtp_peer import RtpPeer
-from tests.support.sipraw import SipUdp
+from tests.support.sipraw import SipUdp, ack_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -140,15 +140,28 @@ async def test_at_max_calls_the_next_invite_gets_503_and_the_call_up_keeps_its_a
 async def test_with_every_rtp_port_taken_new_legs_fail_and_the_switch_says_why_once(
     switch: SwitchProcess, app_server: AppServer
 ) -> None:
-    """Another process takes the rest of the range: two API calls fail at once (no
-    INVITE can offer media), each reported failed, and the switch's log says once,
-    at WARNING, what ran out and which setting to change."""
+    """Another process takes the rest of the range. An INVITE gets 503 with
+    Retry-After (a shortage, not a fault of the switch), two API calls fail at once
+    (no INVITE can offer media), each reported failed, and the switch's log says
+    once, at WARNING, what ran out and which setting to change."""
     app_server.routes["/voice"] = "<Response><Hangup/></Response>"
     client = Client(ACCOUNT_SID, AUTH_TOKEN)
     client.api.base_url = switch.http
     said = "no free RTP port pair in [sip] rtp_ports"
     before = switch.log().count(said)
     with held_ports(RTP_LOW + 2 * HELD_PAIRS, RTP_PAIRS - HELD_PAIRS):
+        async with SipUdp(switch.target()) as caller:
+            invite = caller.request("INVITE", f"sip:{NUMBER}@{switch.target()}", body=SDP)
+            caller.send(invite)
+            refused = await caller.final()
+            assert refused is not None, "the INVITE got no final answer"
+            caller.send(ack_for(invite, refused))
+        assert (refused.status, refused.reason) == (
+            503,
+            "Service Unavailable (no free RTP port)",
+        ), refused.text
+        assert refused.header("Retry-After") == "5", refused.text
+        assert switch.log().count(said) == before + 1, "the inbound shortage is said"
         sids = []
         for _ in range(2):
             created = await asyncio.to_thread(

@@ -123,6 +123,25 @@ class SipUdp:
         return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
 
 
+def ack_for(invite: bytes, final: Response) -> bytes:
+    """The ACK of a non-2xx final answer to ``invite`` (RFC 3261 17.1.1.3): the INVITE's
+    Via, From, Call-ID and CSeq number, the answer's To with its tag, no body."""
+    head = invite.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+    fields = {line.split(":", 1)[0].lower(): line for line in head[1:]}
+    number = fields["cseq"].split(":", 1)[1].split()[0]
+    lines = [
+        f"ACK {head[0].split(' ')[1]} SIP/2.0",
+        fields["via"],
+        fields["max-forwards"],
+        fields["from"],
+        f"To: {final.header('To')}",
+        fields["call-id"],
+        f"CSeq: {number} ACK",
+        "Content-Length: 0",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
 async def assert_alive(switch: SwitchProcess) -> None:
     """The switch process runs and its SIP side still answers an OPTIONS with 200."""
     assert switch.process is not None and switch.process.returncode is None
