@@ -95,6 +95,11 @@ class MediaPaths:
         path (the engine looks for it)."""
         return set(self._waiting)
 
+    @property
+    def waiting(self) -> bool:
+        """Whether any leg is `unheard`, without copying them (thousands may be)."""
+        return bool(self._waiting)
+
     def ended(self, leg: object) -> list[Action]:
         """``leg`` ended: its connections go; the legs it was connected with are decided
         again."""

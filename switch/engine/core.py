@@ -814,7 +814,7 @@ class Engine:
         packet, look for it soon."""
         self._carry_out(actions)
         slow = self._heard_misses >= HEARD_POLL_PATIENCE
-        if self.paths.unheard() and (self._heard_poll is None or slow):
+        if self.paths.waiting and (self._heard_poll is None or slow):
             if self._heard_poll is not None:
                 self._heard_poll.cancel()
             self._heard_misses = 0
@@ -843,7 +843,7 @@ class Engine:
                 heard = True
         self._heard_misses = 0 if heard else self._heard_misses + 1
         self._carry_out(actions)
-        if self.paths.unheard():
+        if self.paths.waiting:
             slow = self._heard_misses >= HEARD_POLL_PATIENCE
             wait = HEARD_POLL_SLOW if slow else HEARD_POLL
             self._heard_poll = self.loop.call_later(wait, self._look_for_rtp)

@@ -27,9 +27,11 @@ def test_a_pair_waits_for_both_legs_first_rtp() -> None:
     paths.heard("caller")
     assert [*paths.connected("caller", "child"), *paths.connected("child", "caller")] == []
     assert paths.unheard() == {"child"}  # what the engine looks for
+    assert paths.waiting
     assert paths.relayed == 0
     assert paths.heard("child") == [Relay("child", "caller")]
     assert paths.unheard() == set()
+    assert not paths.waiting
 
 
 def test_a_leg_that_never_sends_is_no_longer_looked_for_once_it_ends() -> None:
