@@ -111,6 +111,13 @@
  */
 #define PJSIP_POOL_RDATA_LEN            16384
 
+/* Bytes of released memory pools kept for reuse by pjsua's pool factory
+ * (patch 0039; stock pjsua keeps none, so every pool of every transaction,
+ * dialog and message was malloc'ed and freed). 8 MB holds the churn of
+ * some hundreds of calls a second.
+ */
+#define PJSUA_POOL_CACHE_CAPACITY       (8 * 1024 * 1024)
+
 /* Send buffers per UDP media transport (one per call leg) for RTP packets
  * whose send is still pending because the socket's kernel buffer is full;
  * each is PJMEDIA_MAX_MTU bytes plus an ioqueue operation key. The stock 4
