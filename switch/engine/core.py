@@ -40,6 +40,7 @@ import pjsua2 as pj
 from switch import sipcheck
 from switch.call import protocol
 from switch.call.capacity import ENGINE_SLOTS, RETRY_AFTER
+from switch.call.first_rtp import FirstRtpLooks
 from switch.call.media_paths import Action, MediaPaths, Relay, Unrelay
 from switch.call.protocol import MediaError
 from switch.call.rtp_watch import RtpWatch
@@ -58,6 +59,7 @@ PUMP_BURST = 64  # handle at most this many event batches before yielding to the
 CLOSED_TOKEN = struct.Struct("l")  # a recorder-closed token: a C long, native order
 CLOSED_READ = CLOSED_TOKEN.size * 1024  # bytes taken per read: whole tokens only
 RTP_CHECK_SECONDS = 5.0  # how often answered legs' RTP counts are read for rtp_timeout
+RTP_CHECK_PARTS = 10  # ... a tenth of them at a time: thousands at once held the loop
 TLS_HANDSHAKE_MS = 5000  # a TLS handshake not done by then fails the connection
 BROWSER_MEDIA_SECONDS = 10.0  # a browser's ICE and DTLS not done by then: hung up
 BROWSER_MEDIA_POLL = 0.05
@@ -65,8 +67,6 @@ SRTP_SUITES = ("AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32")
 BRIDGE_RATE = 8000  # Hz: the conference bridge's clock, and so every leg's audio
 ADDRESS_IN_USE = 120098  # PJ_STATUS_FROM_OS(EADDRINUSE): no RTP port pair could be bound
 HEARD_POLL = 0.2  # s between looks for the first packet of legs waiting to be relayed
-HEARD_POLL_SLOW = 1.0  # ... once none has come for HEARD_POLL_PATIENCE looks
-HEARD_POLL_PATIENCE = 10
 OPUS = "opus/48000/2"
 OPUS_RATE_FMTP = ("maxplaybackrate", "sprop-maxcapturerate")
 """The SDES suites offered and accepted: the two every SRTP phone and carrier has
@@ -395,7 +395,7 @@ class Engine:
         self.rtp = RtpCounts()  # counted as each stream ends (_PjCall)
         self.paths = MediaPaths(settings.relay)  # which bridged pairs are relayed
         self._heard_poll: asyncio.TimerHandle | None = None
-        self._heard_misses = 0
+        self._first_rtp = FirstRtpLooks()  # which waiting legs each look reads
         self._out_of_rtp_ports = False  # said once until a leg gets ports again
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -539,16 +539,19 @@ class Engine:
     async def _watch_rtp(self) -> None:
         """Hang up answered legs that received no RTP for ``rtp_timeout`` seconds."""
         watch = RtpWatch(self.settings.rtp_timeout)
-        every = min(RTP_CHECK_SECONDS, self.settings.rtp_timeout / 2)
-        while True:
+        every = min(RTP_CHECK_SECONDS, self.settings.rtp_timeout / 2) / RTP_CHECK_PARTS
+        for turn in itertools.count():
             await asyncio.sleep(every)
-            self._check_rtp(watch)
+            self._check_rtp(watch, turn % RTP_CHECK_PARTS)
 
-    def _check_rtp(self, watch: RtpWatch) -> None:
-        """One pass of `_watch_rtp`. A function of its own: a call object left in the
-        task's frame would outlive libDestroy() and abort the process."""
+    def _check_rtp(self, watch: RtpWatch, part: int) -> None:
+        """One step of `_watch_rtp`: the legs whose slot falls in ``part``. A function
+        of its own: a call object left in the task's frame would outlive libDestroy()
+        and abort the process."""
         now = self.loop.time()
         for slot, call in list(self._calls.items()):
+            if slot % RTP_CHECK_PARTS != part:
+                continue
             leg = call.leg
             index = leg._media_index
             if not leg.answered or index is None or call.gone:
@@ -564,7 +567,8 @@ class Engine:
                     self.settings.rtp_timeout,
                 )
                 leg.hangup()
-        watch.keep_only(self._calls)
+        if part == RTP_CHECK_PARTS - 1:
+            watch.keep_only(self._calls)
 
     async def shutdown(self, grace: float = 5.0) -> None:
         """Hang up every live call (BYE/CANCEL), wait for them to end, destroy pjsua2."""
@@ -813,11 +817,7 @@ class Engine:
         """Carry the decisions out; then, if a pair waits for a leg's first RTP
         packet, look for it soon."""
         self._carry_out(actions)
-        slow = self._heard_misses >= HEARD_POLL_PATIENCE
-        if self.paths.waiting and (self._heard_poll is None or slow):
-            if self._heard_poll is not None:
-                self._heard_poll.cancel()
-            self._heard_misses = 0
+        if self.paths.waiting and self._heard_poll is None:
             self._heard_poll = self.loop.call_later(HEARD_POLL, self._look_for_rtp)
 
     def _carry_out(self, actions: list[Action]) -> None:
@@ -830,23 +830,20 @@ class Engine:
 
     def _look_for_rtp(self) -> None:
         """Tell the relay decisions which waiting legs have sent RTP by now; look again
-        while some wait (every second once none has come for 2 s: a leg that never
-        sends keeps its pair on the bridge). Each look reads a leg's RTCP statistics
-        through pjsua2, which costs: at 250 calls/s, looking every 50 ms took about 5 %
-        of the event loop (py-spy)."""
+        in HEARD_POLL while some wait. A leg that never sends keeps its pair on the
+        bridge, and is read less and less often (switch/call/first_rtp.py): each read
+        of a leg's RTCP statistics through pjsua2 costs tens of microseconds."""
         self._heard_poll = None
+        now = self.loop.time()
         actions: list[Action] = []
-        heard = False
-        for leg in self.paths.unheard():
+        for leg in self._first_rtp.due(self.paths.unheard(), now):
             if isinstance(leg, Leg) and self._packets_in(leg):
                 actions += self.paths.heard(leg)
-                heard = True
-        self._heard_misses = 0 if heard else self._heard_misses + 1
+            else:
+                self._first_rtp.nothing_yet(leg, now)
         self._carry_out(actions)
         if self.paths.waiting:
-            slow = self._heard_misses >= HEARD_POLL_PATIENCE
-            wait = HEARD_POLL_SLOW if slow else HEARD_POLL
-            self._heard_poll = self.loop.call_later(wait, self._look_for_rtp)
+            self._heard_poll = self.loop.call_later(HEARD_POLL, self._look_for_rtp)
 
     def _relay_pair(self, a: Leg, b: Leg) -> None:
         """Relay in C, then take the pair's bridge connections away (its ports are out
