@@ -3,14 +3,15 @@
 A bridged pair is relayed once both legs have sent RTP
 (switch/call/media_paths.py). The engine learns that a leg has by reading its
 received-packet count, a call into pjsua2 that costs tens of microseconds. Most
-legs send within a fraction of a second; some never do (a phone that sends
-nothing while muted, a far end that holds the call, a test without media). With
-thousands of calls up, looking at each of those every fraction of a second took
-the event loop whole milliseconds at a time, so each leg is looked at first at the
-next look after it starts waiting, then after ``first`` seconds, and the wait
-doubles with each look that finds nothing, up to ``longest``. A leg that starts
-sending late is relayed at most ``longest`` seconds after; the bridge carries its
-audio meanwhile.
+legs send within a fraction of a second, and the sooner their pair leaves the
+bridge the better, so a waiting leg is looked at on the first look after it starts
+waiting and then every ``first`` seconds for ``patience`` seconds. Some never send
+(a phone that sends nothing while muted, a far end that holds the call, a test
+without media): with thousands of calls up, reading each of those every fraction of
+a second took the event loop whole milliseconds at a time, so past ``patience`` the
+wait doubles with each look that finds nothing, up to ``longest``. A leg that
+starts sending late is relayed at most ``longest`` seconds after; the bridge
+carries its audio meanwhile.
 """
 
 from __future__ import annotations
@@ -19,20 +20,26 @@ from collections.abc import Collection, Hashable
 from dataclasses import dataclass
 
 FIRST_WAIT = 0.2
-"""Seconds between the first looks at a waiting leg."""
+"""Seconds between the looks at a leg that started waiting less than PATIENCE ago."""
+PATIENCE = 2.0
+"""Seconds a leg is looked at every FIRST_WAIT before the waits grow."""
 LONGEST_WAIT = 5.0
 """The most seconds between two looks at a leg that has sent nothing yet."""
 
 
 @dataclass
 class _Look:
-    at: float  # when the leg is looked at next
-    wait: float  # seconds to the look after that one
+    since: float  # when the leg started waiting
+    at: float  # when it is looked at next
+    wait: float  # seconds between looks once past patience
 
 
 class FirstRtpLooks:
-    def __init__(self, first: float = FIRST_WAIT, longest: float = LONGEST_WAIT) -> None:
+    def __init__(
+        self, first: float = FIRST_WAIT, patience: float = PATIENCE, longest: float = LONGEST_WAIT
+    ) -> None:
         self.first = first
+        self.patience = patience
         self.longest = longest
         self._looks: dict[Hashable, _Look] = {}
 
@@ -42,15 +49,19 @@ class FirstRtpLooks:
         looks: dict[Hashable, _Look] = {}
         due = []
         for leg in waiting:
-            look = looks[leg] = self._looks.get(leg) or _Look(now, self.first)
+            look = looks[leg] = self._looks.get(leg) or _Look(now, now, self.first)
             if now >= look.at:
                 due.append(leg)
         self._looks = looks
         return due
 
     def nothing_yet(self, leg: Hashable, now: float) -> None:
-        """A look at ``leg`` found no packet: the next one waits longer."""
+        """A look at ``leg`` found no packet: when to look next."""
         look = self._looks.get(leg)
-        if look is not None:
-            look.at = now + look.wait
-            look.wait = min(look.wait * 2, self.longest)
+        if look is None:
+            return
+        if now - look.since < self.patience:
+            look.at = now + self.first
+            return
+        look.at = now + look.wait
+        look.wait = min(look.wait * 2, self.longest)
