@@ -55,6 +55,10 @@ class FirstRtpLooks:
         self._looks = looks
         return due
 
+    def clear(self) -> None:
+        """No leg waits any more: keep none (a leg kept here would outlive its call)."""
+        self._looks = {}
+
     def nothing_yet(self, leg: Hashable, now: float) -> None:
         """A look at ``leg`` found no packet: when to look next."""
         look = self._looks.get(leg)

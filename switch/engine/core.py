@@ -844,6 +844,8 @@ class Engine:
         self._carry_out(actions)
         if self.paths.waiting:
             self._heard_poll = self.loop.call_later(HEARD_POLL, self._look_for_rtp)
+        else:
+            self._first_rtp.clear()
 
     def _relay_pair(self, a: Leg, b: Leg) -> None:
         """Relay in C, then take the pair's bridge connections away (its ports are out

@@ -36,3 +36,11 @@ def test_a_leg_that_stops_waiting_is_forgotten_and_starts_afresh() -> None:
     assert looks.due({"leg"}, 6.5) == ["leg"]  # waiting again (a re-INVITE): at once
     looks.nothing_yet("leg", 6.5)
     assert looks.due({"leg"}, 6.75) == ["leg"]  # and steadily again
+
+
+def test_cleared_it_keeps_no_leg() -> None:
+    looks = FirstRtpLooks(first=0.25)
+    looks.due({"leg"}, 0.0)
+    looks.clear()
+    looks.nothing_yet("leg", 0.0)  # forgotten: nothing to reschedule
+    assert looks.due({"leg"}, 0.125) == ["leg"]  # a new wait, looked at at once
