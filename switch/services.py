@@ -21,7 +21,7 @@ from media.audio import MAX_DOWNLOAD, AudioCache
 from media.tones import ensure_tone_files
 from switch.call.capacity import MAX_LEGS, Admission
 from switch.call.events import LegAnswered, LegEnded, LegEvent, LegProgressed
-from switch.call.protocol import Leg, MediaEngine
+from switch.call.protocol import Leg, MediaEngine, unsubscribed
 from switch.call.registry import CallRegistry
 from switch.call.status import final_status
 from switch.callback_journal import CallbackJournal
@@ -118,10 +118,6 @@ def webhooks_for(
 
 def new_call_sid() -> str:
     return "CA" + secrets.token_hex(16)
-
-
-def _nothing() -> None:
-    """An unsubscribe that has already run."""
 
 
 class Services:
@@ -233,7 +229,7 @@ class Services:
             return
         sent = time.monotonic()
         observed = False  # events already queued may still arrive after unsubscribing
-        stop: Callable[[], None] = _nothing
+        stop: Callable[[], None] = unsubscribed
 
         def seen(event: LegEvent) -> None:
             nonlocal observed, stop
@@ -241,7 +237,7 @@ class Services:
                 return
             observed = True
             stop()
-            stop = _nothing  # it referred back to seen: let reference counting free both
+            stop = unsubscribed  # it referred back to seen: let reference counting free both
             if not isinstance(event, LegEnded):
                 self.metrics.post_dial_delay(direction, time.monotonic() - sent)
 

@@ -17,6 +17,11 @@ from switch.call.leg import LegMachine, LegState
 from switch.sipmsg import SipMessage
 
 
+def unsubscribed() -> None:
+    """The unsubscribe of a subscription that holds nothing: one made to a leg that had
+    already ended (its LegEnded was its last event), or one already undone."""
+
+
 class Leg(Protocol):
     """One call leg. Every method is safe in any state: hanging up an ended leg does nothing."""
 

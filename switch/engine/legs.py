@@ -27,6 +27,7 @@ from switch.call.events import (
     TransferRequested,
 )
 from switch.call.leg import LegInput, LegMachine, LegState
+from switch.call.protocol import unsubscribed
 from switch.sipmsg import SipMessage
 
 if TYPE_CHECKING:
@@ -210,7 +211,7 @@ class Leg:
         """Receive this leg's events; returns a function that unsubscribes. An ended
         leg has sent its last event (LegEnded), so subscribing to it does nothing."""
         if self.ended.done():
-            return _nothing
+            return unsubscribed
         self._subscribers.append(fn)
         return lambda: self._subscribers.remove(fn) if fn in self._subscribers else None
 
@@ -404,10 +405,6 @@ class Leg:
     def _mark_calling(self, sip_call_id: str) -> None:
         self.sip_call_id = sip_call_id
         self.machine.process(LegInput.INVITED)
-
-
-def _nothing() -> None:
-    """Unsubscribe from a leg that had ended when subscribed to."""
 
 
 def _refer_target(refer_to: str) -> str:

@@ -37,7 +37,7 @@ from switch.call.events import (
     LegProgressed,
 )
 from switch.call.leg import LegInput, LegMachine, LegState
-from switch.call.protocol import Leg, Player
+from switch.call.protocol import Leg, Player, unsubscribed
 from switch.sipmsg import SipMessage, uri_user
 
 FarEnd = Callable[["FakeLeg"], Coroutine[Any, Any, None]]
@@ -132,7 +132,7 @@ class FakeLeg:
 
     def subscribe(self, fn: Callable[[LegEvent], None]) -> Callable[[], None]:
         if self.ended.done():  # as the engine's leg: LegEnded was the last event
-            return lambda: None
+            return unsubscribed
         self._subscribers.append(fn)
         return lambda: self._subscribers.remove(fn) if fn in self._subscribers else None
 
