@@ -4,8 +4,9 @@
 Every relay gets the same load from ``rtpload`` (bench/rtpload.c, built on first use
 with ``cc -O2`` into bench/results/): each call has two ends, a caller-side and a
 callee-side UDP socket on 127.0.0.1, each sending 50 packets/s of 20 ms PCMU (172
-bytes) to its side of the relay and receiving the other end's stream back on the
-same socket (symmetric RTP); the 2K streams are spread over the 20 ms period. Each
+bytes; ``--ptime 40``: 25 packets/s of 332 bytes) to its side of the relay and
+receiving the other end's stream back on the same socket (symmetric RTP); the 2K
+streams are spread over the period. Each
 payload carries its stream, sequence and CLOCK_MONOTONIC send time, so rtpload
 counts per direction what was sent, received, lost, duplicated or delivered to the
 wrong call, and the one-way delay. The relays:
@@ -190,10 +191,16 @@ class Rtpload(Child):
     ports: list[int]
 
     @classmethod
-    async def open(cls, workdir: Path, binary: Path, sockets: int, life: float) -> Rtpload:
-        """Start it with ``sockets`` sockets; it exits by itself after ``life`` s."""
+    async def open(
+        cls, workdir: Path, binary: Path, sockets: int, life: float, ptime: int
+    ) -> Rtpload:
+        """Start it with ``sockets`` sockets, each sending a packet every ``ptime`` ms;
+        it exits by itself after ``life`` s."""
         child = await Child.start(
-            workdir, "rtpload", str(binary), "gen", str(sockets), f"{life:.0f}", stdin=True
+            workdir,
+            "rtpload",
+            *(str(binary), "gen", str(sockets), f"{life:.0f}", str(ptime)),
+            stdin=True,
         )
         load = cls(child.name, child.process)
         try:
@@ -303,7 +310,7 @@ async def run_latching(
     load: Rtpload | None = None
     try:
         ports = await relay.port_list()
-        load = await Rtpload.open(workdir, rtpload_bin, 2 * args.calls, lifetime(args))
+        load = await Rtpload.open(workdir, rtpload_bin, 2 * args.calls, lifetime(args), args.ptime)
         result.calls_up = args.calls
         result.warmup_s = args.warmup
         await load.add(pair_peers(ports, args.calls))
@@ -408,10 +415,11 @@ class NgClient:
         self.sock.close()
 
 
-def plain_sdp(port: int, session: int) -> str:
+def plain_sdp(port: int, session: int, ptime: int) -> str:
     return (
         f"v=0\r\no=- {session} 1 IN IP4 127.0.0.1\r\ns=relay_bench\r\nc=IN IP4 127.0.0.1\r\n"
-        f"t=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+        f"t=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:{ptime}\r\n"
+        "a=sendrecv\r\n"
     )
 
 
@@ -424,7 +432,7 @@ def sdp_address(sdp: str) -> tuple[str, int]:
     return host.group(1), int(port.group(1))
 
 
-def rtpengine_calls(ng: NgClient, ports: list[int], calls: int) -> list[Peer]:
+def rtpengine_calls(ng: NgClient, ports: list[int], calls: int, ptime: int) -> list[Peer]:
     """One rtpengine call per pair: offer the caller side's SDP, answer with the callee
     side's; each end sends to the address rtpengine gave the other end's request."""
     peers = []
@@ -432,10 +440,15 @@ def rtpengine_calls(ng: NgClient, ports: list[int], calls: int) -> list[Peer]:
         a, b = 2 * i, 2 * i + 1
         base = {"call-id": f"relay-bench-{i}", "from-tag": f"a{i}"}
         offer = ng.request(
-            {"command": "offer", **base, "sdp": plain_sdp(ports[a], i), "ICE": "remove"}
+            {"command": "offer", **base, "sdp": plain_sdp(ports[a], i, ptime), "ICE": "remove"}
         )
         answer = ng.request(
-            {"command": "answer", **base, "to-tag": f"b{i}", "sdp": plain_sdp(ports[b], i)}
+            {
+                "command": "answer",
+                **base,
+                "to-tag": f"b{i}",
+                "sdp": plain_sdp(ports[b], i, ptime),
+            }
         )
         host_b, port_b = sdp_address(offer["sdp"])  # where the callee side sends
         host_a, port_a = sdp_address(answer["sdp"])  # where the caller side sends
@@ -472,9 +485,9 @@ async def run_rtpengine(args: argparse.Namespace, rtpload_bin: Path, workdir: Pa
                 if relay.process.returncode is not None or time.monotonic() > deadline:
                     raise RuntimeError("rtpengine did not answer ping") from None
                 await asyncio.sleep(0.2)
-        load = await Rtpload.open(workdir, rtpload_bin, 2 * args.calls, lifetime(args))
+        load = await Rtpload.open(workdir, rtpload_bin, 2 * args.calls, lifetime(args), args.ptime)
         t0 = time.monotonic()
-        peers = await asyncio.to_thread(rtpengine_calls, ng, load.ports, args.calls)
+        peers = await asyncio.to_thread(rtpengine_calls, ng, load.ports, args.calls, args.ptime)
         result.extra["ng_setup_s"] = round(time.monotonic() - t0, 2)
         result.extra["threads"] = len(os.listdir(f"/proc/{relay.pid}/task"))
         result.calls_up = args.calls
@@ -510,6 +523,7 @@ class DialApp(WebhookServer):
         return [("/voice", self._voice)]
 
 
+# [field1] of the -inf line: the ptime rtpload sends at.
 SDP_LINES = """v=0
       o=sipp 1 1 IN IP4 127.0.0.1
       s=-
@@ -517,6 +531,7 @@ SDP_LINES = """v=0
       t=0 0
       m=audio [field0] RTP/AVP 0
       a=rtpmap:0 PCMU/8000
+      a=ptime:[field1]
       a=sendrecv"""
 
 # The switch's SDP of a leg: its connection address and audio port, to <log>. (SIPp
@@ -701,7 +716,7 @@ async def run_dialswitch(args: argparse.Namespace, rtpload_bin: Path, workdir: P
     result.extra["switch_media"] = args.switch_media
     # rtpload binds its sockets first: the switch's and the SIPps' free ports are
     # picked after, so none of them can be one of rtpload's (all are ephemeral).
-    load = await Rtpload.open(workdir, rtpload_bin, 2 * calls, lifetime(args))
+    load = await Rtpload.open(workdir, rtpload_bin, 2 * calls, lifetime(args), args.ptime)
     ports = load.ports
     app = DialApp()
     switch: MediaSwitch | None = None
@@ -725,10 +740,10 @@ async def run_dialswitch(args: argparse.Namespace, rtpload_bin: Path, workdir: P
         rss_idle = rss_kb(switch.pid)
         index = {port: j for j, port in enumerate(ports)}
         (workdir / "caller.csv").write_text(
-            "SEQUENTIAL\n" + "".join(f"{ports[2 * i]};\n" for i in range(calls))
+            "SEQUENTIAL\n" + "".join(f"{ports[2 * i]};{args.ptime};\n" for i in range(calls))
         )
         (workdir / "callee.csv").write_text(
-            "SEQUENTIAL\n" + "".join(f"{ports[2 * i + 1]};\n" for i in range(calls))
+            "SEQUENTIAL\n" + "".join(f"{ports[2 * i + 1]};{args.ptime};\n" for i in range(calls))
         )
         setup_budget = calls / args.rate * 1.2 + args.setup_slack
         t_start = time.time()
@@ -909,7 +924,7 @@ def details(r: RelayResult) -> list[str]:
         out.append(
             f"    WARNING: rtpload fell behind (CPU {r.rtpload_cpu_pct:.0f}%, "
             f"{load['skipped_sends']} sends skipped): the delays are mostly its own backlog "
-            "and the offered load was below 50 packets/s per stream; the machine, not the "
+            "and the offered load was below a packet per ptime per stream; the machine, not the "
             "relay, is the limit"
         )
     if r.window["threads_pct"]:
@@ -948,7 +963,8 @@ async def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     results: list[RelayResult] = []
     print(
-        f"relay_bench: {args.calls} calls, 2 x 50 packets/s each, {args.warmup:g} s warm-up, "
+        f"relay_bench: {args.calls} calls, 2 x {1000 // args.ptime} packets/s each "
+        f"(ptime {args.ptime} ms), {args.warmup:g} s warm-up, "
         f"{args.seconds:g} s window; workdir {workdir}\n"
         f"switch tree {tree['commit'][:10]}, local changes {tree['local_changes_sha256']}, "
         f"pjsua2 {tree['pjsua2']}",
@@ -1025,6 +1041,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calls", type=int, default=500, help="bridged calls K (default 500)")
     p.add_argument("--seconds", type=float, default=20, help="measuring window (default 20)")
     p.add_argument("--warmup", type=float, default=3, help="seconds of RTP before it (3)")
+    p.add_argument(
+        "--ptime",
+        type=int,
+        default=20,
+        choices=(10, 20, 30, 40, 50, 60),
+        help="ms of audio per packet (20: 50 packets/s per stream each way)",
+    )
     p.add_argument(
         "--relays",
         default=",".join(RELAYS),

@@ -4,7 +4,7 @@
  * Built by relay_bench.py on first use (cc -O2); one thread, epoll, non-blocking
  * UDP sockets on 127.0.0.1 (ephemeral ports), Linux only.
  *
- *   rtpload gen N MAX_SECONDS
+ *   rtpload gen N MAX_SECONDS [PTIME_MS]
  *                     Bind N sockets, each on an even port P of the ephemeral range
  *                     with P + 1 bound too (where a far end sends that stream's RTCP,
  *                     which is counted and dropped), print {"ports": [P...]} on
@@ -17,16 +17,18 @@
  *                       window WARMUP SECONDS DRAIN
  *                                                  the measuring window opens WARMUP
  *                                                  seconds from now (fractions allowed)
- *                     Every socket with a peer sends 50 packets/s (20 ms PCMU: 12-byte
- *                     RTP header + 160 bytes of payload) from its peer line on, the N
- *                     sockets' slots spread evenly over the 20 ms period, and everything
+ *                     Every socket with a peer sends a packet every PTIME_MS (default
+ *                     20 ms: 50 packets/s of PCMU, a 12-byte RTP header and 160 bytes
+ *                     of payload; 8 bytes of payload per ms) from its peer line on,
+ *                     the N sockets' slots spread evenly over the period, and everything
  *                     is received on the same sockets (symmetric RTP). Prints
  *                     "window-start" when the window opens, "window-end" when it
  *                     closes (SECONDS later; sending stops there), waits DRAIN for late
  *                     packets, then prints one JSON line of results and exits; or exits
  *                     2 without one after MAX_SECONDS, or if the plan ends first.
  *                     Loss and delay count the packets sent inside the window (a send
- *                     due more than 40 ms ago is skipped and counted, not bursted).
+ *                     due more than two periods ago is skipped and counted, not
+ *                     bursted).
  *
  *   rtpload relay K MAX_SECONDS
  *                     The one-recv-one-send floor: bind K pairs of sockets, print
@@ -58,16 +60,18 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PERIOD_NS 20000000LL /* 20 ms: 50 packets/s per stream */
-#define PAYLOAD 160
-#define PACKET (12 + PAYLOAD)
+#define MAX_PTIME_MS 60
+#define MAX_PACKET (12 + 8 * MAX_PTIME_MS)
 #define RECORD 20       /* bytes of the record before nibble encoding */
 #define COPY (2 * RECORD)
 #define MAGIC 0x524cu   /* "RL" */
 #define BUCKET_NS 10000 /* delay histogram: 10 us buckets */
 #define BUCKETS 500000  /* up to 5 s; later ones go to the last bucket */
-#define SKIP_LATE_NS (2 * PERIOD_NS) /* a send this late is skipped, not bursted */
 #define BATCH 16
+
+/* A packet every period_ns (the ptime) per stream, with payload_len bytes of PCMU. */
+static int64_t period_ns = 20000000LL;
+static int payload_len = 160;
 
 static int64_t now_ns(void) {
     struct timespec ts;
@@ -214,7 +218,7 @@ static void encode(uint8_t *payload, uint32_t stream, uint32_t seq, int64_t sent
     put_be(r + 6, seq, 4);
     put_be(r + 10, (uint64_t)sent_ns, 8);
     put_be(r + 18, check16(r, 18), 2);
-    for (int c = 0; c < PAYLOAD / COPY; c++)
+    for (int c = 0; c < payload_len / COPY; c++)
         for (int i = 0; i < RECORD; i++) {
             payload[c * COPY + 2 * i] = (uint8_t)(0x40 | (r[i] >> 4));
             payload[c * COPY + 2 * i + 1] = (uint8_t)(0x40 | (r[i] & 15));
@@ -374,7 +378,8 @@ static int gen(int n, double max_seconds) {
      * socket sends in its slots from the plan line that gives it a peer on. */
     int64_t cycle = 0;
     int k = 0;
-    uint8_t pkt[PACKET];
+    uint8_t pkt[MAX_PACKET];
+    const int packet = 12 + payload_len;
     struct epoll_event evs[256];
     struct mmsghdr msgs[BATCH];
     struct iovec iovs[BATCH];
@@ -406,14 +411,14 @@ static int gen(int n, double max_seconds) {
             break;
         int64_t due = INT64_MAX;
         while (!window_done) {
-            due = t0 + cycle * PERIOD_NS + (int64_t)k * PERIOD_NS / n;
+            due = t0 + cycle * period_ns + (int64_t)k * period_ns / n;
             if (due > now || due >= w1)
                 break;
             Stream *s = &st[k];
             int64_t late = now - due;
             if (!s->sends) {
                 /* no peer (yet): an empty slot */
-            } else if (late > SKIP_LATE_NS) {
+            } else if (late > 2 * period_ns) { /* skipped, not bursted */
                 skipped++;
             } else {
                 if (late > send_late_max)
@@ -424,11 +429,11 @@ static int gen(int n, double max_seconds) {
                 pkt[0] = 0x80;
                 pkt[1] = 0; /* PCMU */
                 put_be(pkt + 2, s->seq & 0xffff, 2);
-                put_be(pkt + 4, (uint64_t)s->seq * 160u, 4);
+                put_be(pkt + 4, (uint64_t)s->seq * (uint64_t)payload_len, 4);
                 put_be(pkt + 8, 0x52000000u | (uint32_t)k, 4);
                 encode(pkt + 12, (uint32_t)k, s->seq, t);
-                if (sendto(fds[k], pkt, PACKET, 0, (struct sockaddr *)&s->to, sizeof s->to) ==
-                    PACKET) {
+                if (sendto(fds[k], pkt, (size_t)packet, 0, (struct sockaddr *)&s->to,
+                           sizeof s->to) == packet) {
                     if (t >= w0 && t < w1) {
                         if (!s->in_window) {
                             s->in_window = 1;
@@ -488,7 +493,7 @@ static int gen(int n, double max_seconds) {
                         w1 = w0 + (int64_t)(plan.seconds * 1e9);
                         t_end = w1 + (int64_t)(plan.drain * 1e9);
                         give_up = t_end + 5000000000LL;
-                        plan.window_bits = (size_t)(plan.seconds * 1e9 / PERIOD_NS) + 64;
+                        plan.window_bits = (size_t)(plan.seconds * 1e9 / (double)period_ns) + 64;
                         for (int i = 0; i < n; i++) {
                             st[i].seen = calloc(plan.window_bits / 8 + 1, 1);
                             if (!st[i].seen)
@@ -648,10 +653,21 @@ static int relay(int pairs, double max_seconds) {
 
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    if (argc == 4 && strcmp(argv[1], "gen") == 0)
+    if ((argc == 4 || argc == 5) && strcmp(argv[1], "gen") == 0) {
+        if (argc == 5) {
+            int ptime = atoi(argv[4]);
+            if (ptime < 10 || ptime > MAX_PTIME_MS || ptime % 10) {
+                fprintf(stderr, "rtpload: PTIME_MS must be 10, 20, ... %d\n", MAX_PTIME_MS);
+                return 2;
+            }
+            period_ns = ptime * 1000000LL;
+            payload_len = 8 * ptime;
+        }
         return gen(atoi(argv[2]), atof(argv[3]));
+    }
     if (argc == 4 && strcmp(argv[1], "relay") == 0)
         return relay(atoi(argv[2]), atof(argv[3]));
-    fprintf(stderr, "usage: rtpload gen N MAX_SECONDS | rtpload relay PAIRS MAX_SECONDS\n");
+    fprintf(stderr,
+            "usage: rtpload gen N MAX_SECONDS [PTIME_MS] | rtpload relay PAIRS MAX_SECONDS\n");
     return 2;
 }
