@@ -433,12 +433,34 @@ voice_url = "{self.app_base}/voice"
                 if idle(health):
                     break
             await asyncio.sleep(0.1)
-        return {
+        report = {
             "ok": idle(health),
             **{k: v for k, v in health.items() if k != "status"},
             "media_ports_idle": baseline.get("media_ports"),
             "waited_s": round(time.monotonic() - start, 2),
         }
+        if health.get("calls"):
+            report["live"] = await self.unfinished_calls()
+        return report
+
+    async def unfinished_calls(self, most: int = 20) -> list[dict[str, Any]]:
+        """The calls the Calls API still lists as queued, ringing or in progress (up to
+        ``most`` of each): what a failed leak check left behind."""
+        assert self._session is not None
+        found: list[dict[str, Any]] = []
+        url = f"http://127.0.0.1:{self.http_port}/2010-04-01/Accounts/{ACCOUNT_SID}/Calls.json"
+        auth = aiohttp.BasicAuth(ACCOUNT_SID, AUTH_TOKEN)
+        for status in ("queued", "ringing", "in-progress"):
+            with contextlib.suppress(aiohttp.ClientError, ValueError, TimeoutError):
+                params = {"Status": status, "PageSize": str(most)}
+                async with self._session.get(url, params=params, auth=auth) as response:
+                    page = await response.json()
+                found += [
+                    {k: call.get(k) for k in ("sid", "status", "direction", "start_time")}
+                    | {"parent": call.get("parent_call_sid")}
+                    for call in page.get("calls", [])
+                ]
+        return found
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
