@@ -786,7 +786,8 @@ def _build_dial(t: _Table) -> DialConfig:
     ringtone = (t.string("default_ringtone", "us") or "us").lower()
     if ringtone not in ringtone_codes():
         t.problem("default_ringtone", f"unknown ringtone {ringtone!r} (see media/ringback.tsv)")
-    max_calls = t.integer("max_calls", DEFAULT_MAX_CALLS, 1, 1_000_000)
+    # 2 at least: a new call is let in with room for its leg and its <Dial>'s.
+    max_calls = t.integer("max_calls", DEFAULT_MAX_CALLS, 2, 1_000_000)
     if max_calls > MAX_LEGS:
         t.problem(
             "max_calls",

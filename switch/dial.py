@@ -336,7 +336,7 @@ class DialRunner:
         if not branch.uri:
             self.events.put_nowait((branch.key, LegEnded(404, "No Route")))
             return
-        if not self.services.admit_leg("dial"):
+        if not self.services.admit_leg("dial", parent=self.caller.call_sid):
             self.session.notify(
                 ERROR_CAPACITY,
                 f"{branch.uri}: not dialled, the switch is at max_calls",
@@ -358,7 +358,7 @@ class DialRunner:
             branch.srtp,
         )
         branch.leg = leg
-        self.services.calls.add(ChildCall(self, branch, leg), top_level=False)
+        self.services.calls.add(ChildCall(self, branch, leg), parent=self.caller.call_sid)
         leg.keep_final_response = isinstance(branch.target, rcml.Sip)
         branch.started = datetime.now(UTC)
         key = branch.key

@@ -243,13 +243,14 @@ class Services:
 
         stop = leg.subscribe(seen)
 
-    def admit_leg(self, kind: str) -> bool:
-        """Room for one more leg (``kind``: inbound, dial or api) under [dial] max_calls.
+    def admit_leg(self, kind: str, parent: str | None = None) -> bool:
+        """Room for one more leg (``kind``: inbound, dial or api) under [dial] max_calls;
+        ``parent``: the call a ``<Dial>`` branch belongs to.
 
         A refusal is counted in /metrics; reaching capacity is logged once, at
         WARNING, until there is room again.
         """
-        admission = self.calls.admit(self.engine.leg_count(), new_call=kind != "dial")
+        admission = self.calls.admit(self.engine.leg_count(), parent, self.engine.arriving())
         if admission.admitted:
             return True
         self.metrics.capacity_refused(kind)

@@ -3,11 +3,15 @@
 Every leg takes one of the engine's call slots and one RTP/RTCP port pair,
 whatever made it: an inbound INVITE, a ``<Dial>`` branch, an API call. So
 ``max_calls`` counts legs of every kind, and new work is refused while the
-live legs (plus the API calls accepted but not placed yet) are at it:
+legs held are at it: the live ones, the API calls accepted but not placed
+yet, and one kept for each call that has placed no ``<Dial>`` branch yet
+(switch/call/registry.py), so that a call let in always has a leg for its
+first callee:
 
 - an inbound INVITE gets 503 with Retry-After before the engine gives it a
   slot (switch/app.py, from the SIP stack's request screen);
-- a ``<Dial>`` branch fails at once with 503, the others still ring;
+- a ``<Dial>`` branch beyond the one kept for its call fails at once with
+  503, the others still ring;
 - a REST creation gets 503 with Twilio's 20503.
 
 The calls already up are never touched. `Capacity` decides; it says when a

@@ -5,8 +5,14 @@ calls, switch/api_calls.py while an API call is queued or ringing, a
 ``<Dial>`` child through its runner) that can describe itself (``view``) and
 take a REST command (``deliver``). Ended calls leave the registry and are
 found in the store. Admission (switch/call/capacity.py) counts legs against
-``[dial] max_calls``: the engine's live legs, which the caller passes, plus
-the API calls accepted here but not placed yet.
+``[dial] max_calls``: the engine's live legs, which the caller passes, the
+API calls accepted here but not placed yet, the incoming legs the engine
+has not handed over yet, and one leg kept for every top-level call that has
+not placed a ``<Dial>`` branch yet. A new call is admitted only with room for
+its own leg and the one kept for it, so a call let in is never left without
+a leg for its first branch: at capacity the next caller gets 503 rather than
+an answer and a hang-up. The kept leg goes with the first branch (or the
+call's end) and never comes back, so no count grows while calls end.
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ class CallRegistry:
         self._calls: dict[str, LiveCall] = {}
         self._top_level: set[str] = set()
         self._unplaced: set[str] = set()  # API calls accepted, their legs not placed yet
+        self._undialled: set[str] = set()  # top-level calls with no branch placed yet
 
     @property
     def max_calls(self) -> int:
@@ -102,18 +109,36 @@ class CallRegistry:
     def top_level(self) -> int:
         return len(self._top_level)
 
-    def admit(self, legs: int, new_call: bool = True) -> Admission:
-        """Room for one more leg while the engine has ``legs`` live (``new_call``: it
-        starts a call, as opposed to a branch of one already admitted)."""
-        return self.capacity.admit(legs + len(self._unplaced), new_call)
+    @property
+    def kept(self) -> int:
+        """Legs kept for first branches: one per top-level call that has none yet."""
+        return len(self._undialled)
 
-    def add(self, call: LiveCall, top_level: bool = True, unplaced: bool = False) -> None:
-        """Register ``call``; ``unplaced``: an API call whose leg will count from `placed`."""
-        self._calls[call.call_sid] = call
-        if top_level:
-            self._top_level.add(call.call_sid)
+    def admit(self, legs: int, parent: str | None = None, arriving: int = 0) -> Admission:
+        """Room for one more leg while the engine has ``legs`` live, ``arriving`` of
+        them incoming calls not handed over yet (each will keep a leg too): a new
+        call (``parent`` None) needs its own and one kept for its ``<Dial>``; the
+        first branch of ``parent`` takes the leg kept for it, any other needs one
+        of its own."""
+        held = legs + arriving + len(self._unplaced) + len(self._undialled)
+        if parent is None:
+            return self.capacity.admit(held + 1, new_call=True)
+        if parent in self._undialled:
+            held -= 1
+        return self.capacity.admit(held, new_call=False)
+
+    def add(self, call: LiveCall, parent: str | None = None, unplaced: bool = False) -> None:
+        """Register ``call``, a top-level call or a branch of ``parent``; ``unplaced``:
+        an API call whose leg will count from `placed`."""
+        sid = call.call_sid
+        self._calls[sid] = call
+        if parent is None:
+            self._top_level.add(sid)
+            self._undialled.add(sid)
+        else:
+            self._undialled.discard(parent)
         if unplaced:
-            self._unplaced.add(call.call_sid)
+            self._unplaced.add(sid)
 
     def placed(self, call_sid: str) -> None:
         """The API call's legs are in the engine now (and counted there)."""
@@ -127,6 +152,7 @@ class CallRegistry:
         self._calls.pop(call_sid, None)
         self._top_level.discard(call_sid)
         self._unplaced.discard(call_sid)
+        self._undialled.discard(call_sid)
 
     def get(self, call_sid: str) -> LiveCall | None:
         return self._calls.get(call_sid)

@@ -382,6 +382,7 @@ class Engine:
         self._browser_account: _Account | None = None
         self._relay: tuple[str, int] | None = None
         self._calls: dict[int, _PjCall] = {}
+        self._arriving = 0  # incoming legs waiting for _hand_over
         self._players: set[Player] = set()
         self._recorders: set[Recorder] = set()
         self._closing: dict[int, tuple[Recorder, asyncio.Future[None]]] = {}
@@ -637,7 +638,12 @@ class Engine:
         # Not from inside onIncomingCall: pjsua defers a hangup made there
         # (dropping its headers, e.g. Proxy-Authenticate) and aborts when
         # refusing an INVITE without SDP.
-        self.loop.call_soon(self.on_incoming, leg)
+        self._arriving += 1
+        self.loop.call_soon(self._hand_over, leg)
+
+    def _hand_over(self, leg: Leg) -> None:
+        self._arriving -= 1
+        self.on_incoming(leg)
 
     def place_call(
         self,
@@ -882,6 +888,11 @@ class Engine:
 
     def leg_count(self) -> int:
         return len(self._calls)
+
+    def arriving(self) -> int:
+        """INVITEs of this poll are screened one after the other before any is handed
+        over: each admission must count the call slots of those before it."""
+        return self._arriving
 
     def player(self, path: Path, loop: bool) -> Player:
         return Player(self, path, loop)

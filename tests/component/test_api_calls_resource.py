@@ -17,7 +17,7 @@ CALLEE = "+14155550101"
 
 async def test_creations_beyond_max_calls_are_refused_with_20503(harness: Harness) -> None:
     services = harness.services
-    services.calls.capacity.max_legs = 1
+    services.calls.capacity.max_legs = 2  # one call: its leg and one kept for a <Dial>
     harness.engine.far_end(CALLEE, rings())
     resource = CallsResource(services)
     app = web.Application()

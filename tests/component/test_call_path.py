@@ -766,6 +766,31 @@ async def test_a_branch_past_max_calls_is_not_dialled_and_the_others_ring(
     assert refused == 1
 
 
+async def test_a_new_call_is_refused_when_it_could_not_reach_its_callee(
+    harness: Harness,
+) -> None:
+    """A new call is let in only with room for its leg and one for its <Dial>.
+    With max_calls 3 and one call up, before its branch (its leg and the one
+    kept for it) and once bridged (two legs), the next INVITE is refused (503
+    at the SIP screen) instead of being answered and then hung up when its
+    branch finds no room; once the call ends, the next one is let in."""
+    harness.services.calls.capacity.max_legs = 3
+    harness.app.documents["/voice"] = dial(number(ALICE))
+    harness.engine.far_end(ALICE, answers(after=0.05))
+    call = harness.call()
+    assert not harness.services.admit_leg("inbound")
+    await harness.until(lambda: len(harness.engine.connections) == 2)  # bridged
+    assert not harness.services.admit_leg("inbound")
+    assert not harness.services.admit_leg("api")
+    refused = harness.services.metrics.registry.get_sample_value(
+        "dialswitch_capacity_refused_total", {"kind": "inbound"}
+    )
+    assert refused == 2
+    call.leg.far_hangup()
+    await call.finished()
+    await harness.until(lambda: harness.services.admit_leg("inbound"))
+
+
 async def test_a_finished_dial_leaves_no_reference_cycle(harness: Harness) -> None:
     """A finished <Dial> leaves no garbage that only the cycle collector can free:
     its runner, fork group, branches and session go when the last reference goes.

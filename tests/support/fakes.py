@@ -371,6 +371,9 @@ class FakeEngine:
     def leg_count(self) -> int:
         return len(self.live_legs())
 
+    def arriving(self) -> int:
+        return 0  # incoming() hands a leg over at once
+
     def far_end(self, user: str, behaviour: FarEnd) -> None:
         """What the callee reached at ``user`` (a number, an identity) does when INVITEd."""
         self._far_ends[user] = behaviour

@@ -43,15 +43,58 @@ class Live:
 
 
 def test_admission_counts_live_legs_and_api_calls_not_placed_yet() -> None:
-    registry = CallRegistry(max_calls=3)
-    assert registry.admit(legs=2).admitted
+    registry = CallRegistry(max_calls=4)
+    assert registry.admit(legs=2).admitted  # legs of calls no longer registered
     registry.add(Live("CA1"), unplaced=True)  # an API call, queued: its leg is promised
+    assert registry.kept == 1  # and one for its <Dial>
+    assert registry.admit(legs=0).admitted
+    assert registry.admit(legs=1) is Admission.NEWLY_FULL
+    registry.placed("CA1")  # now one of the engine's legs: the same count
+    assert registry.admit(legs=1).admitted
     assert registry.admit(legs=2) is Admission.NEWLY_FULL
-    registry.placed("CA1")  # now one of the engine's legs
-    assert registry.admit(legs=2).admitted
     registry.add(Live("CA2"), unplaced=True)
     registry.remove("CA2")  # withdrawn before it was placed
-    assert registry.admit(legs=2).admitted
+    assert registry.admit(legs=1).admitted and registry.kept == 1
+
+
+def test_a_call_let_in_keeps_a_leg_for_its_dial_that_other_branches_cannot_take() -> None:
+    """At capacity the next caller is refused, not answered and left without a
+    leg for its <Dial>: each call that has placed no branch yet holds one."""
+    registry = CallRegistry(max_calls=5)
+    registry.add(Live("CA1"))  # an inbound call: 1 leg, 1 kept
+    assert registry.admit(legs=1).admitted  # 1 + 1 held, room for 2 more
+    registry.add(Live("CA2"))
+    assert registry.admit(legs=2) is Admission.NEWLY_FULL  # 2 + 2 held, 1 free
+    assert registry.admit(legs=2, parent="CA1").admitted  # takes CA1's kept leg
+    registry.add(Live("CB1"), parent="CA1")
+    assert registry.kept == 1
+    assert registry.admit(legs=3, parent="CA1").admitted  # the one free leg: a 2nd branch
+    registry.add(Live("CB2"), parent="CA1")
+    assert registry.admit(legs=4, parent="CA1") is Admission.FULL  # not CA2's kept leg
+    assert registry.admit(legs=4, parent="CA2").admitted
+    registry.add(Live("CB3"), parent="CA2")
+    assert registry.kept == 0
+
+
+def test_the_kept_leg_goes_with_the_first_branch_and_does_not_come_back() -> None:
+    """Nothing held grows while calls end: a branch that ends gives its leg back
+    to everyone, not to its call (whose next <Dial> takes what is free)."""
+    registry = CallRegistry(max_calls=10)
+    registry.add(Live("CA1"))
+    registry.add(Live("CB1"), parent="CA1")
+    registry.remove("CB1")
+    assert registry.kept == 0
+    registry.add(Live("CA2"))
+    registry.remove("CA2")  # ended without a <Dial>
+    assert registry.kept == 0 and registry.top_level == 1
+
+
+def test_incoming_calls_not_handed_over_yet_count_with_their_kept_leg() -> None:
+    """The INVITEs of one poll are screened before any reaches the registry."""
+    registry = CallRegistry(max_calls=5)
+    assert registry.admit(legs=0).admitted
+    assert registry.admit(legs=1, arriving=1).admitted  # 2 held: room for 2 more
+    assert registry.admit(legs=2, arriving=2) is Admission.NEWLY_FULL  # 4 held, 1 free
 
 
 def test_reaching_capacity_is_news_once_until_there_is_room_again() -> None:

@@ -420,7 +420,7 @@ BAD = [
         "dial.default_ringtone",
         "unknown ringtone 'zz'",
     ),
-    (text(extra="[dial]\nmax_calls = 0"), "dial.max_calls", "between 1 and"),
+    (text(extra="[dial]\nmax_calls = 1"), "dial.max_calls", "between 2 and"),
     (text(extra="[webhooks]\nconnect_timeout = 0"), "webhooks.connect_timeout", "above 0"),
     (
         text(extra="[webhooks]\nconnect_timeout = 10\ntotal_timeout = 5"),
