@@ -250,20 +250,24 @@ class Services:
         A refusal is counted in /metrics; reaching capacity is logged once, at
         WARNING, until there is room again.
         """
-        admission = self.calls.admit(self.engine.leg_count(), parent, self.engine.arriving())
+        admission = self.calls.admit(
+            self.engine.leg_count(), time.monotonic(), parent, self.engine.arriving()
+        )
         if admission.admitted:
             return True
         self.metrics.capacity_refused(kind)
         if admission is Admission.NEWLY_BEHIND:
             logging.getLogger("dialswitch").warning(
                 "overloaded: the event loop runs %.0f ms late; new calls get 503 until it"
-                " catches up (more calls per second than this machine carries)",
+                " catches up (more calls per second than this machine carries; refusals"
+                " are counted in dialswitch_capacity_refused_total)",
                 1000 * self.calls.capacity.load.lag,
             )
         if admission is Admission.NEWLY_FULL:
             logging.getLogger("dialswitch").warning(
                 "at capacity: %d call legs, [dial] max_calls; new calls get 503 until legs"
-                " end (this build carries up to %d: raise max_calls if the machine has room)",
+                " end (this build carries up to %d: raise max_calls if the machine has room;"
+                " refusals are counted in dialswitch_capacity_refused_total)",
                 self.calls.max_calls,
                 MAX_LEGS,
             )

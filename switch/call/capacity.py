@@ -15,8 +15,9 @@ first callee:
 - a REST creation gets 503 with Twilio's 20503.
 
 The calls already up are never touched. `Capacity` decides; it says when a
-refusal is the first since there was room, so the switch logs reaching
-capacity once per episode instead of once per refused call.
+refusal starts an episode (the first after ``QUIET`` seconds without one), so
+the switch logs reaching capacity once per episode instead of once per
+refused call, or once per call let in between two refusals.
 
 Legs are not the only limit: past the rate the machine carries, the event loop
 falls behind, webhooks and answers come late and calls admitted earlier fail.
@@ -50,7 +51,7 @@ ERROR_CAPACITY = 20503
 class Admission(enum.Enum):
     ADMITTED = "admitted"
     FULL = "full"
-    NEWLY_FULL = "newly full"  # refused, and the first refusal since there was room
+    NEWLY_FULL = "newly full"  # refused, and the first refusal for QUIET seconds
     BEHIND = "behind"  # refused: the event loop runs late (LoopLoad)
     NEWLY_BEHIND = "newly behind"
     STOPPING = "stopping"
@@ -59,6 +60,9 @@ class Admission(enum.Enum):
     def admitted(self) -> bool:
         return self is Admission.ADMITTED
 
+
+QUIET = 30.0
+"""Seconds without a refusal that end an episode of them."""
 
 LAG_BEHIND = 0.25
 """Seconds the event loop may run late (smoothed) before new calls are refused."""
@@ -91,19 +95,18 @@ class Capacity:
         self.max_legs = max_legs
         self.stopping = False
         self.load = LoopLoad()
-        self._full = False
+        self._refused_at = -QUIET  # the last refusal (monotonic seconds)
 
-    def admit(self, legs: int, new_call: bool = True) -> Admission:
-        """For a new leg while ``legs`` are live or promised; ``new_call``: the leg
-        starts a call (inbound, API) rather than a branch of one already up."""
+    def admit(self, legs: int, now: float, new_call: bool = True) -> Admission:
+        """For a new leg while ``legs`` are live or held, at ``now``; ``new_call``: the
+        leg starts a call (inbound, API) rather than a branch of one already up."""
         if self.stopping:
             return Admission.STOPPING
         behind = new_call and self.load.behind
         if legs < self.max_legs and not behind:
-            if new_call:  # a branch of an admitted call does not end the episode
-                self._full = False
             return Admission.ADMITTED
-        first, self._full = not self._full, True
+        first = now - self._refused_at >= QUIET
+        self._refused_at = now
         if legs >= self.max_legs:
             return Admission.NEWLY_FULL if first else Admission.FULL
         return Admission.NEWLY_BEHIND if first else Admission.BEHIND

@@ -114,18 +114,20 @@ class CallRegistry:
         """Legs kept for first branches: one per top-level call that has none yet."""
         return len(self._undialled)
 
-    def admit(self, legs: int, parent: str | None = None, arriving: int = 0) -> Admission:
-        """Room for one more leg while the engine has ``legs`` live, ``arriving`` of
+    def admit(
+        self, legs: int, now: float, parent: str | None = None, arriving: int = 0
+    ) -> Admission:
+        """Room for one more leg at ``now`` while the engine has ``legs`` live, ``arriving`` of
         them incoming calls not handed over yet (each will keep a leg too): a new
         call (``parent`` None) needs its own and one kept for its ``<Dial>``; the
         first branch of ``parent`` takes the leg kept for it, any other needs one
         of its own."""
         held = legs + arriving + len(self._unplaced) + len(self._undialled)
         if parent is None:
-            return self.capacity.admit(held + 1, new_call=True)
+            return self.capacity.admit(held + 1, now, new_call=True)
         if parent in self._undialled:
             held -= 1
-        return self.capacity.admit(held, new_call=False)
+        return self.capacity.admit(held, now, new_call=False)
 
     def add(self, call: LiveCall, parent: str | None = None, unplaced: bool = False) -> None:
         """Register ``call``, a top-level call or a branch of ``parent``; ``unplaced``:

@@ -15,6 +15,7 @@ from switch.call.capacity import (
     LAG_CAUGHT_UP,
     LAG_SMOOTHING,
     MAX_LEGS,
+    QUIET,
     Admission,
     Capacity,
     LoopLoad,
@@ -44,17 +45,17 @@ class Live:
 
 def test_admission_counts_live_legs_and_api_calls_not_placed_yet() -> None:
     registry = CallRegistry(max_calls=4)
-    assert registry.admit(legs=2).admitted  # legs of calls no longer registered
+    assert registry.admit(legs=2, now=0.0).admitted  # legs of calls no longer registered
     registry.add(Live("CA1"), unplaced=True)  # an API call, queued: its leg is promised
     assert registry.kept == 1  # and one for its <Dial>
-    assert registry.admit(legs=0).admitted
-    assert registry.admit(legs=1) is Admission.NEWLY_FULL
+    assert registry.admit(legs=0, now=0.0).admitted
+    assert registry.admit(legs=1, now=0.0) is Admission.NEWLY_FULL
     registry.placed("CA1")  # now one of the engine's legs: the same count
-    assert registry.admit(legs=1).admitted
-    assert registry.admit(legs=2) is Admission.NEWLY_FULL
+    assert registry.admit(legs=1, now=0.0).admitted
+    assert registry.admit(legs=2, now=0.0) is Admission.FULL  # the same episode
     registry.add(Live("CA2"), unplaced=True)
     registry.remove("CA2")  # withdrawn before it was placed
-    assert registry.admit(legs=1).admitted and registry.kept == 1
+    assert registry.admit(legs=1, now=0.0).admitted and registry.kept == 1
 
 
 def test_a_call_let_in_keeps_a_leg_for_its_dial_that_other_branches_cannot_take() -> None:
@@ -62,16 +63,16 @@ def test_a_call_let_in_keeps_a_leg_for_its_dial_that_other_branches_cannot_take(
     leg for its <Dial>: each call that has placed no branch yet holds one."""
     registry = CallRegistry(max_calls=5)
     registry.add(Live("CA1"))  # an inbound call: 1 leg, 1 kept
-    assert registry.admit(legs=1).admitted  # 1 + 1 held, room for 2 more
+    assert registry.admit(legs=1, now=0.0).admitted  # 1 + 1 held, room for 2 more
     registry.add(Live("CA2"))
-    assert registry.admit(legs=2) is Admission.NEWLY_FULL  # 2 + 2 held, 1 free
-    assert registry.admit(legs=2, parent="CA1").admitted  # takes CA1's kept leg
+    assert registry.admit(legs=2, now=0.0) is Admission.NEWLY_FULL  # 2 + 2 held, 1 free
+    assert registry.admit(legs=2, now=0.0, parent="CA1").admitted  # takes CA1's kept leg
     registry.add(Live("CB1"), parent="CA1")
     assert registry.kept == 1
-    assert registry.admit(legs=3, parent="CA1").admitted  # the one free leg: a 2nd branch
+    assert registry.admit(legs=3, now=0.0, parent="CA1").admitted  # the one free leg: a 2nd branch
     registry.add(Live("CB2"), parent="CA1")
-    assert registry.admit(legs=4, parent="CA1") is Admission.FULL  # not CA2's kept leg
-    assert registry.admit(legs=4, parent="CA2").admitted
+    assert registry.admit(legs=4, now=0.0, parent="CA1") is Admission.FULL  # not CA2's kept leg
+    assert registry.admit(legs=4, now=0.0, parent="CA2").admitted
     registry.add(Live("CB3"), parent="CA2")
     assert registry.kept == 0
 
@@ -92,19 +93,23 @@ def test_the_kept_leg_goes_with_the_first_branch_and_does_not_come_back() -> Non
 def test_incoming_calls_not_handed_over_yet_count_with_their_kept_leg() -> None:
     """The INVITEs of one poll are screened before any reaches the registry."""
     registry = CallRegistry(max_calls=5)
-    assert registry.admit(legs=0).admitted
-    assert registry.admit(legs=1, arriving=1).admitted  # 2 held: room for 2 more
-    assert registry.admit(legs=2, arriving=2) is Admission.NEWLY_FULL  # 4 held, 1 free
+    assert registry.admit(legs=0, now=0.0).admitted
+    assert registry.admit(legs=1, now=0.0, arriving=1).admitted  # 2 held: room for 2 more
+    assert registry.admit(legs=2, now=0.0, arriving=2) is Admission.NEWLY_FULL  # 4 held, 1 free
 
 
-def test_reaching_capacity_is_news_once_until_there_is_room_again() -> None:
+def test_reaching_capacity_is_news_once_until_a_quiet_spell() -> None:
+    """Calls let in between refusals do not make each refusal news: an episode
+    ends after QUIET seconds without one."""
     capacity = Capacity(max_legs=2)
-    assert [capacity.admit(n) for n in (1, 2, 2, 3, 1, 2)] == [
+    steps = [(1, 0.0), (2, 0.0), (2, 1.0), (3, 2.0), (1, 3.0), (2, 4.0), (2, 4.0 + QUIET)]
+    assert [capacity.admit(legs, now) for legs, now in steps] == [
         Admission.ADMITTED,
         Admission.NEWLY_FULL,
         Admission.FULL,
         Admission.FULL,
         Admission.ADMITTED,
+        Admission.FULL,  # room a moment ago, but the same episode
         Admission.NEWLY_FULL,
     ]
 
@@ -114,11 +119,11 @@ def test_a_loop_running_late_refuses_new_calls_but_not_branches_of_admitted_ones
     for _ in range(20):
         capacity.load.observe(0.4)  # every probe 400 ms late
     assert capacity.load.behind
-    assert capacity.admit(10) is Admission.NEWLY_BEHIND
-    assert capacity.admit(10) is Admission.BEHIND
-    assert capacity.admit(10, new_call=False) is Admission.ADMITTED  # a <Dial> branch
-    assert capacity.admit(10) is Admission.BEHIND  # the same episode: not news again
-    assert capacity.admit(100, new_call=False) is Admission.FULL
+    assert capacity.admit(10, 0.0) is Admission.NEWLY_BEHIND
+    assert capacity.admit(10, 0.0) is Admission.BEHIND
+    assert capacity.admit(10, 0.0, new_call=False) is Admission.ADMITTED  # a <Dial> branch
+    assert capacity.admit(10, 0.0) is Admission.BEHIND  # the same episode: not news again
+    assert capacity.admit(100, 0.0, new_call=False) is Admission.FULL
 
 
 def test_the_loop_is_behind_after_sustained_lateness_and_caught_up_with_hysteresis() -> None:
@@ -136,13 +141,13 @@ def test_the_loop_is_behind_after_sustained_lateness_and_caught_up_with_hysteres
     assert not load.behind
     capacity = Capacity(max_legs=100)
     capacity.load = load
-    assert capacity.admit(10) is Admission.ADMITTED
+    assert capacity.admit(10, 0.0) is Admission.ADMITTED
 
 
 def test_stopping_admits_nothing() -> None:
     registry = CallRegistry(max_calls=10)
     registry.stopping = True
-    assert registry.admit(legs=0) is Admission.STOPPING
+    assert registry.admit(legs=0, now=0.0) is Admission.STOPPING
 
 
 def test_replace_keeps_the_call() -> None:
