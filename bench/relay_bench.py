@@ -62,6 +62,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+import aiohttp  # noqa: E402
 import benchlib  # noqa: E402
 from aiohttp import web  # noqa: E402
 from benchlib import (  # noqa: E402
@@ -817,7 +818,11 @@ async def run_dialswitch(args: argparse.Namespace, rtpload_bin: Path, workdir: P
         result.fill(await load.window(switch.pid, room - seconds, seconds))
         result.extra["rss_kb_idle"] = rss_idle
         result.extra["rss_kb_calls_up"] = rss_calls
-        result.extra["legs_live_after_window"] = await switch.live_calls()
+        health: dict[str, Any] = {}
+        with contextlib.suppress(aiohttp.ClientError, ValueError, TimeoutError):
+            health = await switch.health()
+        result.extra["legs_live_after_window"] = health.get("calls")
+        result.extra["relayed_after_window"] = health.get("relayed")  # pairs off the bridge
 
         # -- hang-up (the callers' BYEs at hangup_at), leak check, the switch's counters
         caller_exit = await caller.wait(hangup_at - time.time() + 40)
@@ -941,7 +946,11 @@ def details(r: RelayResult) -> list[str]:
             f"leak check {leak}; caller ok/failed {x['caller']['ok']}/{x['caller']['failed']}, "
             f"callee {x['callee']['ok']}/{x['callee']['failed']}; log {x['switch_log']}"
         )
-        out.append(f"    switch RTP counters over the run: {x['switch_rtp']}")
+        out.append(
+            f"    at the window's end: {x.get('legs_live_after_window')} legs, "
+            f"{x.get('relayed_after_window')} pairs relayed; "
+            f"switch RTP counters over the run: {x['switch_rtp']}"
+        )
         for e in x.get("sipp_errors", [])[:4]:
             out.append(f"    sipp: {e[:160]}")
     return out
