@@ -247,8 +247,8 @@ class Services:
         """Room for one more leg (``kind``: inbound, dial or api) under [dial] max_calls;
         ``parent``: the call a ``<Dial>`` branch belongs to.
 
-        A refusal is counted in /metrics; reaching capacity is logged once, at
-        WARNING, until there is room again.
+        A refusal is counted in /metrics; reaching capacity, or the loop falling
+        behind, is logged at WARNING once per episode (switch/call/capacity.py).
         """
         admission = self.calls.admit(
             self.engine.leg_count(), time.monotonic(), parent, self.engine.arriving()

@@ -117,11 +117,11 @@ class CallRegistry:
     def admit(
         self, legs: int, now: float, parent: str | None = None, arriving: int = 0
     ) -> Admission:
-        """Room for one more leg at ``now`` while the engine has ``legs`` live, ``arriving`` of
-        them incoming calls not handed over yet (each will keep a leg too): a new
-        call (``parent`` None) needs its own and one kept for its ``<Dial>``; the
-        first branch of ``parent`` takes the leg kept for it, any other needs one
-        of its own."""
+        """Room for one more leg at ``now`` while the engine has ``legs`` live,
+        ``arriving`` of them incoming calls not handed over yet (each will keep a
+        leg too): a new call (``parent`` None) needs its own and one kept for its
+        ``<Dial>``; the first branch of ``parent`` takes the leg kept for it, any
+        other needs one of its own."""
         held = legs + arriving + len(self._unplaced) + len(self._undialled)
         if parent is None:
             return self.capacity.admit(held + 1, now, new_call=True)

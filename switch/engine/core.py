@@ -890,8 +890,9 @@ class Engine:
         return len(self._calls)
 
     def arriving(self) -> int:
-        """INVITEs of this poll are screened one after the other before any is handed
-        over: each admission must count the call slots of those before it."""
+        """The INVITEs of one poll are screened one after the other before any is
+        handed over: each admission counts the leg those before it will keep for
+        their ``<Dial>`` (their own legs are in ``leg_count`` already)."""
         return self._arriving
 
     def player(self, path: Path, loop: bool) -> Player:
