@@ -176,6 +176,46 @@ async def test_a_star_through_the_relay_reaches_the_far_end_and_ends_the_child(
 
 
 @bounded(60)
+async def test_digits_after_a_relayed_dial_reach_the_gather_that_follows(
+    switch: SwitchProcess, app_server: AppServer, workdir
+) -> None:
+    """The caller's RFC 4733 digits are still the switch's once the relayed call is
+    over: after ``*`` ends the child, a ``<Gather>`` in the action's document gets
+    the digits the caller sends next."""
+    app_server.routes["/voice"] = (
+        f'<Response><Dial action="/action" hangupOnStar="true"><Number>{CALLEE}</Number>'
+        "</Dial></Response>"
+    )
+    app_server.routes["/action"] = (
+        '<Response><Gather numDigits="2" timeout="10" action="/gathered"/></Response>'
+    )
+    app_server.routes["/gathered"] = "<Response><Hangup/></Response>"
+    caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000)
+    await started(caller_audio, callee_audio)
+    callee = sipp.Sipp(
+        workdir,
+        "callee",
+        sipp.callee("answer", rtp_port=callee_audio.port, ring_ms=500),  # never hangs up
+        port=switch.trunk_port,
+    )
+    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
+    async with on_call(switch, [caller_audio, callee_audio], [callee], [caller]):
+        await switch.wait_relayed(1)
+        await caller_audio.wait_for_audio(0.5, since=asyncio.get_running_loop().time())
+        caller_audio.send_digit(STAR)
+        (action,) = await app_server.wait_for("/action", timeout=20)
+        assert (await switch.health())["relayed"] == 0
+        caller_audio.send_digit(4)
+        caller_audio.send_digit(2)
+        (gathered,) = await app_server.wait_for("/gathered", timeout=20)
+    await switch.wait_idle()
+    assert action.params["DialCallStatus"] == "completed"
+    assert gathered.params["Digits"] == "42"
+    assert [e.event for e in callee_audio.events][:1] == [STAR]  # the * went through
+    assert {e.event for e in callee_audio.events} == {STAR}  # the 4 and 2 did not
+
+
+@bounded(60)
 async def test_pcmu_against_pcma_stays_on_the_bridge_and_is_transcoded(
     switch: SwitchProcess, app_server: AppServer, workdir
 ) -> None:
