@@ -216,6 +216,45 @@ async def test_digits_after_a_relayed_dial_reach_the_gather_that_follows(
 
 
 @bounded(60)
+async def test_a_payload_type_not_negotiated_is_dropped_and_counted_not_relayed(
+    switch: SwitchProcess, app_server: AppServer, workdir
+) -> None:
+    """Packets of a payload type the caller's leg did not negotiate (96), in the
+    caller's own stream, are discarded and counted; the callee gets none of them
+    and still one unbroken stream of the caller's audio."""
+    app_server.routes["/voice"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
+    caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000)
+    await started(caller_audio, callee_audio)
+    callee = sipp.Sipp(
+        workdir,
+        "callee",
+        sipp.callee("answer", rtp_port=callee_audio.port, ring_ms=500, hangup_after_ms=5000),
+        port=switch.trunk_port,
+    )
+    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
+    before = samples((await scrape(switch))[1])
+    async with on_call(switch, [caller_audio, callee_audio], [callee], [caller]):
+        await switch.wait_relayed(1)
+        await callee_audio.wait_for_audio(0.5, since=asyncio.get_running_loop().time())
+        assert caller_audio.transport is not None and caller_audio.remote is not None
+        for n in range(100):  # 50 a second for 2 s, beside the caller's own packets
+            stray = RtpPacket(96, n, 160 * n, caller_audio.ssrc, bytes(160)).serialize()
+            caller_audio.transport.sendto(stray, caller_audio.remote)
+            await asyncio.sleep(0.02)
+        heard_after = len(callee_audio.packets)
+        await callee_audio.wait_for_audio(0.5, since=asyncio.get_running_loop().time())
+        assert len(callee_audio.packets) > heard_after  # the relay goes on
+    await switch.wait_idle()
+    after = samples((await scrape(switch))[1])
+    assert {r.packet.payload_type for r in callee_audio.packets} == {PCMU}
+    one_stream(callee_audio.packets, {PCMU})
+    discarded = value(after, "dialswitch_rtp_packets_discarded_total", direction="rx") - value(
+        before, "dialswitch_rtp_packets_discarded_total", direction="rx"
+    )
+    assert discarded >= 100, discarded
+
+
+@bounded(60)
 async def test_pcmu_against_pcma_stays_on_the_bridge_and_is_transcoded(
     switch: SwitchProcess, app_server: AppServer, workdir
 ) -> None:

@@ -54,6 +54,7 @@ class RtpPeer(asyncio.DatagramProtocol):
         self.packets: list[ReceivedPacket] = []
         self.events: list[TelephoneEvent] = []
         self.sent = 0
+        self.ssrc = random.getrandbits(32)  # of the stream it sends
         self._digits: list[int] = []
         self._sender: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
@@ -98,7 +99,7 @@ class RtpPeer(asyncio.DatagramProtocol):
 
     async def _send(self) -> None:
         loop = asyncio.get_running_loop()
-        ssrc = random.getrandbits(32)
+        ssrc = self.ssrc
         seq = random.getrandbits(16)
         ts = random.getrandbits(32)
         n = 0  # frames of time sent
