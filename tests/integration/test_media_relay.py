@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -30,6 +31,7 @@ from tests.integration.conftest import (
     AUTH_TOKEN,
     NUMBER,
     AppServer,
+    Recorded,
     SwitchProcess,
     bounded,
 )
@@ -97,6 +99,45 @@ async def on_call(
             peer.close()
 
 
+async def relayed_parties(
+    switch: SwitchProcess, workdir: Path, hangup_after_ms: int | None = None
+) -> tuple[RtpPeer, RtpPeer, sipp.Sipp, sipp.Sipp]:
+    """A caller's audio at 600 Hz and a callee's at 1000 Hz (started), the callee
+    behind the trunk answering after 500 ms of ringing (hanging up after
+    ``hangup_after_ms``, or never), and the caller calling the number: the
+    parties of one call for `on_call`."""
+    caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000)
+    await started(caller_audio, callee_audio)
+    callee = sipp.Sipp(
+        workdir,
+        "callee",
+        sipp.callee(
+            "answer", rtp_port=callee_audio.port, ring_ms=500, hangup_after_ms=hangup_after_ms
+        ),
+        port=switch.trunk_port,
+    )
+    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
+    return caller_audio, callee_audio, callee, caller
+
+
+HANGUP_ON_STAR = (
+    f'<Response><Dial action="/action" hangupOnStar="true"><Number>{CALLEE}</Number>'
+    "</Dial></Response>"
+)
+
+
+async def star_ends_the_relayed_child(
+    switch: SwitchProcess, app_server: AppServer, caller_audio: RtpPeer
+) -> Recorded:
+    """Once the call is relayed and talking, the caller presses ``*``; returns the
+    request for the Dial's action (the ``HANGUP_ON_STAR`` document's)."""
+    await switch.wait_relayed(1)
+    await caller_audio.wait_for_audio(0.5, since=asyncio.get_running_loop().time())
+    caller_audio.send_digit(STAR)
+    (action,) = await app_server.wait_for("/action", timeout=20)
+    return action
+
+
 def pcmu_callee_as_pcma(scenario: str) -> str:
     """``sipp.callee``'s scenario answering with PCMA only."""
     answered = scenario.replace("RTP/AVP 0 101", "RTP/AVP 8 101")
@@ -146,25 +187,11 @@ async def test_a_star_through_the_relay_reaches_the_far_end_and_ends_the_child(
     """hangupOnStar with a relayed call: the caller's RFC 4733 ``*`` is passed on to
     the callee as telephone events and still seen by the switch, which hangs the
     callee up and runs the action."""
-    app_server.routes["/voice"] = (
-        f'<Response><Dial action="/action" hangupOnStar="true"><Number>{CALLEE}</Number>'
-        "</Dial></Response>"
-    )
+    app_server.routes["/voice"] = HANGUP_ON_STAR
     app_server.routes["/action"] = "<Response><Hangup/></Response>"
-    caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000)
-    await started(caller_audio, callee_audio)
-    callee = sipp.Sipp(
-        workdir,
-        "callee",
-        sipp.callee("answer", rtp_port=callee_audio.port, ring_ms=500),  # never hangs up
-        port=switch.trunk_port,
-    )
-    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
+    caller_audio, callee_audio, callee, caller = await relayed_parties(switch, workdir)
     async with on_call(switch, [caller_audio, callee_audio], [callee], [caller]):
-        await switch.wait_relayed(1)
-        await caller_audio.wait_for_audio(0.5, since=asyncio.get_running_loop().time())
-        caller_audio.send_digit(STAR)
-        (action,) = await app_server.wait_for("/action", timeout=20)
+        action = await star_ends_the_relayed_child(switch, app_server, caller_audio)
     await switch.wait_idle()
     assert any(m.startswith("BYE ") for m in callee.messages().received())
     assert action.params["DialCallStatus"] == "completed"
@@ -182,28 +209,14 @@ async def test_digits_after_a_relayed_dial_reach_the_gather_that_follows(
     """The caller's RFC 4733 digits are still the switch's once the relayed call is
     over: after ``*`` ends the child, a ``<Gather>`` in the action's document gets
     the digits the caller sends next."""
-    app_server.routes["/voice"] = (
-        f'<Response><Dial action="/action" hangupOnStar="true"><Number>{CALLEE}</Number>'
-        "</Dial></Response>"
-    )
+    app_server.routes["/voice"] = HANGUP_ON_STAR
     app_server.routes["/action"] = (
         '<Response><Gather numDigits="2" timeout="10" action="/gathered"/></Response>'
     )
     app_server.routes["/gathered"] = "<Response><Hangup/></Response>"
-    caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000)
-    await started(caller_audio, callee_audio)
-    callee = sipp.Sipp(
-        workdir,
-        "callee",
-        sipp.callee("answer", rtp_port=callee_audio.port, ring_ms=500),  # never hangs up
-        port=switch.trunk_port,
-    )
-    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
+    caller_audio, callee_audio, callee, caller = await relayed_parties(switch, workdir)
     async with on_call(switch, [caller_audio, callee_audio], [callee], [caller]):
-        await switch.wait_relayed(1)
-        await caller_audio.wait_for_audio(0.5, since=asyncio.get_running_loop().time())
-        caller_audio.send_digit(STAR)
-        (action,) = await app_server.wait_for("/action", timeout=20)
+        action = await star_ends_the_relayed_child(switch, app_server, caller_audio)
         assert (await switch.health())["relayed"] == 0
         caller_audio.send_digit(4)
         caller_audio.send_digit(2)
@@ -223,15 +236,9 @@ async def test_a_payload_type_not_negotiated_is_dropped_and_counted_not_relayed(
     caller's own stream, are discarded and counted; the callee gets none of them
     and still one unbroken stream of the caller's audio."""
     app_server.routes["/voice"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
-    caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000)
-    await started(caller_audio, callee_audio)
-    callee = sipp.Sipp(
-        workdir,
-        "callee",
-        sipp.callee("answer", rtp_port=callee_audio.port, ring_ms=500, hangup_after_ms=5000),
-        port=switch.trunk_port,
+    caller_audio, callee_audio, callee, caller = await relayed_parties(
+        switch, workdir, hangup_after_ms=5000
     )
-    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
     before = samples((await scrape(switch))[1])
     async with on_call(switch, [caller_audio, callee_audio], [callee], [caller]):
         await switch.wait_relayed(1)
