@@ -512,9 +512,14 @@ async def run_rtpengine(args: argparse.Namespace, rtpload_bin: Path, workdir: Pa
 
 
 class DialApp(WebhookServer):
-    """The customer's app: every call is dialled to the trunk's callee."""
+    """The customer's app: every call is dialled to the trunk's callee, recorded
+    in ``record``'s mode (a ``<Dial record>`` value) if one is given."""
 
-    document = f"<Response><Dial><Number>{target_number(1)}</Number></Dial></Response>"
+    def __init__(self, record: str | None = None):
+        super().__init__()
+        attribute = f' record="{record}"' if record else ""
+        number = target_number(1)
+        self.document = f"<Response><Dial{attribute}><Number>{number}</Number></Dial></Response>"
 
     async def _voice(self, request: web.Request) -> web.Response:
         await self.hit(request)
@@ -715,11 +720,12 @@ async def run_dialswitch(args: argparse.Namespace, rtpload_bin: Path, workdir: P
     calls = args.calls
     result = RelayResult("dialswitch", calls)
     result.extra["switch_media"] = args.switch_media
+    result.extra["record"] = args.record
     # rtpload binds its sockets first: the switch's and the SIPps' free ports are
     # picked after, so none of them can be one of rtpload's (all are ephemeral).
     load = await Rtpload.open(workdir, rtpload_bin, 2 * calls, lifetime(args), args.ptime)
     ports = load.ports
-    app = DialApp()
+    app = DialApp(args.record)
     switch: MediaSwitch | None = None
     sipps: list[Sipp] = []
     try:
@@ -823,6 +829,7 @@ async def run_dialswitch(args: argparse.Namespace, rtpload_bin: Path, workdir: P
             health = await switch.health()
         result.extra["legs_live_after_window"] = health.get("calls")
         result.extra["relayed_after_window"] = health.get("relayed")  # pairs off the bridge
+        result.extra["recorders_after_window"] = health.get("recorders")
 
         # -- hang-up (the callers' BYEs at hangup_at), leak check, the switch's counters
         caller_exit = await caller.wait(hangup_at - time.time() + 40)
@@ -936,6 +943,8 @@ def details(r: RelayResult) -> list[str]:
         threads = ", ".join(f"{k} {v:.0f}%" for k, v in r.window["threads_pct"].items())
         out.append(f"    threads: {threads}")
     x = r.extra
+    if x.get("record"):
+        out.append(f'    every call recorded: <Dial record="{x["record"]}">')
     if x.get("switch_media"):
         out.append(f"    switch [media] lines added: {'; '.join(x['switch_media'])}")
     if "leak_check" in x:
@@ -948,7 +957,8 @@ def details(r: RelayResult) -> list[str]:
         )
         out.append(
             f"    at the window's end: {x.get('legs_live_after_window')} legs, "
-            f"{x.get('relayed_after_window')} pairs relayed; "
+            f"{x.get('relayed_after_window')} pairs relayed, "
+            f"{x.get('recorders_after_window')} recorders; "
             f"switch RTP counters over the run: {x['switch_rtp']}"
         )
         for e in x.get("sipp_errors", [])[:4]:
@@ -1070,6 +1080,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="dialswitch: seconds allowed for setup beyond calls/rate x 1.2 (5)",
     )
     p.add_argument("--log-level", default="info", help="dialswitch: [log] level")
+    p.add_argument(
+        "--record",
+        metavar="MODE",
+        default=None,
+        help="dialswitch: record every call (a <Dial record> value, e.g. record-from-answer-dual)",
+    )
     p.add_argument(
         "--switch-media",
         action="append",
