@@ -258,8 +258,9 @@ class MediaConfig:
     """Seconds an answered leg may receive no RTP (unless held) before it is hung up;
     0: never."""
     relay: bool = True
-    """Bridged legs with the same codec, that nothing else hears or plays to, exchange
-    RTP packet by packet instead of through the conference bridge."""
+    """Bridged legs with the same codec, that no third leg hears and nothing plays to,
+    exchange RTP packet by packet instead of through the conference bridge (recorded
+    legs also decode for their recorders)."""
     threads: int = 1
     """Threads that receive (and relay) RTP."""
 

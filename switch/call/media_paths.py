@@ -1,12 +1,17 @@
 """Which bridged pairs of legs take the relay path, and which the bridge.
 
-Two legs that hear each other and nothing else (no third leg, no player,
-no recorder) exchange RTP packet by packet in C (patch 0028 of
-deploy/pjsua2): nothing decodes, mixes or re-encodes their audio, and
-nothing of theirs runs on the conference bridge's clock. Whatever needs a
-leg's decoded audio (a recording, a prompt or tone played to it, a third
-party) puts the pair back on the bridge, and when it is gone the pair is
-relayed again.
+Two legs that hear each other and no third leg, with nothing played to
+either, exchange RTP packet by packet in C (patch 0028 of deploy/pjsua2):
+nothing decodes, mixes or re-encodes the audio they send each other, and
+nothing of theirs runs on the conference bridge's clock. Whatever must mix
+into what a leg hears (a prompt or tone played to it, a third party) puts
+the pair back on the bridge, and when it is gone the pair is relayed again.
+
+A recorder only listens: a relayed leg that a recorder hears stays relayed
+and also decodes what it receives for the recorder (`Decode`, patch 0041),
+so a recording changes nothing the parties hear. Measured in bench/README.md
+("Recorded calls"): a recorded call costs less CPU relayed and decoded than
+on the bridge.
 
 `MediaPaths` decides from the connections the engine reports and returns
 `Relay` and `Unrelay` actions for the engine to carry out. A pair is relayed
@@ -42,7 +47,16 @@ class Unrelay:
     gone: object | None = None
 
 
-Action = Relay | Unrelay
+@dataclass(frozen=True)
+class Decode:
+    """While ``leg`` is relayed, decode what it receives for its recorders (``on``),
+    or stop. The end of a relay stops it without an action."""
+
+    leg: object
+    on: bool
+
+
+Action = Relay | Unrelay | Decode
 
 
 class MediaPaths:
@@ -50,7 +64,9 @@ class MediaPaths:
         self.enabled = enabled
         self._sinks: dict[object, set[object]] = {}  # a leg -> the legs hearing it
         self._sources: dict[object, set[object]] = {}  # a leg -> the legs it hears
-        self._taps: Counter[object] = Counter()  # players and recorders on a leg
+        self._taps: Counter[object] = Counter()  # players playing to a leg
+        self._recorders: Counter[object] = Counter()  # recorders hearing a leg
+        self._decoding: set[object] = set()  # relayed legs decoding for them
         self._relayed: dict[object, object] = {}  # both ways
         self._heard: set[object] = set()  # legs that have sent RTP
         self._waiting: set[object] = set()  # legs whose pair waits for them to send
@@ -72,18 +88,37 @@ class MediaPaths:
         return self._decide(source, sink)
 
     def tapped(self, leg: object) -> list[Action]:
-        """A player now plays to ``leg``, or a recorder hears it: it needs the bridge.
-        Call before connecting the player or recorder."""
+        """A player now plays to ``leg``: it needs the bridge. Call before connecting
+        the player."""
         self._taps[leg] += 1
         return self._decide(leg)
 
     def untapped(self, leg: object) -> list[Action]:
-        """A player or recorder of ``leg`` is gone."""
-        if self._taps[leg] <= 1:
-            self._taps.pop(leg, None)
-        else:
-            self._taps[leg] -= 1
+        """A player of ``leg`` is gone."""
+        _less(self._taps, leg)
         return self._decide(leg)
+
+    def recorded(self, leg: object) -> list[Action]:
+        """A recorder now hears ``leg``: if it is relayed, it decodes too. Call before
+        connecting the recorder."""
+        self._recorders[leg] += 1
+        return self._decoded(leg)
+
+    def unrecorded(self, leg: object) -> list[Action]:
+        """A recorder of ``leg`` is gone."""
+        _less(self._recorders, leg)
+        return self._decoded(leg)
+
+    def _decoded(self, leg: object) -> list[Action]:
+        """Decode a relayed leg exactly while something records it."""
+        wanted = leg in self._relayed and self._recorders[leg] > 0
+        if wanted == (leg in self._decoding):
+            return []
+        if wanted:
+            self._decoding.add(leg)
+        else:
+            self._decoding.discard(leg)
+        return [Decode(leg, wanted)]
 
     def heard(self, leg: object) -> list[Action]:
         """``leg`` has sent RTP."""
@@ -108,13 +143,14 @@ class MediaPaths:
             self._sinks.get(other, set()).discard(leg)
             self._sources.get(other, set()).discard(leg)
         self._taps.pop(leg, None)
+        self._recorders.pop(leg, None)
         self._heard.discard(leg)
         self._waiting.discard(leg)
         self._refused = {pair for pair in self._refused if leg not in pair}
         actions: list[Action] = []
-        peer = self._relayed.pop(leg, None)
+        peer = self._relayed.get(leg)
         if peer is not None:
-            del self._relayed[peer]
+            self._forget(leg, peer)
             actions.append(Unrelay(peer, leg, gone=leg))
         return actions + self._decide(*others)
 
@@ -123,18 +159,23 @@ class MediaPaths:
         on the bridge until either's media changes."""
         self._refused.add(frozenset((a, b)))
         if self._relayed.get(a) == b:
-            del self._relayed[a], self._relayed[b]
+            self._forget(a, b)
 
     def media_changed(self, leg: object) -> list[Action]:
         """``leg``'s media was negotiated again (a re-INVITE): its stream may be new, so
         a relay of it is made again, and a refused pair is tried again."""
         self._refused = {pair for pair in self._refused if leg not in pair}
-        peer = self._relayed.pop(leg, None)
+        peer = self._relayed.get(leg)
         actions: list[Action] = []
         if peer is not None:
-            del self._relayed[peer]
+            self._forget(leg, peer)
             actions.append(Unrelay(leg, peer))
         return actions + self._decide(leg)
+
+    def _forget(self, a: object, b: object) -> None:
+        """``a`` and ``b`` are relayed no longer (nor decoding: the relay's end stops it)."""
+        del self._relayed[a], self._relayed[b]
+        self._decoding -= {a, b}
 
     def _partner(self, leg: object, heard: bool = True) -> object | None:
         """The one leg ``leg`` is bridged with and nothing else, if the pair may be
@@ -166,10 +207,18 @@ class MediaPaths:
                 self._waiting |= {leg, candidate} - self._heard
             current = self._relayed.get(leg)
             if current is not None and current != partner:
-                del self._relayed[leg], self._relayed[current]
+                self._forget(leg, current)
                 actions.append(Unrelay(leg, current))
             if partner is not None and self._relayed.get(leg) is None:
                 self._relayed[leg] = partner
                 self._relayed[partner] = leg
-                actions.append(Relay(leg, partner))
+                actions += [Relay(leg, partner), *self._decoded(leg), *self._decoded(partner)]
         return actions
+
+
+def _less(counts: Counter[object], leg: object) -> None:
+    """One fewer of ``leg``'s players or recorders."""
+    if counts[leg] <= 1:
+        counts.pop(leg, None)
+    else:
+        counts[leg] -= 1

@@ -41,7 +41,7 @@ from switch import sipcheck
 from switch.call import protocol
 from switch.call.capacity import ENGINE_SLOTS, RETRY_AFTER
 from switch.call.first_rtp import FirstRtpLooks
-from switch.call.media_paths import Action, MediaPaths, Relay, Unrelay
+from switch.call.media_paths import Action, Decode, MediaPaths, Relay, Unrelay
 from switch.call.protocol import MediaError
 from switch.call.rtp_watch import RtpWatch
 from switch.config_tls import TlsConfig
@@ -331,7 +331,7 @@ class Recorder:
         if self._recorder is None or media is None or leg in self._legs:
             return False
         assert isinstance(leg, Leg)  # _audio has media for our own legs only
-        self.engine._tap(leg)  # a relayed leg goes back to the bridge first
+        self.engine._record(leg)  # a relayed leg decodes for it first
         media.startTransmit(self._recorder)
         self._legs.append(leg)
         return True
@@ -356,7 +356,7 @@ class Recorder:
             assert recorder is not None
             self._closed = self.engine._close_later(self, recorder)
             for leg in legs:
-                self.engine._untap(leg)
+                self.engine._unrecord(leg)
         return self._closed
 
 
@@ -806,11 +806,18 @@ class Engine:
     # ---- the relay path (patch 0028 of deploy/pjsua2) ---------------------------------
 
     def _tap(self, leg: Leg) -> None:
-        """A player or recorder is about to use ``leg``'s bridge port."""
+        """A player is about to play to ``leg``'s bridge port."""
         self._apply(self.paths.tapped(leg))
 
     def _untap(self, leg: Leg) -> None:
         self._apply(self.paths.untapped(leg))
+
+    def _record(self, leg: Leg) -> None:
+        """A recorder is about to hear ``leg``'s bridge port."""
+        self._apply(self.paths.recorded(leg))
+
+    def _unrecord(self, leg: Leg) -> None:
+        self._apply(self.paths.unrecorded(leg))
 
     def _leg_ended(self, leg: Leg) -> None:
         self._apply(self.paths.ended(leg))
@@ -833,6 +840,8 @@ class Engine:
                     self._relay_pair(a, b)
                 case Unrelay(a=Leg() as a, b=Leg() as b, gone=gone):
                     self._unrelay_pair(a, b, gone)
+                case Decode(leg=Leg() as leg, on=on):
+                    self._relay_decode(leg, on)
 
     def _look_for_rtp(self) -> None:
         """Tell the relay decisions which waiting legs have sent RTP by now; look again
@@ -885,6 +894,17 @@ class Engine:
             with contextlib.suppress(pj.Error):
                 call.unrelayAudio(index)
         log.debug("%s, %s: back on the bridge", a.call_sid, b.call_sid)
+
+    def _relay_decode(self, leg: Leg, on: bool) -> None:
+        """A relayed leg decodes what it receives for its recorders (patch 0041 of
+        deploy/pjsua2), or stops: its packets are relayed all the same."""
+        call, index = leg._call, leg._media_index
+        if call is None or index is None or call.gone:
+            return
+        try:
+            call.relayDecode(index, on)
+        except pj.Error as error:
+            log.warning("%s: recording of a relayed call: %s", leg.call_sid, error.info())
 
     def leg_count(self) -> int:
         return len(self._calls)

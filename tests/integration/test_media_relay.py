@@ -37,6 +37,7 @@ from tests.integration.conftest import (
 )
 from tests.integration.test_metrics import samples, scrape, value
 from tests.support import sipp
+from tests.support.recording_checks import RecordingsClient, peak_tone_share, tone_share
 from tests.support.rtp import PCMA, PCMU, ReceivedPacket, RtpPacket
 from tests.support.rtp_peer import EVENT_PT, RtpPeer
 
@@ -178,6 +179,49 @@ async def test_a_bridged_call_is_relayed_packet_by_packet_both_ways(
     assert last - relayed > 40  # 2.5 s of 30 ms packets (and then the bridge until BYE)
     one_stream(caller_audio.packets, {PCMU})
     one_stream(callee_audio.packets, {PCMU})
+
+
+@bounded(60)
+async def test_a_recorded_call_stays_relayed_and_each_party_is_recorded_on_its_channel(
+    switch: SwitchProcess, app_server: AppServer, workdir
+) -> None:
+    """``record-from-answer-dual`` on a call the switch relays: both legs decode what
+    they receive for the recorders (patch 0041 of deploy/pjsua2) while their packets
+    are relayed as sent, so the callee's 30 ms packets still reach the caller whole
+    while the recording runs, each party's tone is on its own channel, and each
+    party hears one stream."""
+    app_server.routes["/voice"] = (
+        f'<Response><Dial action="/action" record="record-from-answer-dual">'
+        f"<Number>{CALLEE}</Number></Dial></Response>"
+    )
+    app_server.routes["/action"] = "<Response><Hangup/></Response>"
+    caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000, frame=240)
+    await started(caller_audio, callee_audio)
+    callee = sipp.Sipp(
+        workdir,
+        "callee",
+        sipp.callee("answer", rtp_port=callee_audio.port, ring_ms=800, hangup_after_ms=2500),
+        port=switch.trunk_port,
+    )
+    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
+    async with on_call(switch, [caller_audio, callee_audio], [callee], [caller]):
+        await switch.wait_relayed(1)
+        health = await switch.health()
+        assert (health["relayed"], health["recorders"]) == (1, 2), health
+    (action,) = await app_server.wait_for("/action", timeout=20)
+    await switch.wait_idle()
+    sizes = [len(r.packet.payload) for r in caller_audio.packets if r.packet.payload_type == PCMU]
+    relayed, last = sizes.index(240), len(sizes) - sizes[::-1].index(240)
+    assert set(sizes[relayed:last]) == {240} and last - relayed > 40, sizes
+    one_stream(caller_audio.packets, {PCMU})
+    one_stream(callee_audio.packets, {PCMU})
+    url = action.params["RecordingUrl"]
+    wav = await RecordingsClient(switch.http, ACCOUNT_SID, AUTH_TOKEN).wav(url)
+    assert wav.channels == 2
+    caller_side, callee_side = wav.channel(1), wav.channel(2)
+    assert tone_share(caller_side, 600) > 0.5 and peak_tone_share(caller_side, 1000) < 0.05
+    assert tone_share(callee_side, 1000) > 0.5 and peak_tone_share(callee_side, 600) < 0.05
+    assert wav.duration > 2.0, wav.duration  # the 2.5 s the callee was up
 
 
 @bounded(60)

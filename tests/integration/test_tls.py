@@ -175,10 +175,9 @@ async def test_phone_over_tls_gets_srtp_and_both_tones(switch, app_server, workd
 
 
 async def test_srtp_phone_and_plain_trunk_caller_are_relayed(switch, app_server, workdir):
-    """The trunk caller (plain RTP, 600 Hz) and alice (SRTP over TLS, 1000 Hz), with
-    no recording: the pair is relayed in C (the switch decrypts with alice's keys on
-    one side and sends plain RTP on the other, and back), and each decodes the other's
-    tone."""
+    """The trunk caller (plain RTP, 600 Hz) and alice (SRTP over TLS, 1000 Hz): the
+    pair is relayed in C (the switch decrypts with alice's keys on one side and sends
+    plain RTP on the other, and back), and each decodes the other's tone."""
     app_server.routes["/voice"] = (
         '<Response><Dial timeout="10" action="/action"><Client>alice</Client></Dial></Response>'
     )

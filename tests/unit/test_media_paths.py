@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from switch.call.media_paths import MediaPaths, Relay, Unrelay
+from switch.call.media_paths import Decode, MediaPaths, Relay, Unrelay
 
 
 def bridged(paths: MediaPaths, a: str = "caller", b: str = "child") -> list[object]:
@@ -45,20 +45,54 @@ def test_a_leg_that_never_sends_is_no_longer_looked_for_once_it_ends() -> None:
 
 def test_a_tapped_pair_is_not_waited_for() -> None:
     paths = MediaPaths()
-    paths.tapped("caller")  # recorded: the bridge whatever they send
+    paths.tapped("caller")  # a prompt: the bridge whatever they send
     paths.connected("caller", "child")
     paths.connected("child", "caller")
     assert paths.unheard() == set()
 
 
-def test_a_recorder_puts_the_pair_on_the_bridge_until_it_is_gone() -> None:
+def test_a_player_puts_the_pair_on_the_bridge_until_it_is_gone() -> None:
     paths = MediaPaths()
     bridged(paths)
     assert paths.tapped("caller") == [Unrelay("caller", "child")]
     assert paths.relayed == 0
     assert paths.tapped("child") == []  # already on the bridge
-    assert paths.untapped("caller") == []  # the child is still recorded
+    assert paths.untapped("caller") == []  # the child still hears a prompt
     assert paths.untapped("child") == [Relay("child", "caller")]
+
+
+def test_a_recorded_pair_stays_relayed_and_decodes_while_recorded() -> None:
+    paths = MediaPaths()
+    bridged(paths)
+    assert paths.recorded("caller") == [Decode("caller", True)]
+    assert paths.recorded("child") == [Decode("child", True)]
+    assert paths.recorded("caller") == []  # a second recorder: already decoding
+    assert paths.relayed == 1
+    assert paths.unrecorded("caller") == []  # one recorder is left
+    assert paths.unrecorded("caller") == [Decode("caller", False)]
+    assert paths.unrecorded("child") == [Decode("child", False)]
+    assert paths.relayed == 1
+
+
+def test_a_leg_recorded_before_the_bridge_decodes_from_its_relay_on() -> None:
+    paths = MediaPaths()
+    assert paths.recorded("caller") == []  # nothing relayed: the bridge decodes
+    assert bridged(paths) == [Relay("child", "caller"), Decode("caller", True)]
+
+
+def test_a_relay_made_again_decodes_again_and_its_end_needs_no_action() -> None:
+    paths = MediaPaths()
+    bridged(paths)
+    paths.recorded("child")
+    assert paths.tapped("caller") == [Unrelay("caller", "child")]  # a prompt
+    assert paths.untapped("caller") == [Relay("caller", "child"), Decode("child", True)]
+    assert paths.media_changed("child") == [
+        Unrelay("child", "caller"),
+        Relay("child", "caller"),
+        Decode("child", True),
+    ]
+    assert paths.ended("caller") == [Unrelay("child", "caller", gone="caller")]
+    assert paths.unrecorded("child") == []  # no relay, nothing to stop
 
 
 def test_a_leg_with_a_player_before_the_bridge_is_relayed_once_the_player_closes() -> None:
