@@ -912,6 +912,30 @@ def row(r: RelayResult) -> str:
     )
 
 
+SLICE_MS = 100  # rtpload's slow_slices: 100 ms of send time each
+
+
+def slow_stretches(slices: list[list[float]], window_s: float) -> str:
+    """Where the packets slower than 5 ms were sent (rtpload's ``slow_slices``): a tail
+    of isolated stalls, or stretches in which the relay fell behind."""
+    if not slices:
+        return "no packet slower than 5 ms"
+    starts = [int(start) for start, _, _ in slices]
+    longest, run_start, best_start = 1, starts[0], starts[0]
+    for before, start in zip(starts, starts[1:], strict=False):
+        if start - before != SLICE_MS:
+            run_start = start
+        length = (start - run_start) // SLICE_MS + 1
+        if length > longest:
+            longest, best_start = length, run_start
+    slow = sum(int(n) for _, n, _ in slices)
+    total = max(1, round(window_s * 1000 / SLICE_MS))
+    return (
+        f"{slow} packets slower than 5 ms, sent in {len(slices)} of {total} slices of "
+        f"{SLICE_MS} ms; the longest stretch {longest * SLICE_MS} ms from {best_start} ms"
+    )
+
+
 def details(r: RelayResult) -> list[str]:
     """The lines under a relay's row: per direction, oddities, the switch's checks."""
     if not r.window:
@@ -931,6 +955,7 @@ def details(r: RelayResult) -> list[str]:
         f"rtpload skipped {load['skipped_sends']} sends, {load['late_sends_5ms']} > 5 ms late "
         f"(max {load['send_late_max_ms']} ms)"
     )
+    out.append(f"    {slow_stretches(load.get('slow_slices', []), r.window_s)}")
     sends = load["forward"]["sent"] + load["reverse"]["sent"]
     if load["skipped_sends"] > 0.001 * max(1, sends) or r.rtpload_cpu_pct > 85:
         out.append(

@@ -67,6 +67,9 @@
 #define MAGIC 0x524cu   /* "RL" */
 #define BUCKET_NS 10000 /* delay histogram: 10 us buckets */
 #define BUCKETS 500000  /* up to 5 s; later ones go to the last bucket */
+#define SLICE_NS 100000000LL /* the window's timeline of slow packets: 100 ms slices */
+#define SLICES 6000          /* up to 600 s of window */
+#define SLOW_NS 5000000LL    /* a packet slower than 5 ms is counted in its slice */
 #define BATCH 16
 
 /* A packet every period_ns (the ptime) per stream, with payload_len bytes of PCMU. */
@@ -370,6 +373,10 @@ static int gen(int n, double max_seconds) {
     int64_t t0 = now_ns() + 5000000; /* the first slot, 5 ms from now */
     int64_t give_up = t0 + (int64_t)(max_seconds * 1e9);
     int64_t w0 = INT64_MAX, w1 = INT64_MAX, t_end = INT64_MAX;
+    uint32_t *slow = calloc(SLICES, sizeof *slow);      /* per slice of send time */
+    int64_t *slow_max = calloc(SLICES, sizeof *slow_max);
+    if (!slow || !slow_max)
+        die("calloc");
     int in_window = 0, window_done = 0;
     double cpu_w0 = 0, cpu_w1 = 0;
     int64_t wall_w0 = 0, wall_w1 = 0;
@@ -565,6 +572,14 @@ static int gen(int n, double max_seconds) {
                 if (t >= w1)
                     d->late_rx++;
                 hist_add(d, t - sent);
+                if (t - sent > SLOW_NS) {
+                    int64_t k = (sent - w0) / SLICE_NS;
+                    if (k < SLICES) {
+                        slow[k]++;
+                        if (t - sent > slow_max[k])
+                            slow_max[k] = t - sent;
+                    }
+                }
             }
         }
     }
@@ -599,8 +614,18 @@ static int gen(int n, double max_seconds) {
            (unsigned long long)send_errors, (unsigned long long)rtcp);
     print_dir("forward", &dirs[0], 1);
     print_dir("reverse", &dirs[1], 1);
-    print_dir("all", &all, 0);
-    printf("}\n");
+    print_dir("all", &all, 1);
+    /* [slice start ms, packets slower than 5 ms, the slowest ms] of each slice with any */
+    printf("\"slow_slices\": [");
+    int first = 1;
+    for (int k = 0; k < SLICES; k++) {
+        if (!slow[k])
+            continue;
+        printf("%s[%lld, %u, %.3f]", first ? "" : ", ", (long long)(k * SLICE_NS / 1000000),
+               slow[k], slow_max[k] / 1e6);
+        first = 0;
+    }
+    printf("]}\n");
     fflush(stdout);
     return 0;
 }
