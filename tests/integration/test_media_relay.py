@@ -39,7 +39,7 @@ from tests.integration.test_metrics import samples, scrape, value
 from tests.support import sipp
 from tests.support.recording_checks import RecordingsClient, peak_tone_share, tone_share
 from tests.support.rtp import PCMA, PCMU, ReceivedPacket, RtpPacket
-from tests.support.rtp_peer import EVENT_PT, RtpPeer
+from tests.support.rtp_peer import EVENT_PT, FRAME, RtpPeer
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -101,19 +101,27 @@ async def on_call(
 
 
 async def relayed_parties(
-    switch: SwitchProcess, workdir: Path, hangup_after_ms: int | None = None
+    switch: SwitchProcess,
+    workdir: Path,
+    hangup_after_ms: int | None = None,
+    *,
+    ring_ms: int = 500,
+    callee_frame: int = FRAME,
 ) -> tuple[RtpPeer, RtpPeer, sipp.Sipp, sipp.Sipp]:
-    """A caller's audio at 600 Hz and a callee's at 1000 Hz (started), the callee
-    behind the trunk answering after 500 ms of ringing (hanging up after
-    ``hangup_after_ms``, or never), and the caller calling the number: the
-    parties of one call for `on_call`."""
-    caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000)
+    """A caller's audio at 600 Hz and a callee's at 1000 Hz in packets of
+    ``callee_frame`` samples (started), the callee behind the trunk answering after
+    ``ring_ms`` of ringing (hanging up after ``hangup_after_ms``, or never), and the
+    caller calling the number: the parties of one call for `on_call`."""
+    caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000, frame=callee_frame)
     await started(caller_audio, callee_audio)
     callee = sipp.Sipp(
         workdir,
         "callee",
         sipp.callee(
-            "answer", rtp_port=callee_audio.port, ring_ms=500, hangup_after_ms=hangup_after_ms
+            "answer",
+            rtp_port=callee_audio.port,
+            ring_ms=ring_ms,
+            hangup_after_ms=hangup_after_ms,
         ),
         port=switch.trunk_port,
     )
@@ -154,15 +162,9 @@ async def test_a_bridged_call_is_relayed_packet_by_packet_both_ways(
     they were sent, and the caller hears one continuous stream from its ringback
     through the relay."""
     app_server.routes["/voice"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
-    caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000, frame=240)
-    await started(caller_audio, callee_audio)
-    callee = sipp.Sipp(
-        workdir,
-        "callee",
-        sipp.callee("answer", rtp_port=callee_audio.port, ring_ms=800, hangup_after_ms=2500),
-        port=switch.trunk_port,
+    caller_audio, callee_audio, callee, caller = await relayed_parties(
+        switch, workdir, 2500, ring_ms=800, callee_frame=240
     )
-    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
     async with on_call(switch, [caller_audio, callee_audio], [callee], [caller]):
         await switch.wait_relayed(1)
     await switch.wait_idle()
@@ -195,15 +197,9 @@ async def test_a_recorded_call_stays_relayed_and_each_party_is_recorded_on_its_c
         f"<Number>{CALLEE}</Number></Dial></Response>"
     )
     app_server.routes["/action"] = "<Response><Hangup/></Response>"
-    caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000, frame=240)
-    await started(caller_audio, callee_audio)
-    callee = sipp.Sipp(
-        workdir,
-        "callee",
-        sipp.callee("answer", rtp_port=callee_audio.port, ring_ms=800, hangup_after_ms=2500),
-        port=switch.trunk_port,
+    caller_audio, callee_audio, callee, caller = await relayed_parties(
+        switch, workdir, 2500, ring_ms=800, callee_frame=240
     )
-    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
     async with on_call(switch, [caller_audio, callee_audio], [callee], [caller]):
         await switch.wait_relayed(1)
         health = await switch.health()
