@@ -840,8 +840,8 @@ class Engine:
                     self._relay_pair(a, b)
                 case Unrelay(a=Leg() as a, b=Leg() as b, gone=gone):
                     self._unrelay_pair(a, b, gone)
-                case Decode(leg=Leg() as leg, on=on):
-                    self._relay_decode(leg, on)
+                case Decode(leg=Leg() as leg, on=on) if self.paths.peer(leg) is not None:
+                    self._relay_decode(leg, on)  # (not if its Relay was just refused)
 
     def _look_for_rtp(self) -> None:
         """Tell the relay decisions which waiting legs have sent RTP by now; look again

@@ -147,6 +147,17 @@ async def star_ends_the_relayed_child(
     return action
 
 
+async def recorded_each_party(switch: SwitchProcess, url: str) -> None:
+    """The dual recording at ``url`` holds the caller's 600 Hz on channel 1 and the
+    callee's 1000 Hz on channel 2, for the 2.5 s the callee was up."""
+    wav = await RecordingsClient(switch.http, ACCOUNT_SID, AUTH_TOKEN).wav(url)
+    assert wav.channels == 2
+    caller_side, callee_side = wav.channel(1), wav.channel(2)
+    assert tone_share(caller_side, 600) > 0.5 and peak_tone_share(caller_side, 1000) < 0.05
+    assert tone_share(callee_side, 1000) > 0.5 and peak_tone_share(callee_side, 600) < 0.05
+    assert wav.duration > 2.0, wav.duration
+
+
 def pcmu_callee_as_pcma(scenario: str) -> str:
     """``sipp.callee``'s scenario answering with PCMA only."""
     answered = scenario.replace("RTP/AVP 0 101", "RTP/AVP 8 101")
@@ -211,13 +222,7 @@ async def test_a_recorded_call_stays_relayed_and_each_party_is_recorded_on_its_c
     assert set(sizes[relayed:last]) == {240} and last - relayed > 40, sizes
     one_stream(caller_audio.packets, {PCMU})
     one_stream(callee_audio.packets, {PCMU})
-    url = action.params["RecordingUrl"]
-    wav = await RecordingsClient(switch.http, ACCOUNT_SID, AUTH_TOKEN).wav(url)
-    assert wav.channels == 2
-    caller_side, callee_side = wav.channel(1), wav.channel(2)
-    assert tone_share(caller_side, 600) > 0.5 and peak_tone_share(caller_side, 1000) < 0.05
-    assert tone_share(callee_side, 1000) > 0.5 and peak_tone_share(callee_side, 600) < 0.05
-    assert wav.duration > 2.0, wav.duration  # the 2.5 s the callee was up
+    await recorded_each_party(switch, action.params["RecordingUrl"])
 
 
 @bounded(60)
@@ -322,6 +327,33 @@ async def test_pcmu_against_pcma_stays_on_the_bridge_and_is_transcoded(
     heard_by_caller = caller_audio.audio()
     assert tone_power(heard_by_callee, 8000, 600) > 10 * tone_power(heard_by_callee, 8000, 1000)
     assert tone_power(heard_by_caller, 8000, 1000) > 10 * tone_power(heard_by_caller, 8000, 600)
+
+
+@bounded(60)
+async def test_a_recorded_pcmu_against_pcma_call_is_transcoded_and_recorded_on_the_bridge(
+    switch: SwitchProcess, app_server: AppServer, workdir
+) -> None:
+    """The pair cannot be relayed (the codecs differ), so its recorders hear it on the
+    bridge: each party's tone on its own channel, and nothing said about a relay."""
+    app_server.routes["/voice"] = (
+        f'<Response><Dial action="/action" record="record-from-answer-dual">'
+        f"<Number>{CALLEE}</Number></Dial></Response>"
+    )
+    app_server.routes["/action"] = "<Response><Hangup/></Response>"
+    caller_audio = RtpPeer(600)
+    callee_audio = RtpPeer(1000, payload_type=PCMA)
+    await started(caller_audio, callee_audio)
+    scenario = sipp.callee("answer", rtp_port=callee_audio.port, hangup_after_ms=2500)
+    callee = sipp.Sipp(workdir, "callee", pcmu_callee_as_pcma(scenario), port=switch.trunk_port)
+    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
+    log_before = len(switch.log())
+    async with on_call(switch, [caller_audio, callee_audio], [callee], [caller]):
+        await callee_audio.wait_for_audio(1.0)
+        assert (await switch.health())["relayed"] == 0
+    (action,) = await app_server.wait_for("/action", timeout=20)
+    await switch.wait_idle()
+    await recorded_each_party(switch, action.params["RecordingUrl"])
+    assert " WARNING " not in switch.log()[log_before:]
 
 
 @bounded(90)
