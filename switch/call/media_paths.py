@@ -14,7 +14,9 @@ so a recording changes nothing the parties hear. Measured in bench/README.md
 on the bridge.
 
 `MediaPaths` decides from the connections the engine reports and returns
-`Relay` and `Unrelay` actions for the engine to carry out. A pair is relayed
+`Relay`, `Unrelay` and `Decode` actions for the engine to carry out, in order
+(a `Decode` whose pair's `Relay` the engine was refused meanwhile is void: the
+bridge decodes that pair anyway). A pair is relayed
 only once both legs have sent RTP (the engine reports it with `heard`): a
 relayed leg hears nothing until its peer speaks, while the bridge sends it
 silence at least, which a far end that learns where to send from what it

@@ -150,3 +150,12 @@ def test_a_tap_on_a_leg_that_ended_is_forgotten() -> None:
     paths.ended("caller")
     assert paths.untapped("caller") == []
     assert bridged(paths) == [Relay("child", "caller")]
+
+
+def test_a_refused_relay_forgets_that_its_legs_decode() -> None:
+    paths = MediaPaths()
+    paths.recorded("caller")
+    assert bridged(paths) == [Relay("child", "caller"), Decode("caller", True)]
+    paths.refused("child", "caller")  # the engine could not relay them
+    assert paths.peer("caller") is None  # the engine skips the Decode
+    assert paths.unrecorded("caller") == []  # nothing to stop
