@@ -147,6 +147,12 @@ async def star_ends_the_relayed_child(
     return action
 
 
+RECORDED_DIAL = (
+    f'<Response><Dial action="/action" record="record-from-answer-dual"><Number>{CALLEE}'
+    "</Number></Dial></Response>"
+)
+
+
 async def recorded_each_party(switch: SwitchProcess, url: str) -> None:
     """The dual recording at ``url`` holds the caller's 600 Hz on channel 1 and the
     callee's 1000 Hz on channel 2, for the 2.5 s the callee was up."""
@@ -203,10 +209,7 @@ async def test_a_recorded_call_stays_relayed_and_each_party_is_recorded_on_its_c
     are relayed as sent, so the callee's 30 ms packets still reach the caller whole
     while the recording runs, each party's tone is on its own channel, and each
     party hears one stream."""
-    app_server.routes["/voice"] = (
-        f'<Response><Dial action="/action" record="record-from-answer-dual">'
-        f"<Number>{CALLEE}</Number></Dial></Response>"
-    )
+    app_server.routes["/voice"] = RECORDED_DIAL
     app_server.routes["/action"] = "<Response><Hangup/></Response>"
     caller_audio, callee_audio, callee, caller = await relayed_parties(
         switch, workdir, 2500, ring_ms=800, callee_frame=240
@@ -335,10 +338,7 @@ async def test_a_recorded_pcmu_against_pcma_call_is_transcoded_and_recorded_on_t
 ) -> None:
     """The pair cannot be relayed (the codecs differ), so its recorders hear it on the
     bridge: each party's tone on its own channel, and nothing said about a relay."""
-    app_server.routes["/voice"] = (
-        f'<Response><Dial action="/action" record="record-from-answer-dual">'
-        f"<Number>{CALLEE}</Number></Dial></Response>"
-    )
+    app_server.routes["/voice"] = RECORDED_DIAL
     app_server.routes["/action"] = "<Response><Hangup/></Response>"
     caller_audio = RtpPeer(600)
     callee_audio = RtpPeer(1000, payload_type=PCMA)
