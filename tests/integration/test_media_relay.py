@@ -309,17 +309,26 @@ async def test_a_payload_type_not_negotiated_is_dropped_and_counted_not_relayed(
     assert discarded >= 100, discarded
 
 
-@bounded(60)
-async def test_pcmu_against_pcma_stays_on_the_bridge_and_is_transcoded(
-    switch: SwitchProcess, app_server: AppServer, workdir
-) -> None:
-    app_server.routes["/voice"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
+async def pcma_parties(
+    switch: SwitchProcess, workdir: Path
+) -> tuple[RtpPeer, RtpPeer, sipp.Sipp, sipp.Sipp]:
+    """A PCMU caller at 600 Hz and a callee behind the trunk that answers with PCMA
+    only, at 1000 Hz, and hangs up after 2.5 s: a pair the relay cannot take."""
     caller_audio = RtpPeer(600)
     callee_audio = RtpPeer(1000, payload_type=PCMA)
     await started(caller_audio, callee_audio)
     scenario = sipp.callee("answer", rtp_port=callee_audio.port, hangup_after_ms=2500)
     callee = sipp.Sipp(workdir, "callee", pcmu_callee_as_pcma(scenario), port=switch.trunk_port)
     caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
+    return caller_audio, callee_audio, callee, caller
+
+
+@bounded(60)
+async def test_pcmu_against_pcma_stays_on_the_bridge_and_is_transcoded(
+    switch: SwitchProcess, app_server: AppServer, workdir
+) -> None:
+    app_server.routes["/voice"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
+    caller_audio, callee_audio, callee, caller = await pcma_parties(switch, workdir)
     async with on_call(switch, [caller_audio, callee_audio], [callee], [caller]):
         await callee_audio.wait_for_audio(1.0)
         assert (await switch.health())["relayed"] == 0
@@ -340,12 +349,7 @@ async def test_a_recorded_pcmu_against_pcma_call_is_transcoded_and_recorded_on_t
     bridge: each party's tone on its own channel, and nothing said about a relay."""
     app_server.routes["/voice"] = RECORDED_DIAL
     app_server.routes["/action"] = "<Response><Hangup/></Response>"
-    caller_audio = RtpPeer(600)
-    callee_audio = RtpPeer(1000, payload_type=PCMA)
-    await started(caller_audio, callee_audio)
-    scenario = sipp.callee("answer", rtp_port=callee_audio.port, hangup_after_ms=2500)
-    callee = sipp.Sipp(workdir, "callee", pcmu_callee_as_pcma(scenario), port=switch.trunk_port)
-    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
+    caller_audio, callee_audio, callee, caller = await pcma_parties(switch, workdir)
     log_before = len(switch.log())
     async with on_call(switch, [caller_audio, callee_audio], [callee], [caller]):
         await callee_audio.wait_for_audio(1.0)
