@@ -68,7 +68,6 @@ class MediaPaths:
         self._sources: dict[object, set[object]] = {}  # a leg -> the legs it hears
         self._taps: Counter[object] = Counter()  # players playing to a leg
         self._recorders: Counter[object] = Counter()  # recorders hearing a leg
-        self._decoding: set[object] = set()  # relayed legs decoding for them
         self._relayed: dict[object, object] = {}  # both ways
         self._heard: set[object] = set()  # legs that have sent RTP
         self._waiting: set[object] = set()  # legs whose pair waits for them to send
@@ -104,23 +103,18 @@ class MediaPaths:
         """A recorder now hears ``leg``: if it is relayed, it decodes too. Call before
         connecting the recorder."""
         self._recorders[leg] += 1
-        return self._decoded(leg)
+        return self._decode(leg, True) if self._recorders[leg] == 1 else []
 
     def unrecorded(self, leg: object) -> list[Action]:
-        """A recorder of ``leg`` is gone."""
+        """A recorder of ``leg`` is gone: with the last one, a relayed leg stops
+        decoding."""
         _less(self._recorders, leg)
-        return self._decoded(leg)
+        return [] if self._recorders[leg] else self._decode(leg, False)
 
-    def _decoded(self, leg: object) -> list[Action]:
-        """Decode a relayed leg exactly while something records it."""
-        wanted = leg in self._relayed and self._recorders[leg] > 0
-        if wanted == (leg in self._decoding):
-            return []
-        if wanted:
-            self._decoding.add(leg)
-        else:
-            self._decoding.discard(leg)
-        return [Decode(leg, wanted)]
+    def _decode(self, leg: object, on: bool) -> list[Action]:
+        """A relayed leg decodes exactly while it has recorders: the change, if it is
+        relayed (a relay's end stops decoding, a new relay starts it)."""
+        return [Decode(leg, on)] if leg in self._relayed else []
 
     def heard(self, leg: object) -> list[Action]:
         """``leg`` has sent RTP."""
@@ -150,9 +144,9 @@ class MediaPaths:
         self._waiting.discard(leg)
         self._refused = {pair for pair in self._refused if leg not in pair}
         actions: list[Action] = []
-        peer = self._relayed.get(leg)
+        peer = self._relayed.pop(leg, None)
         if peer is not None:
-            self._forget(leg, peer)
+            del self._relayed[peer]
             actions.append(Unrelay(peer, leg, gone=leg))
         return actions + self._decide(*others)
 
@@ -161,23 +155,18 @@ class MediaPaths:
         on the bridge until either's media changes."""
         self._refused.add(frozenset((a, b)))
         if self._relayed.get(a) == b:
-            self._forget(a, b)
+            del self._relayed[a], self._relayed[b]
 
     def media_changed(self, leg: object) -> list[Action]:
         """``leg``'s media was negotiated again (a re-INVITE): its stream may be new, so
         a relay of it is made again, and a refused pair is tried again."""
         self._refused = {pair for pair in self._refused if leg not in pair}
-        peer = self._relayed.get(leg)
+        peer = self._relayed.pop(leg, None)
         actions: list[Action] = []
         if peer is not None:
-            self._forget(leg, peer)
+            del self._relayed[peer]
             actions.append(Unrelay(leg, peer))
         return actions + self._decide(leg)
-
-    def _forget(self, a: object, b: object) -> None:
-        """``a`` and ``b`` are relayed no longer (nor decoding: the relay's end stops it)."""
-        del self._relayed[a], self._relayed[b]
-        self._decoding -= {a, b}
 
     def _partner(self, leg: object, heard: bool = True) -> object | None:
         """The one leg ``leg`` is bridged with and nothing else, if the pair may be
@@ -209,12 +198,13 @@ class MediaPaths:
                 self._waiting |= {leg, candidate} - self._heard
             current = self._relayed.get(leg)
             if current is not None and current != partner:
-                self._forget(leg, current)
+                del self._relayed[leg], self._relayed[current]
                 actions.append(Unrelay(leg, current))
             if partner is not None and self._relayed.get(leg) is None:
                 self._relayed[leg] = partner
                 self._relayed[partner] = leg
-                actions += [Relay(leg, partner), *self._decoded(leg), *self._decoded(partner)]
+                recorded = [Decode(x, True) for x in (leg, partner) if self._recorders[x]]
+                actions += [Relay(leg, partner), *recorded]
         return actions
 
 
