@@ -780,9 +780,10 @@ class Engine:
     def _packets_in(self, leg: Leg) -> int:
         """RTP packets the leg's stream has received (0 before it has one). Kept out
         of the waiting task's frame, which must hold no pjsua2 object."""
-        call, index = leg._call, leg._media_index
-        if call is None or index is None or call.gone:
+        stream = leg.stream()
+        if stream is None:
             return 0
+        call, index = stream
         try:
             return int(call.getStreamStat(index).rtcp.rxStat.pkt)
         except pj.Error:
@@ -898,9 +899,10 @@ class Engine:
     def _relay_decode(self, leg: Leg, on: bool) -> None:
         """A relayed leg decodes what it receives for its recorders (patch 0041 of
         deploy/pjsua2), or stops: its packets are relayed all the same."""
-        call, index = leg._call, leg._media_index
-        if call is None or index is None or call.gone:
+        stream = leg.stream()
+        if stream is None:
             return
+        call, index = stream
         try:
             call.relayDecode(index, on)
         except pj.Error as error:

@@ -292,6 +292,13 @@ class Leg:
         except pj.Error as error:
             log.warning("%s: NOTIFY not sent: %s", self.call_sid, error.info())
 
+    def stream(self) -> tuple[_PjCall, int] | None:
+        """The call and media index of this leg's audio stream, while both are live."""
+        call, index = self._call, self._media_index
+        if call is None or index is None or call.gone:
+            return None
+        return call, index
+
     def audio(self) -> pj.AudioMedia | None:
         """The conference-bridge port of this leg's audio, once media is up."""
         if self._call is None or self._media_index is None:
