@@ -498,6 +498,52 @@ async def test_a_relayed_leg_that_moves_its_media_is_relayed_again(
     one_stream(caller_audio.packets, {PCMU})
 
 
+@bounded(60)
+async def test_a_callee_behind_nat_is_latched_and_relayed_to_where_it_sends_from(
+    switch: SwitchProcess, app_server: AppServer, workdir
+) -> None:
+    """The callee's SDP names one port (its private address, a socket that only
+    listens) and it talks from another (its public one, as NAT maps it). Once the
+    switch's audio reaches the SDP port, the callee starts talking from the other:
+    the switch latches onto it and relays the pair, the callee hears the caller
+    there, the caller hears the callee through the relay, and the SDP port hears
+    nothing more."""
+    app_server.routes["/voice"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
+    caller_audio = RtpPeer(600)
+    private, public = RtpPeer(None), RtpPeer(1000, frame=240)
+    peers = [caller_audio, private, public]
+    await started(*peers)
+    callee = sipp.Sipp(
+        workdir,
+        "callee",
+        sipp.callee("answer", rtp_port=private.port, ring_ms=500, hangup_after_ms=4000),
+        port=switch.trunk_port,
+    )
+    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
+    async with on_call(switch, peers, [callee], [caller]):
+        await private.wait_for_audio(0.2)  # the bridge's, until the callee talks
+        assert private.remote is not None
+        public.talk_to(private.remote)
+        await switch.wait_relayed(1)
+        await public.wait_for_audio(1.0)
+        await caller_audio.wait_for_audio(1.0, since=public.packets[0].arrival)
+        latched = len(private.packets)
+        await public.wait_for_audio(1.0, since=asyncio.get_running_loop().time())
+        assert len(private.packets) == latched
+        assert (await switch.health()).get("relayed") == 1
+    await switch.wait_idle()
+    heard = public.audio()
+    assert tone_power(heard, 8000, 600) > 10 * tone_power(heard, 8000, 1000)
+    assert {r.source for r in public.packets} == {private.remote}
+    # The callee's 240-byte packets reach the caller whole: relayed, not bridged.
+    relayed = [r for r in caller_audio.packets if len(r.packet.payload) == 240]
+    assert len(relayed) > 40, len(relayed)
+    heard = caller_audio.audio(relayed[0].arrival, relayed[-1].arrival)
+    assert tone_power(heard, 8000, 1000) > 10 * tone_power(heard, 8000, 600)
+    one_stream(caller_audio.packets, {PCMU})
+    one_stream(public.packets, {PCMU})
+
+
 def route_by_caller(targets: dict[str, int]) -> Callable[[web.Request], Awaitable[web.Response]]:
     """A /voice handler dialling the SIPp callee (by port) named for the caller's
     number."""

@@ -84,10 +84,16 @@ class RtpPeer(asyncio.DatagramProtocol):
             with contextlib.suppress(RtpError):
                 self.events.append(TelephoneEvent.parse(packet.payload))
         if self.remote is None:
-            self.remote = addr
-            if self.tone_hz is not None:
-                self._sender = asyncio.get_running_loop().create_task(self._send())
+            self.talk_to(addr)
         self._changed.set()
+
+    def talk_to(self, remote: tuple[str, int]) -> None:
+        """Send the tone to ``remote`` from now on, without waiting to hear from it
+        (a phone behind NAT talks first, and the switch learns its address from
+        what arrives)."""
+        self.remote = remote
+        if self.tone_hz is not None and self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._send())
 
     def error_received(self, exc: Exception) -> None:
         pass
