@@ -499,7 +499,7 @@ async def test_a_relayed_leg_that_moves_its_media_is_relayed_again(
 
 
 @bounded(60)
-async def test_a_callee_behind_nat_is_latched_and_relayed_to_where_it_sends_from(
+async def test_a_callee_behind_nat_is_latched_relayed_and_followed_when_its_port_changes(
     switch: SwitchProcess, app_server: AppServer, workdir
 ) -> None:
     """The callee's SDP names one port (its private address, a socket that only
@@ -507,16 +507,19 @@ async def test_a_callee_behind_nat_is_latched_and_relayed_to_where_it_sends_from
     switch's audio reaches the SDP port, the callee starts talking from the other:
     the switch latches onto it and relays the pair, the callee hears the caller
     there, the caller hears the callee through the relay, and the SDP port hears
-    nothing more."""
+    nothing more. Then the callee moves to another network mid-call and restarts
+    its media: a third port, a new SSRC, new sequence numbers and timestamps. The
+    switch latches onto it, the relay follows, and the caller still receives one
+    stream."""
     app_server.routes["/voice"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
     caller_audio = RtpPeer(600)
-    private, public = RtpPeer(None), RtpPeer(1000, frame=240)
-    peers = [caller_audio, private, public]
+    private, public, rebound = RtpPeer(None), RtpPeer(1000, frame=240), RtpPeer(1400, frame=240)
+    peers = [caller_audio, private, public, rebound]
     await started(*peers)
     callee = sipp.Sipp(
         workdir,
         "callee",
-        sipp.callee("answer", rtp_port=private.port, ring_ms=500, hangup_after_ms=4000),
+        sipp.callee("answer", rtp_port=private.port, ring_ms=500, hangup_after_ms=7000),
         port=switch.trunk_port,
     )
     caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
@@ -528,20 +531,32 @@ async def test_a_callee_behind_nat_is_latched_and_relayed_to_where_it_sends_from
         await public.wait_for_audio(1.0)
         await caller_audio.wait_for_audio(1.0, since=public.packets[0].arrival)
         latched = len(private.packets)
-        await public.wait_for_audio(1.0, since=asyncio.get_running_loop().time())
+        await public.wait_for_audio(0.5, since=asyncio.get_running_loop().time())
         assert len(private.packets) == latched
+        public.close()
+        rebound.talk_to(private.remote)
+        await rebound.wait_for_audio(1.0)
+        await caller_audio.wait_for_audio(1.0, since=rebound.packets[0].arrival)
         assert (await switch.health()).get("relayed") == 1
     await switch.wait_idle()
-    heard = public.audio()
-    assert tone_power(heard, 8000, 600) > 10 * tone_power(heard, 8000, 1000)
-    assert {r.source for r in public.packets} == {private.remote}
-    # The callee's 240-byte packets reach the caller whole: relayed, not bridged.
+    assert len(private.packets) == latched
+    for peer in (public, rebound):
+        heard = peer.audio()
+        assert tone_power(heard, 8000, 600) > 10 * tone_power(heard, 8000, 1000)
+        assert {r.source for r in peer.packets} == {private.remote}
+        one_stream(peer.packets, {PCMU})
+    # The callee's 240-byte packets reach the caller whole: relayed, not bridged,
+    # from the public port and then from the new one.
+    moved = rebound.packets[0].arrival
     relayed = [r for r in caller_audio.packets if len(r.packet.payload) == 240]
-    assert len(relayed) > 40, len(relayed)
-    heard = caller_audio.audio(relayed[0].arrival, relayed[-1].arrival)
-    assert tone_power(heard, 8000, 1000) > 10 * tone_power(heard, 8000, 600)
+    for tone, other, part in (
+        (1000, 1400, [r for r in relayed if r.arrival < moved]),
+        (1400, 1000, [r for r in relayed if r.arrival > moved]),
+    ):
+        assert len(part) > 20, (tone, len(part))
+        heard = caller_audio.audio(part[0].arrival, part[-1].arrival)
+        assert tone_power(heard, 8000, tone) > 10 * tone_power(heard, 8000, other), tone
     one_stream(caller_audio.packets, {PCMU})
-    one_stream(public.packets, {PCMU})
 
 
 def route_by_caller(targets: dict[str, int]) -> Callable[[web.Request], Awaitable[web.Response]]:
