@@ -420,42 +420,6 @@ async def test_ringback_relay_redirect_and_a_second_relay_are_one_stream_to_the_
         assert abs(step) < 0.04, (start, step)
 
 
-def callee_moving_its_media(first_port: int, second_port: int) -> str:
-    """``sipp.callee``'s answering callee (media at ``first_port``) that, 2.5 s after
-    the ACK, re-INVITEs with its media at ``second_port`` (a new SDP version), ACKs
-    the 200, and hangs up 2.5 s later."""
-    answered = sipp.callee("answer", rtp_port=first_port, ring_ms=300, hangup_after_ms=2500)
-    head, bye = answered.split('  <pause milliseconds="2500"/>\n', 1)
-    in_dialog = sipp.CALLEE_BYE.split("CSeq:", 1)[0].replace(
-        "BYE [next_url]", "{method} [next_url]"
-    )
-    offer = sipp.SDP.format(port=second_port).replace("o=sipp 1 1", "o=sipp 1 2")
-    reinvite = (
-        in_dialog.format(method="INVITE")
-        + "      CSeq: 2 INVITE\n"
-        + "      Contact: <sip:callee@[local_ip]:[local_port];transport=[transport]>\n"
-        + "      Max-Forwards: 70\n"
-        + "      Content-Type: application/sdp\n"
-        + "      Content-Length: [len]\n\n"
-        + sipp.indent(offer)
-    )
-    ack = (
-        in_dialog.format(method="ACK")
-        + "      CSeq: 2 ACK\n      Max-Forwards: 70\n      Content-Length: 0\n"
-    )
-    body = head.split("<scenario", 1)[1].split(">", 1)[1].rsplit("</scenario>", 1)[0]
-    body += (
-        '  <pause milliseconds="2500"/>\n'
-        + sipp.send(reinvite, retrans=True)
-        + '  <recv response="100" optional="true"/>\n'
-        + '  <recv response="200"/>\n'
-        + sipp.send(ack)
-        + '  <pause milliseconds="2500"/>\n'
-        + bye.split("</scenario>", 1)[0].replace("CSeq: 2 BYE", "CSeq: 3 BYE")
-    )
-    return sipp.scenario("callee-reinvite", body)
-
-
 @bounded(60)
 async def test_a_relayed_leg_that_moves_its_media_is_relayed_again(
     switch: SwitchProcess, app_server: AppServer, workdir
@@ -469,7 +433,10 @@ async def test_a_relayed_leg_that_moves_its_media_is_relayed_again(
     peers = [caller_audio, before, after]
     await started(*peers)
     callee = sipp.Sipp(
-        workdir, "callee", callee_moving_its_media(before.port, after.port), port=switch.trunk_port
+        workdir,
+        "callee",
+        sipp.callee_reinviting(before.port, sipp.reoffer(after.port)),
+        port=switch.trunk_port,
     )
     caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
     async with on_call(switch, peers, [callee], [caller]):

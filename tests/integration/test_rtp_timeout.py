@@ -4,7 +4,8 @@ hung up, the others are not.
 This module's switch times legs out after 2 s. A caller bridged to a callee
 that answers but never sends RTP: the callee's leg gets a BYE from the switch
 a few seconds after the answer; the caller, whose RTP flows, is not timed out
-but released by the app's action document.
+but released by the app's action document. A callee that puts the call on hold
+sends nothing by design, and is not timed while it holds.
 """
 
 from __future__ import annotations
@@ -77,3 +78,42 @@ async def test_a_silent_callee_is_hung_up_after_the_rtp_timeout(
     assert action.params["DialCallStatus"] == "completed"
     assert TIMEOUT <= int(action.params["DialCallDuration"]) <= TIMEOUT + 4
     assert "no RTP received for 2 s" in switch.log()
+
+
+async def test_a_callee_that_holds_the_call_is_not_timed_out_while_it_holds(
+    switch: SwitchProcess, app_server: AppServer, workdir: Path
+) -> None:
+    """The callee answers without sending RTP, puts the call on hold half a second
+    later (re-INVITE, ``a=inactive``), stays on hold, silent, for three timeouts,
+    and hangs up itself: the switch sent it no BYE."""
+    app_server.routes["/voice"] = (
+        f'<Response><Dial timeout="10" action="/action"><Number>{CALLEE}</Number></Dial></Response>'
+    )
+    app_server.routes["/action"] = "<Response><Hangup/></Response>"
+    caller_audio, silent = RtpPeer(600), RtpPeer(None)
+    await caller_audio.start()
+    await silent.start()
+    held_ms = 3 * TIMEOUT * 1000
+    try:
+        caller, callee = await sipp.run_call(
+            switch,
+            workdir,
+            sipp.caller(NUMBER, caller_audio.port),
+            sipp.callee_reinviting(
+                silent.port, sipp.reoffer(silent.port, "inactive"), before_ms=500, after_ms=held_ms
+            ),
+            timeout=20,
+            callee_wait=10,
+        )
+    finally:
+        caller_audio.close()
+        silent.close()
+    assert callee is not None
+    received = callee.messages().received()
+    assert not [m for m in received if m.startswith("BYE ")], received
+    answers = [m for m in received if m.startswith("SIP/2.0 200")]
+    assert [m for m in answers if "CSeq: 2 INVITE" in m and "a=inactive" in m], answers
+    assert [m for m in answers if "CSeq: 3 BYE" in m], answers
+    (action,) = app_server.hits("/action")
+    assert action.params["DialCallStatus"] == "completed"
+    assert int(action.params["DialCallDuration"]) >= held_ms / 1000
