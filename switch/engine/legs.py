@@ -41,6 +41,9 @@ _STATE_EARLY = pj.PJSIP_INV_STATE_EARLY
 _STATE_CONNECTING = pj.PJSIP_INV_STATE_CONNECTING
 _STATE_CONFIRMED = pj.PJSIP_INV_STATE_CONFIRMED
 _STATE_DISCONNECTED = pj.PJSIP_INV_STATE_DISCONNECTED
+# A stream that carries audio: active, or held by the far end (``a=sendonly``),
+# which may send music on hold for the other party to hear.
+_MEDIA_FLOWING = (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD)
 
 SRTP_USE = {
     "off": pj.PJMEDIA_SRTP_DISABLED,
@@ -103,7 +106,7 @@ class _PjCall(pj.Call):  # type: ignore[misc]
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:  # noqa: N802
         info = self.getInfo()
         for index, media in enumerate(info.media):
-            if media.type == pj.PJMEDIA_TYPE_AUDIO and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+            if media.type == pj.PJMEDIA_TYPE_AUDIO and media.status in _MEDIA_FLOWING:
                 self.leg._media_active(self, index)
                 return
 

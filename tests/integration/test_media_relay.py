@@ -421,6 +421,37 @@ async def test_ringback_relay_redirect_and_a_second_relay_are_one_stream_to_the_
 
 
 @bounded(60)
+async def test_a_callee_that_holds_a_relayed_call_with_music_is_heard_and_sent_nothing(
+    switch: SwitchProcess, app_server: AppServer, workdir
+) -> None:
+    """A relayed call; the callee puts it on hold (re-INVITE ``a=sendonly``) and goes
+    on sending its 1000 Hz, its music on hold. From the hold on the switch sends the
+    callee nothing, and the caller goes on hearing the music, in one stream."""
+    app_server.routes["/voice"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
+    caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000, frame=240)
+    peers = [caller_audio, callee_audio]
+    await started(*peers)
+    held = sipp.callee_reinviting(
+        callee_audio.port, sipp.reoffer(callee_audio.port, "sendonly"), ring_ms=500
+    )
+    callee = sipp.Sipp(workdir, "callee", held, port=switch.trunk_port)
+    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
+    async with on_call(switch, peers, [callee], [caller]):
+        await switch.wait_relayed(1)
+    await switch.wait_idle()
+    answers = [m for m in callee.messages().received() if m.startswith("SIP/2.0 200")]
+    assert [m for m in answers if "CSeq: 2 INVITE" in m and "a=recvonly" in m], answers
+    # The callee heard the caller until the hold, 2.5 s before its BYE, and then
+    # nothing; the caller heard the music until the BYE.
+    on_hold = caller_audio.packets[-1].arrival - callee_audio.packets[-1].arrival
+    assert on_hold > 2.0, on_hold
+    heard = caller_audio.audio(callee_audio.packets[-1].arrival + 0.1)
+    assert len(heard) > 1.5 * 8000, len(heard)
+    assert tone_power(heard, 8000, 1000) > 10 * tone_power(heard, 8000, 600)
+    one_stream(caller_audio.packets, {PCMU})
+
+
+@bounded(60)
 async def test_a_relayed_leg_that_moves_its_media_is_relayed_again(
     switch: SwitchProcess, app_server: AppServer, workdir
 ) -> None:
