@@ -557,6 +557,32 @@ async def test_a_callee_behind_nat_is_latched_relayed_and_followed_when_its_port
     one_stream(caller_audio.packets, {PCMU})
 
 
+@bounded(60)
+async def test_a_relayed_sender_whose_sequence_restarts_is_still_one_stream_to_the_far_end(
+    switch: SwitchProcess, app_server: AppServer, workdir
+) -> None:
+    """Mid-relay the callee's sequence numbers and timestamps jump (same SSRC), as
+    from a phone whose media restarted: the caller goes on receiving one stream,
+    and the callee's tone."""
+    app_server.routes["/voice"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
+    caller_audio, callee_audio, callee, caller = await relayed_parties(
+        switch, workdir, 3000, callee_frame=240
+    )
+    async with on_call(switch, [caller_audio, callee_audio], [callee], [caller]):
+        await switch.wait_relayed(1)
+        await caller_audio.wait_for_audio(0.5, since=asyncio.get_running_loop().time())
+        callee_audio.restart_stream()
+        restarted = asyncio.get_running_loop().time()
+        await caller_audio.wait_for_audio(1.0, since=restarted)
+        assert (await switch.health()).get("relayed") == 1
+    await switch.wait_idle()
+    after = [r for r in caller_audio.packets if r.arrival > restarted + 0.1]
+    assert len([r for r in after if len(r.packet.payload) == 240]) > 20
+    heard = caller_audio.audio(restarted + 0.1, after[-1].arrival)
+    assert tone_power(heard, 8000, 1000) > 10 * tone_power(heard, 8000, 600)
+    one_stream(caller_audio.packets, {PCMU})
+
+
 def route_by_caller(targets: dict[str, int]) -> Callable[[web.Request], Awaitable[web.Response]]:
     """A /voice handler dialling the SIPp callee (by port) named for the caller's
     number."""

@@ -56,6 +56,7 @@ class RtpPeer(asyncio.DatagramProtocol):
         self.sent = 0
         self.ssrc = random.getrandbits(32)  # of the stream it sends
         self._digits: list[int] = []
+        self._restart = False
         self._sender: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self.port = 0
@@ -98,6 +99,11 @@ class RtpPeer(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         pass
 
+    def restart_stream(self) -> None:
+        """From the next packet on, send with new random sequence numbers and
+        timestamps under the same SSRC, as a phone whose media restarted."""
+        self._restart = True
+
     def send_digit(self, event: int) -> None:
         """Send RFC 4733 event ``event`` (10 is ``*``) in place of the next 160 ms of
         audio: 5 packets of growing duration, then the end packet three times."""
@@ -114,6 +120,10 @@ class RtpPeer(asyncio.DatagramProtocol):
         step = 2 * math.pi * self.tone_hz / RATE
         event: tuple[int, int, int] | None = None  # (code, timestamp, packets sent)
         while self.transport is not None and self.remote is not None:
+            if self._restart:
+                self._restart = False
+                seq = (seq + random.randrange(4000, 60000)) & 0xFFFF
+                ts = (ts + random.getrandbits(31)) & 0xFFFFFFFF
             if event is None and self._digits:
                 event = (self._digits.pop(0), (ts + n * self.frame) & 0xFFFFFFFF, 0)
             if event is not None:
