@@ -561,7 +561,7 @@ class Engine:
                 packets = call.getStreamStat(index).rtcp.rxStat.pkt
             except pj.Error:
                 continue  # no stream at this moment (a re-INVITE in progress)
-            if watch.silent(slot, packets, functools.partial(_decoding, call, index), now):
+            if watch.silent(slot, packets, functools.partial(_receiving, call, index), now):
                 log.warning(
                     "%s: no RTP received for %.0f s: hanging up ([media] rtp_timeout)",
                     leg.call_sid,
@@ -980,12 +980,16 @@ def _audio(leg: protocol.Leg) -> pj.AudioMedia | None:
     return leg.audio() if isinstance(leg, Leg) else None
 
 
-def _decoding(call: _PjCall, index: int) -> bool:
-    """Whether the call's stream ``index`` receives (its far end does not hold it)."""
+def _receiving(call: _PjCall, index: int) -> bool:
+    """Whether the call's stream ``index`` should be receiving RTP: its far end does
+    not hold it. A hold with ``a=inactive`` leaves the stream without its receiving
+    direction; one with ``a=sendonly`` leaves it receiving, in pjsua's REMOTE_HOLD
+    state, and a phone may then send music or nothing at all."""
     try:
-        return bool(call.getInfo().media[index].dir & pj.PJMEDIA_DIR_DECODING)
+        media = call.getInfo().media[index]
     except pj.Error:
         return False
+    return media.status == pj.PJSUA_CALL_MEDIA_ACTIVE and bool(media.dir & pj.PJMEDIA_DIR_DECODING)
 
 
 def _narrowband_opus(ep: pj.Endpoint) -> None:

@@ -80,12 +80,14 @@ async def test_a_silent_callee_is_hung_up_after_the_rtp_timeout(
     assert "no RTP received for 2 s" in switch.log()
 
 
+@pytest.mark.parametrize(("hold", "answer"), [("inactive", "inactive"), ("sendonly", "recvonly")])
 async def test_a_callee_that_holds_the_call_is_not_timed_out_while_it_holds(
-    switch: SwitchProcess, app_server: AppServer, workdir: Path
+    switch: SwitchProcess, app_server: AppServer, workdir: Path, hold: str, answer: str
 ) -> None:
     """The callee answers without sending RTP, puts the call on hold half a second
-    later (re-INVITE, ``a=inactive``), stays on hold, silent, for three timeouts,
-    and hangs up itself: the switch sent it no BYE."""
+    later (re-INVITE with ``a=inactive``, or ``a=sendonly`` and then no music),
+    stays on hold, silent, for three timeouts, and hangs up itself: the switch
+    sent it no BYE."""
     app_server.routes["/voice"] = (
         f'<Response><Dial timeout="10" action="/action"><Number>{CALLEE}</Number></Dial></Response>'
     )
@@ -100,7 +102,7 @@ async def test_a_callee_that_holds_the_call_is_not_timed_out_while_it_holds(
             workdir,
             sipp.caller(NUMBER, caller_audio.port),
             sipp.callee_reinviting(
-                silent.port, sipp.reoffer(silent.port, "inactive"), before_ms=500, after_ms=held_ms
+                silent.port, sipp.reoffer(silent.port, hold), before_ms=500, after_ms=held_ms
             ),
             timeout=20,
             callee_wait=10,
@@ -112,7 +114,7 @@ async def test_a_callee_that_holds_the_call_is_not_timed_out_while_it_holds(
     received = callee.messages().received()
     assert not [m for m in received if m.startswith("BYE ")], received
     answers = [m for m in received if m.startswith("SIP/2.0 200")]
-    assert [m for m in answers if "CSeq: 2 INVITE" in m and "a=inactive" in m], answers
+    assert [m for m in answers if "CSeq: 2 INVITE" in m and f"a={answer}" in m], answers
     assert [m for m in answers if "CSeq: 3 BYE" in m], answers
     (action,) = app_server.hits("/action")
     assert action.params["DialCallStatus"] == "completed"
