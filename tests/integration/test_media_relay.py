@@ -425,30 +425,48 @@ async def test_a_callee_that_holds_a_relayed_call_with_music_is_heard_and_sent_n
     switch: SwitchProcess, app_server: AppServer, workdir
 ) -> None:
     """A relayed call; the callee puts it on hold (re-INVITE ``a=sendonly``) and goes
-    on sending its 1000 Hz, its music on hold. From the hold on the switch sends the
-    callee nothing, and the caller goes on hearing the music, in one stream."""
+    on sending its 1000 Hz, its music on hold; 2 s later it takes the call off hold
+    (``a=sendrecv``). While held the switch sends the callee nothing and the caller
+    goes on hearing the music; off hold the pair is relayed again and the callee
+    hears the caller. Each side receives one stream throughout."""
     app_server.routes["/voice"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
     caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000, frame=240)
     peers = [caller_audio, callee_audio]
     await started(*peers)
+    hold, unhold = (
+        sipp.reoffer(callee_audio.port, "sendonly", 2),
+        sipp.reoffer(callee_audio.port, "sendrecv", 3),
+    )
     held = sipp.callee_reinviting(
-        callee_audio.port, sipp.reoffer(callee_audio.port, "sendonly"), ring_ms=500
+        callee_audio.port, hold, unhold, ring_ms=500, before_ms=2000, after_ms=2000
     )
     callee = sipp.Sipp(workdir, "callee", held, port=switch.trunk_port)
     caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
     async with on_call(switch, peers, [callee], [caller]):
         await switch.wait_relayed(1)
+        relayed_at = asyncio.get_running_loop().time()
     await switch.wait_idle()
     answers = [m for m in callee.messages().received() if m.startswith("SIP/2.0 200")]
     assert [m for m in answers if "CSeq: 2 INVITE" in m and "a=recvonly" in m], answers
-    # The callee heard the caller until the hold, 2.5 s before its BYE, and then
-    # nothing; the caller heard the music until the BYE.
-    on_hold = caller_audio.packets[-1].arrival - callee_audio.packets[-1].arrival
-    assert on_hold > 2.0, on_hold
-    heard = caller_audio.audio(callee_audio.packets[-1].arrival + 0.1)
+    assert [m for m in answers if "CSeq: 3 INVITE" in m and "a=sendrecv" in m], answers
+    # The callee heard the caller until the hold, nothing for the 2 s of it, and
+    # the caller again from the unhold to its BYE.
+    arrivals = [r.arrival for r in callee_audio.packets if r.arrival > relayed_at]
+    gap, resumed = max((b - a, b) for a, b in zip(arrivals, arrivals[1:], strict=False))
+    assert 1.7 < gap < 3.0, gap
+    heard = callee_audio.audio(resumed)
     assert len(heard) > 1.5 * 8000, len(heard)
-    assert tone_power(heard, 8000, 1000) > 10 * tone_power(heard, 8000, 600)
+    assert tone_power(heard, 8000, 600) > 10 * tone_power(heard, 8000, 1000)
+    # Off hold the pair is relayed again: the callee's 240-byte packets reach the
+    # caller whole (the bridge would cut them into 20 ms frames).
+    relayed = [r for r in caller_audio.packets if r.arrival > resumed + 0.2]
+    assert len([r for r in relayed if len(r.packet.payload) == 240]) > 20
+    # The caller heard the callee all along: its music while held.
+    held_audio = caller_audio.audio(resumed - gap + 0.1, resumed - 0.1)
+    assert len(held_audio) > 1.5 * 8000, len(held_audio)
+    assert tone_power(held_audio, 8000, 1000) > 10 * tone_power(held_audio, 8000, 600)
     one_stream(caller_audio.packets, {PCMU})
+    one_stream(callee_audio.packets, {PCMU})
 
 
 @bounded(60)

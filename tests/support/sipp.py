@@ -291,44 +291,47 @@ def callee(
     return scenario("callee-answer", body)
 
 
-def reoffer(port: int, direction: str = "sendrecv") -> str:
-    """`SDP`'s second version, with the media at ``port`` and ``direction``
+def reoffer(port: int, direction: str = "sendrecv", version: int = 2) -> str:
+    """`SDP` as version ``version``, with the media at ``port`` and ``direction``
     (``inactive`` or ``sendonly`` puts the call on hold)."""
-    offer = SDP.format(port=port).replace("o=sipp 1 1", "o=sipp 1 2")
+    offer = SDP.format(port=port).replace("o=sipp 1 1", f"o=sipp 1 {version}")
     return offer.replace("a=sendrecv", f"a={direction}")
 
 
 def callee_reinviting(
-    rtp_port: int, offer: str, *, ring_ms: int = 300, before_ms: int = 2500, after_ms: int = 2500
+    rtp_port: int, *offers: str, ring_ms: int = 300, before_ms: int = 2500, after_ms: int = 2500
 ) -> str:
-    """`callee`'s answering callee (media at ``rtp_port``) that, ``before_ms`` after
-    the ACK, re-INVITEs with the SDP ``offer`` (`reoffer`), ACKs the 200, and hangs
-    up ``after_ms`` later."""
+    """`callee`'s answering callee (media at ``rtp_port``) that re-INVITEs with each
+    SDP of ``offers`` (`reoffer`) in turn, ``before_ms`` after the previous ACK, ACKs
+    each 200, and hangs up ``after_ms`` after the last."""
     answered = callee("answer", rtp_port=rtp_port, ring_ms=ring_ms, hangup_after_ms=after_ms)
     head, bye = answered.split(f'  <pause milliseconds="{after_ms}"/>\n', 1)
     in_dialog = CALLEE_BYE.split("CSeq:", 1)[0].replace("BYE [next_url]", "{method} [next_url]")
-    reinvite = (
-        in_dialog.format(method="INVITE")
-        + "      CSeq: 2 INVITE\n"
-        + "      Contact: <sip:callee@[local_ip]:[local_port];transport=[transport]>\n"
-        + "      Max-Forwards: 70\n"
-        + "      Content-Type: application/sdp\n"
-        + "      Content-Length: [len]\n\n"
-        + indent(offer)
-    )
-    ack = (
-        in_dialog.format(method="ACK")
-        + "      CSeq: 2 ACK\n      Max-Forwards: 70\n      Content-Length: 0\n"
-    )
     body = head.split("<scenario", 1)[1].split(">", 1)[1].rsplit("</scenario>", 1)[0]
-    body += (
-        f'  <pause milliseconds="{before_ms}"/>\n'
-        + send(reinvite, retrans=True)
-        + '  <recv response="100" optional="true"/>\n'
-        + '  <recv response="200"/>\n'
-        + send(ack)
-        + f'  <pause milliseconds="{after_ms}"/>\n'
-        + bye.split("</scenario>", 1)[0].replace("CSeq: 2 BYE", "CSeq: 3 BYE")
+    for cseq, offer in enumerate(offers, start=2):
+        reinvite = (
+            in_dialog.format(method="INVITE")
+            + f"      CSeq: {cseq} INVITE\n"
+            + "      Contact: <sip:callee@[local_ip]:[local_port];transport=[transport]>\n"
+            + "      Max-Forwards: 70\n"
+            + "      Content-Type: application/sdp\n"
+            + "      Content-Length: [len]\n\n"
+            + indent(offer)
+        )
+        ack = (
+            in_dialog.format(method="ACK")
+            + f"      CSeq: {cseq} ACK\n      Max-Forwards: 70\n      Content-Length: 0\n"
+        )
+        body += (
+            f'  <pause milliseconds="{before_ms}"/>\n'
+            + send(reinvite, retrans=True)
+            + '  <recv response="100" optional="true"/>\n'
+            + '  <recv response="200"/>\n'
+            + send(ack)
+        )
+    bye_cseq = f"CSeq: {len(offers) + 2} BYE"
+    body += f'  <pause milliseconds="{after_ms}"/>\n' + bye.split("</scenario>", 1)[0].replace(
+        "CSeq: 2 BYE", bye_cseq
     )
     return scenario("callee-reinvite", body)
 
