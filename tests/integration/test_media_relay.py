@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from aiortc.rtp import RtcpRrPacket, RtcpSrPacket
 from twilio.rest import Client
 
 from media.analysis import tone_power
@@ -40,7 +41,7 @@ from tests.integration.test_recording import check_dual
 from tests.support import sipp
 from tests.support.recording_checks import RecordingsClient
 from tests.support.rtp import PCMA, PCMU, ReceivedPacket, RtpPacket
-from tests.support.rtp_peer import EVENT_PT, FRAME, RtpPeer
+from tests.support.rtp_peer import EVENT_PT, FRAME, RtpPeer, with_rtcp_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -599,6 +600,54 @@ async def test_a_relayed_sender_whose_sequence_restarts_is_still_one_stream_to_t
     heard = caller_audio.audio(restarted + 0.1, after[-1].arrival)
     assert tone_power(heard, 8000, 1000) > 10 * tone_power(heard, 8000, 600)
     one_stream(caller_audio.packets, {PCMU})
+
+
+@bounded(60)
+async def test_each_relayed_leg_reports_in_its_own_rtcp_and_the_far_ends_rtcp_stays_there(
+    switch: SwitchProcess, app_server: AppServer, workdir
+) -> None:
+    """A relayed call up for 8 s, each party listening on its RTCP port. Each gets
+    Sender Reports from the switch's stream of its leg: for the stream it receives
+    (that SSRC, a packet count matching what it received) and about the stream it
+    sends (a report block for its SSRC, nothing lost). The callee sends Receiver
+    Reports of its own: they end at the switch, the caller gets none of them."""
+    app_server.routes["/voice"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
+    caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000)
+    caller_rtcp = await with_rtcp_port(caller_audio)
+    callee_rtcp = await with_rtcp_port(callee_audio)
+    peers = [caller_audio, callee_audio]
+    callee = sipp.Sipp(
+        workdir,
+        "callee",
+        sipp.callee("answer", rtp_port=callee_audio.port, ring_ms=500, hangup_after_ms=8000),
+        port=switch.trunk_port,
+    )
+    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
+    try:
+        async with on_call(switch, peers, [callee], [caller]):
+            await switch.wait_relayed(1)
+            await callee_audio.wait_for_audio(0.2)
+            assert callee_audio.remote is not None
+            switch_rtcp = (callee_audio.remote[0], callee_audio.remote[1] + 1)
+            for _ in range(30):
+                callee_rtcp.send(RtcpRrPacket(ssrc=callee_audio.ssrc), switch_rtcp)
+                await asyncio.sleep(0.2)
+    finally:
+        caller_rtcp.close()
+        callee_rtcp.close()
+    await switch.wait_idle()
+    for party, rtcp in ((caller_audio, caller_rtcp), (callee_audio, callee_rtcp)):
+        (ssrc,) = {r.packet.ssrc for r in party.packets}
+        reports = [(t, p) for t, p in rtcp.received if isinstance(p, RtcpSrPacket)]
+        assert reports, rtcp.received
+        assert {p.ssrc for _, p in reports} == {ssrc}
+        for arrival, report in reports:
+            before = len([r for r in party.packets if r.arrival <= arrival])
+            assert before - 3 <= report.sender_info.packet_count <= before + 3, (before, report)
+            (block,) = report.reports
+            assert block.ssrc == party.ssrc
+            assert block.packets_lost == 0 and block.fraction_lost == 0, block
+    assert callee_audio.ssrc not in {getattr(p, "ssrc", None) for _, p in caller_rtcp.received}
 
 
 def route_by_caller(targets: dict[str, int]) -> Callable[[web.Request], Awaitable[web.Response]]:

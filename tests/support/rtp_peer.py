@@ -18,6 +18,7 @@ import random
 
 import numpy as np
 import numpy.typing as npt
+from aiortc.rtp import AnyRtcpPacket, RtcpPacket
 
 from media.analysis import g711_decode, g711_encode
 from tests.support.rtp import (
@@ -61,10 +62,10 @@ class RtpPeer(asyncio.DatagramProtocol):
         self._changed = asyncio.Event()
         self.port = 0
 
-    async def start(self) -> int:
+    async def start(self, port: int = 0) -> int:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: self, local_addr=("127.0.0.1", 0)
+            lambda: self, local_addr=("127.0.0.1", port)
         )
         self.transport = transport
         self.port = int(transport.get_extra_info("sockname")[1])
@@ -174,3 +175,45 @@ class RtpPeer(asyncio.DatagramProtocol):
         if self.transport is not None:
             self.transport.close()
             self.transport = None
+
+
+class RtcpPort(asyncio.DatagramProtocol):
+    """The RTCP port of an `RtpPeer` (its RTP port + 1, as SDP without ``a=rtcp``
+    says): every RTCP packet received, parsed by aiortc, with its arrival time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.received: list[tuple[float, AnyRtcpPacket]] = []
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        now = asyncio.get_running_loop().time()
+        with contextlib.suppress(ValueError):
+            self.received += [(now, packet) for packet in RtcpPacket.parse(data)]
+
+    def send(self, packet: AnyRtcpPacket, remote: tuple[str, int]) -> None:
+        assert self.transport is not None
+        self.transport.sendto(bytes(packet), remote)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+
+async def with_rtcp_port(peer: RtpPeer) -> RtcpPort:
+    """Start ``peer`` on an even port whose next port is free, and an `RtcpPort` on
+    that next one."""
+    loop = asyncio.get_running_loop()
+    for _ in range(50):
+        rtcp = RtcpPort()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda rtcp=rtcp: rtcp, local_addr=("127.0.0.1", 0)
+        )
+        rtcp_port = int(transport.get_extra_info("sockname")[1])
+        if rtcp_port % 2 == 1:
+            with contextlib.suppress(OSError):
+                await peer.start(rtcp_port - 1)
+                rtcp.transport = transport
+                return rtcp
+        transport.close()
+    raise RuntimeError("no free RTP/RTCP port pair")
