@@ -824,8 +824,9 @@ class Engine:
         self._apply(self.paths.ended(leg))
 
     def _media_changed(self, leg: Leg) -> None:
-        if self.paths.peer(leg) is not None:
-            self._apply(self.paths.media_changed(leg))
+        """``leg``'s media was negotiated (again): a relay of it is made again, and a
+        pair kept on the bridge because its codecs differed is tried again."""
+        self._apply(self.paths.media_changed(leg))
 
     def _apply(self, actions: list[Action]) -> None:
         """Carry the decisions out; then, if a pair waits for a leg's first RTP

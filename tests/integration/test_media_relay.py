@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -648,6 +649,61 @@ async def test_each_relayed_leg_reports_in_its_own_rtcp_and_the_far_ends_rtcp_st
             assert block.ssrc == party.ssrc
             assert block.packets_lost == 0 and block.fraction_lost == 0, block
     assert callee_audio.ssrc not in {getattr(p, "ssrc", None) for _, p in caller_rtcp.received}
+
+
+async def receives(peer: RtpPeer, payload_type: int, timeout: float = 10.0) -> float:
+    """Wait until ``peer`` receives a packet of ``payload_type``; its arrival time."""
+    async with asyncio.timeout(timeout):
+        while True:
+            found = [r for r in peer.packets if r.packet.payload_type == payload_type]
+            if found:
+                return found[0].arrival
+            await asyncio.sleep(0.02)
+
+
+@bounded(60)
+async def test_a_relayed_callee_that_changes_codec_is_transcoded_then_relayed_again(
+    switch: SwitchProcess, app_server: AppServer, workdir
+) -> None:
+    """A relayed PCMU call; the callee re-INVITEs with PCMA only, and 2 s later with
+    PCMU again, and talks in the codec it is sent. With PCMA the pair leaves the
+    relay and the bridge transcodes; back on PCMU it is relayed again. Each party
+    hears the other in every phase, and the caller receives one PCMU stream."""
+    app_server.routes["/voice"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
+    caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000)
+    peers = [caller_audio, callee_audio]
+    await started(*peers)
+    offers = (
+        pcmu_callee_as_pcma(sipp.reoffer(callee_audio.port, version=2)),
+        sipp.reoffer(callee_audio.port, version=3),
+    )
+    scenario = sipp.callee_reinviting(
+        callee_audio.port, *offers, ring_ms=500, before_ms=2000, after_ms=2000
+    )
+    callee = sipp.Sipp(workdir, "callee", scenario, port=switch.trunk_port)
+    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
+    async with on_call(switch, peers, [callee], [caller]):
+        await switch.wait_relayed(1)
+        alaw = await receives(callee_audio, PCMA)
+        callee_audio.payload_type = PCMA
+        await switch.wait_relayed(0)
+        await caller_audio.wait_for_audio(1.0, since=alaw + 0.2)
+        ulaw = len(callee_audio.packets)
+        while callee_audio.packets[-1].packet.payload_type != PCMU:
+            await callee_audio.wait_for_audio(0.02, since=callee_audio.packets[-1].arrival)
+        back = callee_audio.packets[-1].arrival
+        callee_audio.payload_type = PCMU
+        await switch.wait_relayed(1)
+        await caller_audio.wait_for_audio(0.5, since=asyncio.get_running_loop().time())
+    await switch.wait_idle()
+    assert ulaw < len(callee_audio.packets)
+    phases = ((0.0, alaw), (alaw + 0.2, back), (back + 0.2, math.inf))
+    for start, end in phases:
+        for party, tone, other in ((caller_audio, 1000, 600), (callee_audio, 600, 1000)):
+            heard = party.audio(start, end)
+            assert len(heard) > 0.5 * 8000, (start, tone, len(heard))
+            assert tone_power(heard, 8000, tone) > 10 * tone_power(heard, 8000, other), start
+    one_stream(caller_audio.packets, {PCMU})
 
 
 def route_by_caller(targets: dict[str, int]) -> Callable[[web.Request], Awaitable[web.Response]]:
