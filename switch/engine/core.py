@@ -872,10 +872,15 @@ class Engine:
         if ca is None or cb is None or ia is None or ib is None or ma is None or mb is None:
             self.paths.refused(a, b)
             return
+        codecs = a.codec(), b.codec()
+        if codecs[0] != codecs[1]:  # the bridge transcodes (pjsua2 would log an error)
+            self.paths.refused(a, b)
+            log.debug("%s, %s: bridged, not relayed: %s", a.call_sid, b.call_sid, codecs)
+            return
         try:
             ca.relayAudio(ia, cb, ib)
         except pj.Error as error:
-            self.paths.refused(a, b)  # codecs differ: the bridge transcodes
+            self.paths.refused(a, b)
             log.debug("%s, %s: bridged, not relayed: %s", a.call_sid, b.call_sid, error.info())
             return
         ma.stopTransmit(mb)

@@ -302,6 +302,19 @@ class Leg:
             return None
         return call, index
 
+    def codec(self) -> tuple[str, int, int] | None:
+        """The codec of this leg's audio stream (name, clock rate, channels), while it
+        is live: two legs can be relayed only with the same one."""
+        stream = self.stream()
+        if stream is None:
+            return None
+        call, index = stream
+        try:
+            info = call.getStreamInfo(index)
+        except pj.Error:
+            return None
+        return info.codecName.lower(), info.codecClockRate, info.audCodecParam.info.channelCnt
+
     def audio(self) -> pj.AudioMedia | None:
         """The conference-bridge port of this leg's audio, once media is up."""
         if self._call is None or self._media_index is None:

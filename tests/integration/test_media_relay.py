@@ -330,10 +330,15 @@ async def test_pcmu_against_pcma_stays_on_the_bridge_and_is_transcoded(
 ) -> None:
     app_server.routes["/voice"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
     caller_audio, callee_audio, callee, caller = await pcma_parties(switch, workdir)
+    log_before = len(switch.log())
     async with on_call(switch, [caller_audio, callee_audio], [callee], [caller]):
         await callee_audio.wait_for_audio(1.0)
         assert (await switch.health())["relayed"] == 0
     await switch.wait_idle()
+    # An everyday pair, not an error: nothing logged about it at WARNING or above,
+    # and no error line from pjsua2 for a relay it would have refused.
+    logged = switch.log()[log_before:]
+    assert " WARNING " not in logged and " ERROR " not in logged and " error: " not in logged
     assert {r.packet.payload_type for r in callee_audio.packets} == {PCMA}
     assert {r.packet.payload_type for r in caller_audio.packets} == {PCMU}
     heard_by_callee = callee_audio.audio()
