@@ -4,8 +4,9 @@ hung up, the others are not.
 This module's switch times legs out after 2 s. A caller bridged to a callee
 that answers but never sends RTP: the callee's leg gets a BYE from the switch
 a few seconds after the answer; the caller, whose RTP flows, is not timed out
-but released by the app's action document. A callee that puts the call on hold
-sends nothing by design, and is not timed while it holds.
+but released by the app's action document. A relayed callee whose media stops
+is timed out the same way. A callee that puts the call on hold sends nothing by
+design, and is not timed while it holds.
 """
 
 from __future__ import annotations
@@ -119,3 +120,45 @@ async def test_a_callee_that_holds_the_call_is_not_timed_out_while_it_holds(
     (action,) = app_server.hits("/action")
     assert action.params["DialCallStatus"] == "completed"
     assert int(action.params["DialCallDuration"]) >= held_ms / 1000
+
+
+async def test_a_relayed_callee_that_stops_sending_is_hung_up_after_the_rtp_timeout(
+    switch: SwitchProcess, app_server: AppServer, workdir: Path
+) -> None:
+    """Both parties talk and the pair is relayed; then the callee's media stops
+    (its socket closes, as a phone that lost its network). The switch hangs the
+    callee up about the timeout later: the relay's packets count as received."""
+    app_server.routes["/voice"] = (
+        f'<Response><Dial timeout="10" action="/action"><Number>{CALLEE}</Number></Dial></Response>'
+    )
+    app_server.routes["/action"] = "<Response><Hangup/></Response>"
+    caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000)
+    await caller_audio.start()
+    await callee_audio.start()
+    loop = asyncio.get_running_loop()
+    callee = sipp.Sipp(
+        workdir,
+        "callee",
+        sipp.callee("answer", rtp_port=callee_audio.port, ring_ms=500),
+        port=switch.trunk_port,
+    )
+    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
+    try:
+        await callee.start()
+        await caller.start(switch.target(), timeout_s=20)
+        await switch.wait_relayed(1)
+        await caller_audio.wait_for_audio(2 * TIMEOUT, since=loop.time())  # relayed, > timeout
+        callee_audio.close()
+        await callee.finish(15)
+        await caller.finish(15)
+    finally:
+        for party in (caller, callee):
+            await party.stop()
+        caller_audio.close()
+        callee_audio.close()
+    received = [m.split(" ", 1)[0] for m in callee.messages().received()]
+    assert received[:3] == ["INVITE", "ACK", "BYE"], received  # the switch hung it up
+    (action,) = app_server.hits("/action")
+    assert action.params["DialCallStatus"] == "completed"
+    # Up for the 2 timeouts of relayed audio, then silent for one timeout at least.
+    assert int(action.params["DialCallDuration"]) >= 3 * TIMEOUT
