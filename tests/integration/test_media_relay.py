@@ -41,8 +41,8 @@ from tests.integration.test_metrics import samples, scrape, value
 from tests.integration.test_recording import check_dual
 from tests.support import sipp
 from tests.support.recording_checks import RecordingsClient
-from tests.support.rtp import PCMA, PCMU, ReceivedPacket, RtpPacket
-from tests.support.rtp_peer import EVENT_PT, FRAME, RtpPeer, with_rtcp_port
+from tests.support.rtp import G722, PCMA, PCMU, ReceivedPacket, RtpPacket
+from tests.support.rtp_peer import EVENT_PT, FRAME, RtpPeer, counting, with_rtcp_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -709,6 +709,42 @@ async def test_a_relayed_callee_that_changes_codec_is_transcoded_then_relayed_ag
             assert len(heard) > 0.5 * 8000, (start, tone, len(heard))
             assert tone_power(heard, 8000, tone) > 10 * tone_power(heard, 8000, other), start
     one_stream(caller_audio.packets, {PCMU})
+
+
+def as_g722(scenario: str) -> str:
+    """A SIPp scenario (or SDP) of `sipp` offering or answering G.722 only."""
+    g722 = scenario.replace("RTP/AVP 0 101", "RTP/AVP 9 101")
+    return g722.replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:9 G722/8000")
+
+
+@bounded(60)
+async def test_g722_is_relayed_byte_for_byte_in_one_stream_after_the_ringback(
+    switch: SwitchProcess, app_server: AppServer, workdir
+) -> None:
+    """A G.722 caller and callee (wideband, RTP clock 8000): the switch plays the
+    caller its ringback in G.722, then relays. Each party's packets reach the other
+    byte for byte (payloads only a relay passes on intact), and the caller receives
+    one stream whose timestamps go on from the ringback's through the relay."""
+    app_server.routes["/voice"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
+    caller_audio, callee_audio = RtpPeer(600, payload_type=G722), RtpPeer(1000, payload_type=G722)
+    peers = [caller_audio, callee_audio]
+    await started(*peers)
+    answer = sipp.callee("answer", rtp_port=callee_audio.port, ring_ms=800, hangup_after_ms=2500)
+    callee = sipp.Sipp(workdir, "callee", as_g722(answer), port=switch.trunk_port)
+    caller = sipp.Sipp(workdir, "caller", as_g722(sipp.caller(NUMBER, caller_audio.port)))
+    async with on_call(switch, peers, [callee], [caller]):
+        await switch.wait_relayed(1)
+    await switch.wait_idle()
+    for party in (caller_audio, callee_audio):
+        assert {r.packet.payload_type for r in party.packets} == {G722}
+        relayed = [r for r in party.packets if counting(r.packet.payload)]
+        assert len(relayed) > 80, (party.port, len(relayed))
+        assert {len(r.packet.payload) for r in relayed} == {FRAME}
+    # The ringback (the switch's own G.722) came first, then the relay, in one
+    # stream: a timestamp step of 160 per 20 ms packet throughout.
+    first = next(i for i, r in enumerate(caller_audio.packets) if counting(r.packet.payload))
+    assert first > 10, first
+    one_stream(caller_audio.packets, {G722})
 
 
 def route_by_caller(targets: dict[str, int]) -> Callable[[web.Request], Awaitable[web.Response]]:

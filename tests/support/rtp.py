@@ -40,6 +40,7 @@ __all__ = [
 
 PCMU = 0
 PCMA = 8
+G722 = 9  # RTP clock 8000 (RFC 3551), 160 bytes per 20 ms at 64 kbit/s
 G711_LAWS: dict[int, Law] = {PCMU: "pcmu", PCMA: "pcma"}
 # RFC 4733 section 3.2: event codes 0-9, *, #, A-D for DTMF.
 DTMF_EVENTS = "0123456789*#ABCD"

@@ -137,14 +137,12 @@ class RtpPeer(asyncio.DatagramProtocol):
                 )
                 event = None if count >= 7 else (code, start_ts, count + 1)
             else:
-                index = np.arange(n * self.frame, (n + 1) * self.frame)
-                samples = (np.sin(index * step) * self.level * 32767).astype(np.int16)
                 packet = RtpPacket(
                     self.payload_type,
                     seq & 0xFFFF,
                     (ts + n * self.frame) & 0xFFFFFFFF,
                     ssrc,
-                    g711_encode(samples, LAWS[self.payload_type]),
+                    self._payload(n, step),
                 )
             self.transport.sendto(packet.serialize(), self.remote)
             self.sent += 1
@@ -152,6 +150,15 @@ class RtpPeer(asyncio.DatagramProtocol):
             n += 1
             delay = start + n * self.frame / RATE - loop.time()
             await asyncio.sleep(max(0.0, delay))
+
+    def _payload(self, n: int, step: float) -> bytes:
+        """Frame ``n`` of the tone in G.711; for another payload type, ``frame`` bytes
+        counting up from ``n`` (`counting`), which only a relay passes on intact."""
+        if self.payload_type not in LAWS:
+            return bytes((n + i) & 0xFF for i in range(self.frame))
+        index = np.arange(n * self.frame, (n + 1) * self.frame)
+        samples = (np.sin(index * step) * self.level * 32767).astype(np.int16)
+        return g711_encode(samples, LAWS[self.payload_type])
 
     def audio(self, since: float = 0.0, until: float = math.inf) -> npt.NDArray[np.int16]:
         parts = [s for t, s in self.chunks if since <= t < until]
@@ -217,3 +224,10 @@ async def with_rtcp_port(peer: RtpPeer) -> RtcpPort:
                 return rtcp
         transport.close()
     raise RuntimeError("no free RTP/RTCP port pair")
+
+
+def counting(payload: bytes) -> bool:
+    """Whether ``payload`` is one an `RtpPeer` sends for a codec it cannot encode:
+    bytes counting up by one."""
+    pairs = zip(payload, payload[1:], strict=False)
+    return len(payload) > 1 and all((b - a) & 0xFF == 1 for a, b in pairs)
