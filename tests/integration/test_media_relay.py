@@ -50,20 +50,20 @@ CALLEE = "+15551230001"
 STAR = 10  # RFC 4733 event code of *
 
 
-def one_stream(received: Sequence[ReceivedPacket], audio_pts: set[int]) -> None:
+def one_stream(
+    received: Sequence[ReceivedPacket], audio_pts: set[int], ts_step: int | None = None
+) -> None:
     """The packets are one RTP stream: one SSRC, every sequence number in turn, and
-    each audio packet's timestamp where the previous audio packet ended (G.711: a
-    byte a sample)."""
+    each audio packet's timestamp where the previous audio packet ended: ``ts_step``
+    on, or (G.711) a byte a sample."""
     packets = [r.packet for r in received]
     assert len({p.ssrc for p in packets}) == 1, {p.ssrc for p in packets}
     for before, after in zip(packets, packets[1:], strict=False):
         assert (after.sequence_number - before.sequence_number) % 65536 == 1, (before, after)
     audio = [p for p in packets if p.payload_type in audio_pts]
     for before, after in zip(audio, audio[1:], strict=False):
-        assert (after.timestamp - before.timestamp) % 2**32 == len(before.payload), (
-            before,
-            after,
-        )
+        step = len(before.payload) if ts_step is None else ts_step
+        assert (after.timestamp - before.timestamp) % 2**32 == step, (before, after)
 
 
 def transit(received: ReceivedPacket) -> float:
@@ -745,6 +745,42 @@ async def test_g722_is_relayed_byte_for_byte_in_one_stream_after_the_ringback(
     first = next(i for i, r in enumerate(caller_audio.packets) if counting(r.packet.payload))
     assert first > 10, first
     one_stream(caller_audio.packets, {G722})
+
+
+@bounded(60)
+async def test_opus_is_relayed_byte_for_byte_across_payload_type_numbers(
+    switch: SwitchProcess, app_server: AppServer, workdir
+) -> None:
+    """Opus both ways (RTP clock 48000), under payload type 111 on the caller's leg
+    and 96 on the callee's: each party's packets reach the other byte for byte, each
+    under the payload type its own SDP gave, and the caller receives one stream,
+    960 timestamp units a packet from its ringback through the relay."""
+    app_server.routes["/voice"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
+    caller_audio = RtpPeer(600, frame=960, payload_type=111, clock_rate=48000)
+    callee_audio = RtpPeer(1000, frame=960, payload_type=96, clock_rate=48000)
+    peers = [caller_audio, callee_audio]
+    await started(*peers)
+    answer = sipp.callee("answer", rtp_port=callee_audio.port, ring_ms=800, hangup_after_ms=2500)
+    callee = sipp.Sipp(workdir, "callee", as_opus(answer, 96), port=switch.trunk_port)
+    caller = sipp.Sipp(workdir, "caller", as_opus(sipp.caller(NUMBER, caller_audio.port), 111))
+    async with on_call(switch, peers, [callee], [caller]):
+        await switch.wait_relayed(1)
+    await switch.wait_idle()
+    for party, pt in ((caller_audio, 111), (callee_audio, 96)):
+        assert {r.packet.payload_type for r in party.packets} == {pt}
+        relayed = [r for r in party.packets if counting(r.packet.payload)]
+        assert len(relayed) > 80, (pt, len(relayed))
+        assert {len(r.packet.payload) for r in relayed} == {960}
+    first = next(i for i, r in enumerate(caller_audio.packets) if counting(r.packet.payload))
+    assert first > 10, first
+    one_stream(caller_audio.packets, {111}, ts_step=960)
+
+
+def as_opus(scenario: str, payload_type: int) -> str:
+    """A SIPp scenario (or SDP) of `sipp` offering or answering opus only, as
+    ``payload_type``."""
+    opus = scenario.replace("RTP/AVP 0 101", f"RTP/AVP {payload_type} 101")
+    return opus.replace("a=rtpmap:0 PCMU/8000", f"a=rtpmap:{payload_type} opus/48000/2")
 
 
 def route_by_caller(targets: dict[str, int]) -> Callable[[web.Request], Awaitable[web.Response]]:

@@ -44,10 +44,12 @@ class RtpPeer(asyncio.DatagramProtocol):
         *,
         frame: int = FRAME,
         payload_type: int = PCMU,
+        clock_rate: int = RATE,
     ):
         self.tone_hz = tone_hz
         self.level = level
-        self.frame = frame
+        self.frame = frame  # RTP clock ticks a packet
+        self.clock_rate = clock_rate  # of the RTP clock (48000 for opus)
         self.payload_type = payload_type
         self.transport: asyncio.DatagramTransport | None = None
         self.remote: tuple[str, int] | None = None
@@ -148,7 +150,7 @@ class RtpPeer(asyncio.DatagramProtocol):
             self.sent += 1
             seq += 1
             n += 1
-            delay = start + n * self.frame / RATE - loop.time()
+            delay = start + n * self.frame / self.clock_rate - loop.time()
             await asyncio.sleep(max(0.0, delay))
 
     def _payload(self, n: int, step: float) -> bytes:
