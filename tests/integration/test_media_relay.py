@@ -110,24 +110,23 @@ async def relayed_parties(
     *,
     ring_ms: int = 500,
     callee_frame: int = FRAME,
+    callee_event_pt: int = EVENT_PT,
 ) -> tuple[RtpPeer, RtpPeer, sipp.Sipp, sipp.Sipp]:
     """A caller's audio at 600 Hz and a callee's at 1000 Hz in packets of
     ``callee_frame`` samples (started), the callee behind the trunk answering after
-    ``ring_ms`` of ringing (hanging up after ``hangup_after_ms``, or never), and the
-    caller calling the number: the parties of one call for `on_call`."""
-    caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000, frame=callee_frame)
+    ``ring_ms`` of ringing (hanging up after ``hangup_after_ms``, or never) with
+    telephone-event as ``callee_event_pt``, and the caller calling the number: the
+    parties of one call for `on_call`."""
+    caller_audio = RtpPeer(600)
+    callee_audio = RtpPeer(1000, frame=callee_frame, event_pt=callee_event_pt)
     await started(caller_audio, callee_audio)
-    callee = sipp.Sipp(
-        workdir,
-        "callee",
-        sipp.callee(
-            "answer",
-            rtp_port=callee_audio.port,
-            ring_ms=ring_ms,
-            hangup_after_ms=hangup_after_ms,
-        ),
-        port=switch.trunk_port,
+    answer = sipp.callee(
+        "answer", rtp_port=callee_audio.port, ring_ms=ring_ms, hangup_after_ms=hangup_after_ms
     )
+    if callee_event_pt != EVENT_PT:
+        answer = answer.replace("RTP/AVP 0 101", f"RTP/AVP 0 {callee_event_pt}")
+        answer = answer.replace(":101 ", f":{callee_event_pt} ")
+    callee = sipp.Sipp(workdir, "callee", answer, port=switch.trunk_port)
     caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
     return caller_audio, callee_audio, callee, caller
 
@@ -230,15 +229,19 @@ async def test_a_recorded_call_stays_relayed_and_each_party_is_recorded_on_its_c
 
 
 @bounded(60)
+@pytest.mark.parametrize("callee_event_pt", [EVENT_PT, 100])
 async def test_a_star_through_the_relay_reaches_the_far_end_and_ends_the_child(
-    switch: SwitchProcess, app_server: AppServer, workdir
+    switch: SwitchProcess, app_server: AppServer, workdir, callee_event_pt: int
 ) -> None:
     """hangupOnStar with a relayed call: the caller's RFC 4733 ``*`` is passed on to
-    the callee as telephone events and still seen by the switch, which hangs the
-    callee up and runs the action."""
+    the callee as telephone events, under the payload type the callee's SDP gave
+    them (101 as the caller's, or 100), and still seen by the switch, which hangs
+    the callee up and runs the action."""
     app_server.routes["/voice"] = HANGUP_ON_STAR
     app_server.routes["/action"] = "<Response><Hangup/></Response>"
-    caller_audio, callee_audio, callee, caller = await relayed_parties(switch, workdir)
+    caller_audio, callee_audio, callee, caller = await relayed_parties(
+        switch, workdir, callee_event_pt=callee_event_pt
+    )
     async with on_call(switch, [caller_audio, callee_audio], [callee], [caller]):
         action = await star_ends_the_relayed_child(switch, app_server, caller_audio)
     await switch.wait_idle()
@@ -248,7 +251,7 @@ async def test_a_star_through_the_relay_reaches_the_far_end_and_ends_the_child(
     # The * reached the callee as a telephone event (its leg ended at the first packet).
     assert [e.event for e in callee_audio.events][:1] == [STAR], callee_audio.events
     one_stream(callee_audio.packets, {PCMU})
-    assert {r.packet.payload_type for r in callee_audio.packets} == {PCMU, EVENT_PT}
+    assert {r.packet.payload_type for r in callee_audio.packets} == {PCMU, callee_event_pt}
 
 
 @bounded(60)

@@ -45,11 +45,13 @@ class RtpPeer(asyncio.DatagramProtocol):
         frame: int = FRAME,
         payload_type: int = PCMU,
         clock_rate: int = RATE,
+        event_pt: int = EVENT_PT,
     ):
         self.tone_hz = tone_hz
         self.level = level
         self.frame = frame  # RTP clock ticks a packet
         self.clock_rate = clock_rate  # of the RTP clock (48000 for opus)
+        self.event_pt = event_pt  # telephone-event's payload type in this party's SDP
         self.payload_type = payload_type
         self.transport: asyncio.DatagramTransport | None = None
         self.remote: tuple[str, int] | None = None
@@ -84,7 +86,7 @@ class RtpPeer(asyncio.DatagramProtocol):
             self.chunks.append((now, g711_decode(packet.payload, "pcmu")))
         elif packet.payload_type == PCMA:
             self.chunks.append((now, g711_decode(packet.payload, "pcma")))
-        elif packet.payload_type == EVENT_PT:
+        elif packet.payload_type == self.event_pt:
             with contextlib.suppress(RtpError):
                 self.events.append(TelephoneEvent.parse(packet.payload))
         if self.remote is None:
@@ -135,7 +137,7 @@ class RtpPeer(asyncio.DatagramProtocol):
                 duration = min(count + 1, 5) * self.frame
                 payload = TelephoneEvent(code, end, 10, duration).serialize()
                 packet = RtpPacket(
-                    EVENT_PT, seq & 0xFFFF, start_ts, ssrc, payload, marker=count == 0
+                    self.event_pt, seq & 0xFFFF, start_ts, ssrc, payload, marker=count == 0
                 )
                 event = None if count >= 7 else (code, start_ts, count + 1)
             else:
