@@ -20,6 +20,7 @@ import pytest
 import pytest_asyncio
 
 from tests.integration.conftest import NUMBER, AppServer, SwitchProcess, new_switch, running
+from tests.integration.test_media_relay import on_call, started
 from tests.support import sipp
 from tests.support.rtp_peer import RtpPeer
 
@@ -133,9 +134,7 @@ async def test_a_relayed_callee_that_stops_sending_is_hung_up_after_the_rtp_time
     )
     app_server.routes["/action"] = "<Response><Hangup/></Response>"
     caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000)
-    await caller_audio.start()
-    await callee_audio.start()
-    loop = asyncio.get_running_loop()
+    await started(caller_audio, callee_audio)
     callee = sipp.Sipp(
         workdir,
         "callee",
@@ -143,18 +142,10 @@ async def test_a_relayed_callee_that_stops_sending_is_hung_up_after_the_rtp_time
         port=switch.trunk_port,
     )
     caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
-    try:
-        await callee.start()
-        await caller.start(switch.target(), timeout_s=20)
+    async with on_call(switch, [caller_audio, callee_audio], [callee], [caller]):
         await switch.wait_relayed(1)
-        await caller_audio.wait_for_audio(2 * TIMEOUT, since=loop.time())  # relayed, > timeout
-        callee_audio.close()
-        await callee.finish(15)
-        await caller.finish(15)
-    finally:
-        for party in (caller, callee):
-            await party.stop()
-        caller_audio.close()
+        since = asyncio.get_running_loop().time()
+        await caller_audio.wait_for_audio(2 * TIMEOUT, since=since)  # relayed, > timeout
         callee_audio.close()
     received = [m.split(" ", 1)[0] for m in callee.messages().received()]
     assert received[:3] == ["INVITE", "ACK", "BYE"], received  # the switch hung it up

@@ -291,6 +291,13 @@ def callee(
     return scenario("callee-answer", body)
 
 
+def only_codec(text: str, payload_type: int, rtpmap: str) -> str:
+    """A scenario (or SDP) of this module offering or answering one codec instead of
+    PCMU: ``payload_type`` as ``rtpmap`` (``"PCMA/8000"``, ``"opus/48000/2"``)."""
+    text = text.replace("RTP/AVP 0 101", f"RTP/AVP {payload_type} 101")
+    return text.replace("a=rtpmap:0 PCMU/8000", f"a=rtpmap:{payload_type} {rtpmap}")
+
+
 def reoffer(port: int, direction: str = "sendrecv", version: int = 2) -> str:
     """`SDP` as version ``version``, with the media at ``port`` and ``direction``
     (``inactive`` or ``sendonly`` puts the call on hold)."""
