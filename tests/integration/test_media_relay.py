@@ -483,6 +483,46 @@ async def test_a_callee_that_holds_a_relayed_call_with_music_is_heard_and_sent_n
 
 
 @bounded(60)
+async def test_a_caller_that_holds_a_relayed_call_with_music_is_heard_and_sent_nothing(
+    switch: SwitchProcess, app_server: AppServer, workdir
+) -> None:
+    """The same hold from the other side: the caller (the trunk, our inbound leg)
+    holds the relayed call with ``a=sendonly`` and goes on sending its 600 Hz, then
+    takes it off hold. While held it is sent nothing and the callee hears the
+    music; off hold the pair is relayed again and the caller hears the callee."""
+    app_server.routes["/voice"] = f"<Response><Dial><Number>{CALLEE}</Number></Dial></Response>"
+    caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000, frame=240)
+    peers = [caller_audio, callee_audio]
+    await started(*peers)
+    answer = sipp.callee("answer", rtp_port=callee_audio.port, ring_ms=500)
+    callee = sipp.Sipp(workdir, "callee", answer, port=switch.trunk_port)
+    hold, unhold = (
+        sipp.reoffer(caller_audio.port, "sendonly", 2),
+        sipp.reoffer(caller_audio.port, "sendrecv", 3),
+    )
+    scenario = sipp.caller_reinviting(
+        NUMBER, caller_audio.port, hold, unhold, before_ms=2000, after_ms=2000
+    )
+    caller = sipp.Sipp(workdir, "caller", scenario)
+    async with on_call(switch, peers, [callee], [caller]):
+        await switch.wait_relayed(1)
+        relayed_at = asyncio.get_running_loop().time()
+    await switch.wait_idle()
+    answers = [m for m in caller.messages().received() if m.startswith("SIP/2.0 200")]
+    assert [m for m in answers if "CSeq: 2 INVITE" in m and "a=recvonly" in m], answers
+    assert [m for m in answers if "CSeq: 3 INVITE" in m and "a=sendrecv" in m], answers
+    arrivals = [r.arrival for r in caller_audio.packets if r.arrival > relayed_at]
+    gap, resumed = max((b - a, b) for a, b in zip(arrivals, arrivals[1:], strict=False))
+    assert 1.7 < gap < 3.0, gap
+    hears(callee_audio.audio(resumed - gap + 0.1, resumed - 0.1), 600, 1000)
+    after = [r for r in caller_audio.packets if r.arrival > resumed + 0.2]
+    assert len([r for r in after if len(r.packet.payload) == 240]) > 20
+    hears(caller_audio.audio(resumed + 0.2), 1000, 600)
+    one_stream(caller_audio.packets, {PCMU})
+    one_stream(callee_audio.packets, {PCMU})
+
+
+@bounded(60)
 async def test_a_relayed_leg_that_moves_its_media_is_relayed_again(
     switch: SwitchProcess, app_server: AppServer, workdir
 ) -> None:

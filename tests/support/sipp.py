@@ -235,6 +235,56 @@ def caller(
     return scenario("caller", body)
 
 
+def caller_reinviting(
+    number: str,
+    rtp_port: int,
+    *offers: str,
+    caller_id: str = "+14155550100",
+    before_ms: int = 2500,
+    after_ms: int = 2500,
+) -> str:
+    """`caller`'s trunk caller (media at ``rtp_port``) that, once answered,
+    re-INVITEs with each SDP of ``offers`` (`reoffer`) in turn, ``before_ms`` after
+    the previous ACK, ACKs each 200, and hangs up ``after_ms`` after the last."""
+    body = (
+        caller_invite(number, rtp_port, caller_id=caller_id)
+        + CALLER_PROVISIONAL
+        + '  <recv response="200" rtd="true"/>\n'
+        + caller_ack(number)
+    )
+
+    def in_dialog(method: str, cseq: int) -> str:
+        return (
+            f"      {method} sip:{number}@[remote_ip]:[remote_port] SIP/2.0\n"
+            "      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]\n"
+            "      [last_From:]\n"
+            "      [last_To:]\n"
+            "      Call-ID: [call_id]\n"
+            f"      CSeq: {cseq} {method}\n"
+            "      Max-Forwards: 70\n"
+        )
+
+    for cseq, offer in enumerate(offers, start=2):
+        reinvite = (
+            in_dialog("INVITE", cseq)
+            + f"      Contact: <sip:{caller_id}@[local_ip]:[local_port];transport=[transport]>\n"
+            + "      Content-Type: application/sdp\n"
+            + "      Content-Length: [len]\n\n"
+            + indent(offer)
+        )
+        body += (
+            f'  <pause milliseconds="{before_ms}"/>\n'
+            + send(reinvite, retrans=True)
+            + '  <recv response="100" optional="true"/>\n'
+            + '  <recv response="200"/>\n'
+            + send(in_dialog("ACK", cseq) + "      Content-Length: 0\n")
+        )
+    bye = in_dialog("BYE", len(offers) + 2) + "      Content-Length: 0\n"
+    body += f'  <pause milliseconds="{after_ms}"/>\n' + send(bye, retrans=True)
+    body += '  <recv response="200"/>\n'
+    return scenario("caller-reinvite", body)
+
+
 def callee(
     behaviour: str,
     *,
