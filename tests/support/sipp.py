@@ -16,6 +16,7 @@ import asyncio
 import random
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -235,6 +236,32 @@ def caller(
     return scenario("caller", body)
 
 
+def reinvites(
+    offers: tuple[str, ...], before_ms: int, in_dialog: Callable[[str, int], str], user: str
+) -> str:
+    """For each SDP of ``offers`` in turn (CSeq 2 on), ``before_ms`` after the
+    previous ACK: a re-INVITE (Contact ``user`` at this SIPp), its 200 and the ACK.
+    ``in_dialog(method, cseq)`` gives the lines of a request in the call's dialog up
+    to its Max-Forwards (the caller's and the callee's differ)."""
+    body = ""
+    for cseq, offer in enumerate(offers, start=2):
+        reinvite = (
+            in_dialog("INVITE", cseq)
+            + f"      Contact: <sip:{user}@[local_ip]:[local_port];transport=[transport]>\n"
+            + "      Content-Type: application/sdp\n"
+            + "      Content-Length: [len]\n\n"
+            + indent(offer)
+        )
+        body += (
+            f'  <pause milliseconds="{before_ms}"/>\n'
+            + send(reinvite, retrans=True)
+            + '  <recv response="100" optional="true"/>\n'
+            + '  <recv response="200"/>\n'
+            + send(in_dialog("ACK", cseq) + "      Content-Length: 0\n")
+        )
+    return body
+
+
 def caller_reinviting(
     number: str,
     rtp_port: int,
@@ -264,21 +291,7 @@ def caller_reinviting(
             "      Max-Forwards: 70\n"
         )
 
-    for cseq, offer in enumerate(offers, start=2):
-        reinvite = (
-            in_dialog("INVITE", cseq)
-            + f"      Contact: <sip:{caller_id}@[local_ip]:[local_port];transport=[transport]>\n"
-            + "      Content-Type: application/sdp\n"
-            + "      Content-Length: [len]\n\n"
-            + indent(offer)
-        )
-        body += (
-            f'  <pause milliseconds="{before_ms}"/>\n'
-            + send(reinvite, retrans=True)
-            + '  <recv response="100" optional="true"/>\n'
-            + '  <recv response="200"/>\n'
-            + send(in_dialog("ACK", cseq) + "      Content-Length: 0\n")
-        )
+    body += reinvites(offers, before_ms, in_dialog, caller_id)
     bye = in_dialog("BYE", len(offers) + 2) + "      Content-Length: 0\n"
     body += f'  <pause milliseconds="{after_ms}"/>\n' + send(bye, retrans=True)
     body += '  <recv response="200"/>\n'
@@ -363,29 +376,15 @@ def callee_reinviting(
     each 200, and hangs up ``after_ms`` after the last."""
     answered = callee("answer", rtp_port=rtp_port, ring_ms=ring_ms, hangup_after_ms=after_ms)
     head, bye = answered.split(f'  <pause milliseconds="{after_ms}"/>\n', 1)
-    in_dialog = CALLEE_BYE.split("CSeq:", 1)[0].replace("BYE [next_url]", "{method} [next_url]")
+    head_lines = CALLEE_BYE.split("CSeq:", 1)[0].replace("BYE [next_url]", "{method} [next_url]")
+
+    def in_dialog(method: str, cseq: int) -> str:
+        return head_lines.format(method=method) + (
+            f"      CSeq: {cseq} {method}\n      Max-Forwards: 70\n"
+        )
+
     body = head.split("<scenario", 1)[1].split(">", 1)[1].rsplit("</scenario>", 1)[0]
-    for cseq, offer in enumerate(offers, start=2):
-        reinvite = (
-            in_dialog.format(method="INVITE")
-            + f"      CSeq: {cseq} INVITE\n"
-            + "      Contact: <sip:callee@[local_ip]:[local_port];transport=[transport]>\n"
-            + "      Max-Forwards: 70\n"
-            + "      Content-Type: application/sdp\n"
-            + "      Content-Length: [len]\n\n"
-            + indent(offer)
-        )
-        ack = (
-            in_dialog.format(method="ACK")
-            + f"      CSeq: {cseq} ACK\n      Max-Forwards: 70\n      Content-Length: 0\n"
-        )
-        body += (
-            f'  <pause milliseconds="{before_ms}"/>\n'
-            + send(reinvite, retrans=True)
-            + '  <recv response="100" optional="true"/>\n'
-            + '  <recv response="200"/>\n'
-            + send(ack)
-        )
+    body += reinvites(offers, before_ms, in_dialog, "callee")
     bye_cseq = f"CSeq: {len(offers) + 2} BYE"
     body += f'  <pause milliseconds="{after_ms}"/>\n' + bye.split("</scenario>", 1)[0].replace(
         "CSeq: 2 BYE", bye_cseq
