@@ -433,6 +433,21 @@ async def test_ringback_relay_redirect_and_a_second_relay_are_one_stream_to_the_
         assert abs(step) < 0.04, (start, step)
 
 
+def answered_hold_and_unhold(party: sipp.Sipp) -> None:
+    """The switch answered ``party``'s re-INVITE that held the call (``a=sendonly``)
+    with ``a=recvonly``, and the one that took it off hold with ``a=sendrecv``."""
+    answers = [m for m in party.messages().received() if m.startswith("SIP/2.0 200")]
+    assert [m for m in answers if "CSeq: 2 INVITE" in m and "a=recvonly" in m], answers
+    assert [m for m in answers if "CSeq: 3 INVITE" in m and "a=sendrecv" in m], answers
+
+
+def longest_silence(peer: RtpPeer, since: float) -> tuple[float, float]:
+    """The longest time after ``since`` that ``peer`` received nothing, and when its
+    packets came again."""
+    arrivals = [r.arrival for r in peer.packets if r.arrival > since]
+    return max((b - a, b) for a, b in zip(arrivals, arrivals[1:], strict=False))
+
+
 @bounded(60)
 async def test_a_callee_that_holds_a_relayed_call_with_music_is_heard_and_sent_nothing(
     switch: SwitchProcess, app_server: AppServer, workdir
@@ -459,13 +474,10 @@ async def test_a_callee_that_holds_a_relayed_call_with_music_is_heard_and_sent_n
         await switch.wait_relayed(1)
         relayed_at = asyncio.get_running_loop().time()
     await switch.wait_idle()
-    answers = [m for m in callee.messages().received() if m.startswith("SIP/2.0 200")]
-    assert [m for m in answers if "CSeq: 2 INVITE" in m and "a=recvonly" in m], answers
-    assert [m for m in answers if "CSeq: 3 INVITE" in m and "a=sendrecv" in m], answers
+    answered_hold_and_unhold(callee)
     # The callee heard the caller until the hold, nothing for the 2 s of it, and
     # the caller again from the unhold to its BYE.
-    arrivals = [r.arrival for r in callee_audio.packets if r.arrival > relayed_at]
-    gap, resumed = max((b - a, b) for a, b in zip(arrivals, arrivals[1:], strict=False))
+    gap, resumed = longest_silence(callee_audio, relayed_at)
     assert 1.7 < gap < 3.0, gap
     heard = callee_audio.audio(resumed)
     assert len(heard) > 1.5 * 8000, len(heard)
@@ -508,11 +520,8 @@ async def test_a_caller_that_holds_a_relayed_call_with_music_is_heard_and_sent_n
         await switch.wait_relayed(1)
         relayed_at = asyncio.get_running_loop().time()
     await switch.wait_idle()
-    answers = [m for m in caller.messages().received() if m.startswith("SIP/2.0 200")]
-    assert [m for m in answers if "CSeq: 2 INVITE" in m and "a=recvonly" in m], answers
-    assert [m for m in answers if "CSeq: 3 INVITE" in m and "a=sendrecv" in m], answers
-    arrivals = [r.arrival for r in caller_audio.packets if r.arrival > relayed_at]
-    gap, resumed = max((b - a, b) for a, b in zip(arrivals, arrivals[1:], strict=False))
+    answered_hold_and_unhold(caller)
+    gap, resumed = longest_silence(caller_audio, relayed_at)
     assert 1.7 < gap < 3.0, gap
     hears(callee_audio.audio(resumed - gap + 0.1, resumed - 0.1), 600, 1000)
     after = [r for r in caller_audio.packets if r.arrival > resumed + 0.2]
