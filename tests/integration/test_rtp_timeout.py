@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 
 from tests.integration.conftest import NUMBER, AppServer, SwitchProcess, new_switch, running
-from tests.integration.test_media_relay import on_call, started
+from tests.integration.test_media_relay import on_call, relayed_parties
 from tests.support import sipp
 from tests.support.rtp_peer import RtpPeer
 
@@ -133,15 +133,7 @@ async def test_a_relayed_callee_that_stops_sending_is_hung_up_after_the_rtp_time
         f'<Response><Dial timeout="10" action="/action"><Number>{CALLEE}</Number></Dial></Response>'
     )
     app_server.routes["/action"] = "<Response><Hangup/></Response>"
-    caller_audio, callee_audio = RtpPeer(600), RtpPeer(1000)
-    await started(caller_audio, callee_audio)
-    callee = sipp.Sipp(
-        workdir,
-        "callee",
-        sipp.callee("answer", rtp_port=callee_audio.port, ring_ms=500),
-        port=switch.trunk_port,
-    )
-    caller = sipp.Sipp(workdir, "caller", sipp.caller(NUMBER, caller_audio.port))
+    caller_audio, callee_audio, callee, caller = await relayed_parties(switch, workdir)
     async with on_call(switch, [caller_audio, callee_audio], [callee], [caller]):
         await switch.wait_relayed(1)
         since = asyncio.get_running_loop().time()
